@@ -1,0 +1,119 @@
+"""`bilstm-exp` subcommands and the glue between Hydra and a run.
+
+    bilstm-exp train [overrides...]        one run (same as python -m bilstm_exp overrides...)
+    bilstm-exp predict --model URI TEXT... one prediction per text (or --file)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from bilstm_exp.config import ExperimentConfig, validate
+from bilstm_exp.errors import UserError
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+def fail(error: Exception, code: int = 2) -> None:
+    print(f"bilstm-exp: error: {error}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def compose(overrides: list[str]) -> DictConfig:
+    """Compose conf/ with Hydra overrides, outside of @hydra.main."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=overrides)
+
+
+def train(config: ExperimentConfig, overrides: list[str]):
+    from bilstm_exp import training  # imports TensorFlow: only after the config is valid
+
+    try:
+        return training.run(config, root=Path.cwd(), overrides=overrides)
+    except UserError as error:
+        fail(error)
+
+
+def run_from_hydra(cfg: DictConfig) -> float | None:
+    """Body of the @hydra.main entry point: validate, run, return the value sweepers optimise."""
+    from hydra.core.hydra_config import HydraConfig
+
+    overrides = list(HydraConfig.get().overrides.task)
+    try:
+        config = validate(cfg)
+    except UserError as error:
+        fail(error)
+    result = train(config, overrides)
+    return max(result.history.get("val_accuracy", [float("nan")]))
+
+
+def _train_command(args: argparse.Namespace) -> None:
+    try:
+        config = validate(compose(args.overrides))
+    except UserError as error:
+        fail(error)
+    except Exception as error:  # Hydra: unknown group option, bad override syntax
+        fail(f"{error}".strip())
+    train(config, args.overrides)
+
+
+def _predict_command(args: argparse.Namespace) -> None:
+    texts = list(args.texts)
+    if args.file:
+        texts += read_texts(Path(args.file))
+    if not texts:
+        fail("no texts given. Fix: pass texts as arguments or --file PATH")
+    import mlflow.pyfunc
+
+    if args.tracking_uri:
+        mlflow.set_tracking_uri(args.tracking_uri)
+    try:
+        model = mlflow.pyfunc.load_model(args.model)
+    except Exception as error:
+        fail(f"cannot load model {args.model}: {str(error).splitlines()[0]}. Fix: check the URI "
+             "(models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/model) and the tracking URI")
+    result = model.predict(texts)
+    for text, prob, label in zip(texts, result["probability"], result["label"]):
+        print(f"{label}\t{prob:.4f}\t{text}")
+
+
+def read_texts(path: Path) -> list[str]:
+    """One text per line, or the `text` column of a CSV."""
+    if not path.is_file():
+        fail(f"{path}: no such file. Fix: pass an existing text or CSV file")
+    if path.suffix.lower() == ".csv":
+        import pandas as pd
+
+        table = pd.read_csv(path)
+        if "text" not in table.columns:
+            fail(f"{path}: no 'text' column (found {', '.join(table.columns)}). Fix: name the column 'text'")
+        return table["text"].astype(str).tolist()
+    return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="bilstm-exp", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train and evaluate one configuration, tracked in MLflow")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=attention training.epochs=1")
+    p.set_defaults(func=_train_command)
+    p = sub.add_parser("predict", help="predict texts with a logged or registered model")
+    p.add_argument("--model", default="models:/bilstm-sentiment@champion", help="model URI")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLflow's own default)")
+    p.add_argument("--file", default=None, help="a text file (one text per line) or a CSV with a text column")
+    p.add_argument("texts", nargs="*")
+    p.set_defaults(func=_predict_command)
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,420 @@
+"""Config schema and validation.
+
+Hydra composes `conf/` into a DictConfig; :func:`validate` turns it into typed dataclasses.
+OmegaConf's structured configs catch unknown keys and wrong types; each dataclass's
+``__post_init__`` checks value ranges. Every problem becomes a :class:`ConfigError` whose
+message names the dotted key, what is allowed, and how to fix it.
+
+This module must not import TensorFlow: bad input is refused in about a second.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from bilstm_exp.errors import ConfigError
+from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
+
+
+def _check(ok: bool, key: str, problem: str, fix: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {problem}. Fix: {fix}")
+
+
+def _positive(value: Any, key: str, example: Any) -> None:
+    _check(value > 0, key, f"must be > 0, got {value}", f"set a positive value, e.g. {key}={example}")
+
+
+def _fraction(value: float, key: str, example: float, upper_open: bool = True) -> None:
+    ok = 0.0 <= value < 1.0 if upper_open else 0.0 <= value <= 1.0
+    bound = "[0, 1)" if upper_open else "[0, 1]"
+    _check(ok, key, f"must be in {bound}, got {value}", f"e.g. {key}={example}")
+
+
+def _choice(value: str, allowed: tuple[str, ...], key: str) -> None:
+    _check(
+        value in allowed,
+        key,
+        f"'{value}' is not one of {', '.join(allowed)}",
+        f"pick one, e.g. {key}={allowed[0]}",
+    )
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class DataConfig:
+    name: str = "synthetic"
+    max_samples: int | None = None  # cap on examples used, for any source (None: all)
+    vocab_size: int = 20000  # vocabulary size incl. padding (0) and out-of-vocabulary (1)
+    max_length: int = 400  # tokens kept per text
+    truncating: str = "post"  # "post" drops tokens past max_length, "pre" drops from the start
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    padding: str = "bucket"  # "bucket": length-bucketed batches; "max": pad all to max_length
+    num_buckets: int = 8  # bucket boundaries at training-length quantiles
+
+    def __post_init__(self) -> None:
+        if self.max_samples is not None:
+            _positive(self.max_samples, "data.max_samples", 400)
+        _check(self.vocab_size > 2, "data.vocab_size", f"must be > 2, got {self.vocab_size}",
+               "e.g. data.vocab_size=20000")
+        _positive(self.max_length, "data.max_length", 400)
+        _choice(self.truncating, ("post", "pre"), "data.truncating")
+        _check(0 < self.val_fraction < 0.5, "data.val_fraction",
+               f"must be in (0, 0.5), got {self.val_fraction}", "e.g. data.val_fraction=0.1")
+        _check(0 < self.test_fraction < 0.5, "data.test_fraction",
+               f"must be in (0, 0.5), got {self.test_fraction}", "e.g. data.test_fraction=0.1")
+        _choice(self.padding, ("bucket", "max"), "data.padding")
+        _positive(self.num_buckets, "data.num_buckets", 8)
+
+
+@dataclass
+class SyntheticDataConfig(DataConfig):
+    num_samples: int = 2000  # examples generated
+    num_classes: int = 2
+    median_length: int = 150  # tokens; lengths are log-normal with a long tail
+    length_sigma: float = 0.6  # log-normal spread; 0.6 puts ~1% of texts past 600 tokens
+    label_noise: float = 0.02  # share of labels flipped at random
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _positive(self.num_samples, "data.num_samples", 2000)
+        _check(self.num_classes >= 2, "data.num_classes", f"must be >= 2, got {self.num_classes}",
+               "e.g. data.num_classes=2")
+        _positive(self.median_length, "data.median_length", 150)
+        _positive(self.length_sigma, "data.length_sigma", 0.6)
+        _fraction(self.label_noise, "data.label_noise", 0.02)
+
+
+@dataclass
+class FileDataConfig(DataConfig):
+    path: str = ""  # csv, tsv, parquet or jsonl file
+    format: str = "auto"  # auto (from the suffix), csv, tsv, parquet, jsonl
+    text_column: str = "text"
+    label_column: str = "label"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(bool(self.path), "data.path", "is required with data=file",
+               "pass the file, e.g. data.path=data/raw/reviews.csv")
+        _choice(self.format, ("auto", "csv", "tsv", "parquet", "jsonl"), "data.format")
+
+
+@dataclass
+class TweetsDataConfig(DataConfig):
+    min_confidence: float = 0.6  # keep tweets whose annotators agreed at least this much
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _fraction(self.min_confidence, "data.min_confidence", 0.6, upper_open=False)
+
+
+@dataclass
+class ImdbDataConfig(DataConfig):
+    pass
+
+
+# --------------------------------------------------------------------------- model
+
+CELLS = ("lstm", "gru")
+MERGE_MODES = ("concat", "sum", "ave", "mul")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "basic"
+    embedding_dim: int = 64  # embedding vector size
+    cell: str = "lstm"  # recurrent cell: lstm or gru
+    dropout: float = 0.0  # dropout on the recurrent layer's inputs
+    recurrent_dropout: float = 0.0  # non-zero disables the cuDNN kernel on a GPU
+
+    def __post_init__(self) -> None:
+        _positive(self.embedding_dim, "model.embedding_dim", 64)
+        _choice(self.cell, CELLS, "model.cell")
+        _fraction(self.dropout, "model.dropout", 0.2)
+        _fraction(self.recurrent_dropout, "model.recurrent_dropout", 0.0)
+
+
+@dataclass
+class UnidirectionalModelConfig(ModelConfig):
+    name: str = "unidirectional"
+    lstm_units: int = 64  # units of the single forward layer
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _positive(self.lstm_units, "model.lstm_units", 64)
+
+
+@dataclass
+class BasicModelConfig(UnidirectionalModelConfig):
+    name: str = "basic"
+    lstm_units: int = 64  # units per direction
+    merge_mode: str = "concat"  # how the two directions combine
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _choice(self.merge_mode, MERGE_MODES, "model.merge_mode")
+
+
+@dataclass
+class AttentionModelConfig(BasicModelConfig):
+    name: str = "attention"
+    attention_units: int = 64  # width of the additive-attention scoring layer
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _positive(self.attention_units, "model.attention_units", 64)
+
+
+@dataclass
+class StackedModelConfig(ModelConfig):
+    name: str = "stacked"
+    layer_sizes: list[int] = field(default_factory=lambda: [64, 32])  # units per direction, per layer
+    merge_mode: str = "concat"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(len(self.layer_sizes) > 0, "model.layer_sizes", "must list at least one layer",
+               "e.g. model.layer_sizes=[64,32]")
+        for size in self.layer_sizes:
+            _positive(size, "model.layer_sizes", "[64,32]")
+        _choice(self.merge_mode, MERGE_MODES, "model.merge_mode")
+
+
+# --------------------------------------------------------------------------- optimizer
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "constant"  # constant, cosine or exponential
+    warmup_epochs: float = 0.0  # linear warm-up from 0 to learning_rate
+    decay_rate: float = 0.5  # exponential: factor per epoch
+    min_fraction: float = 0.0  # cosine: final learning rate as a fraction of the initial one
+
+    def __post_init__(self) -> None:
+        _choice(self.name, ("constant", "cosine", "exponential"), "optimizer.schedule.name")
+        _check(self.warmup_epochs >= 0, "optimizer.schedule.warmup_epochs",
+               f"must be >= 0, got {self.warmup_epochs}", "e.g. optimizer.schedule.warmup_epochs=1")
+        _check(0 < self.decay_rate <= 1, "optimizer.schedule.decay_rate",
+               f"must be in (0, 1], got {self.decay_rate}", "e.g. optimizer.schedule.decay_rate=0.5")
+        _fraction(self.min_fraction, "optimizer.schedule.min_fraction", 0.0)
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "adam"
+    learning_rate: float = 1e-3
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+
+    def __post_init__(self) -> None:
+        _positive(self.learning_rate, "optimizer.learning_rate", 0.001)
+
+
+@dataclass
+class AdamWOptimizerConfig(OptimizerConfig):
+    name: str = "adamw"
+    weight_decay: float = 0.004
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.weight_decay >= 0, "optimizer.weight_decay",
+               f"must be >= 0, got {self.weight_decay}", "e.g. optimizer.weight_decay=0.004")
+
+
+@dataclass
+class SGDOptimizerConfig(OptimizerConfig):
+    name: str = "sgd"
+    learning_rate: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _fraction(self.momentum, "optimizer.momentum", 0.9)
+
+
+@dataclass
+class RMSpropOptimizerConfig(OptimizerConfig):
+    name: str = "rmsprop"
+    rho: float = 0.9
+    momentum: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _fraction(self.rho, "optimizer.rho", 0.9)
+        _fraction(self.momentum, "optimizer.momentum", 0.0)
+
+
+# --------------------------------------------------------------------------- clipping
+
+
+@dataclass
+class ClippingConfig:
+    name: str = "none"  # none, norm (clipnorm), value (clipvalue), global_norm (global_clipnorm)
+    threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.name == "none":
+            _check(self.threshold is None, "clipping.threshold",
+                   f"must be null with clipping=none, got {self.threshold}",
+                   "pick a clipping option, e.g. clipping=norm")
+            return
+        _check(self.threshold is not None and self.threshold > 0, "clipping.threshold",
+               f"must be > 0 with clipping={self.name}, got {self.threshold}",
+               "e.g. clipping.threshold=1.0")
+
+
+# --------------------------------------------------------------------------- training, tracking
+
+
+@dataclass
+class EarlyStoppingConfig:
+    enabled: bool = True
+    monitor: str = "val_loss"  # a Keras log key: val_loss or val_accuracy
+    patience: int = 2  # epochs without improvement before stopping
+
+    def __post_init__(self) -> None:
+        _choice(self.monitor, ("val_loss", "val_accuracy"), "training.early_stopping.monitor")
+        _check(self.patience >= 0, "training.early_stopping.patience",
+               f"must be >= 0, got {self.patience}", "e.g. training.early_stopping.patience=2")
+
+
+@dataclass
+class TrainingConfig:
+    epochs: int = 3
+    batch_size: int = 32
+    deterministic: bool = False  # enable_op_determinism: identical metrics for a seed, slower
+    steps_per_execution: int = 1  # train steps per tf.function call
+    mixed_precision: bool = False  # float16 compute on a GPU; leave off on a CPU
+    verbose: str = "auto"  # Keras progress: auto, 0, 1 or 2
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+
+    def __post_init__(self) -> None:
+        _positive(self.epochs, "training.epochs", 3)
+        _positive(self.batch_size, "training.batch_size", 32)
+        _positive(self.steps_per_execution, "training.steps_per_execution", 1)
+        _choice(str(self.verbose), ("auto", "0", "1", "2"), "training.verbose")
+
+
+@dataclass
+class TrackingConfig:
+    name: str = "local"  # local (sqlite file in the working directory) or server
+    tracking_uri: str | None = None  # local: sqlite:///mlflow.db; server: this or MLFLOW_TRACKING_URI
+    experiment_name: str = "bilstm-exp"
+    registered_model_name: str = "bilstm-sentiment"
+    register_model: bool = True
+
+    def __post_init__(self) -> None:
+        _choice(self.name, ("local", "server"), "tracking.name")
+        _check(bool(self.experiment_name.strip()), "tracking.experiment_name", "must not be empty",
+               "e.g. tracking.experiment_name=bilstm-exp")
+        _check(bool(self.registered_model_name.strip()), "tracking.registered_model_name",
+               "must not be empty", "e.g. tracking.registered_model_name=bilstm-sentiment")
+
+
+@dataclass
+class ProfilingConfig:
+    name: str = "standard"
+    latency_samples: int = 50  # single-text predictions timed for latency/predict_p50_ms
+
+    def __post_init__(self) -> None:
+        _check(self.latency_samples >= 0, "profiling.latency_samples",
+               f"must be >= 0, got {self.latency_samples}", "e.g. profiling.latency_samples=50")
+
+
+@dataclass
+class ExperimentConfig:
+    seed: int
+    data: DataConfig
+    model: ModelConfig
+    optimizer: OptimizerConfig
+    clipping: ClippingConfig
+    training: TrainingConfig
+    tracking: TrackingConfig
+    profiling: ProfilingConfig
+
+
+# group -> option name -> schema; a group with a single schema maps every name to it
+SCHEMAS: dict[str, dict[str, type]] = {
+    "data": {"synthetic": SyntheticDataConfig, "file": FileDataConfig,
+             "tweets": TweetsDataConfig, "imdb": ImdbDataConfig},
+    "model": {"basic": BasicModelConfig, "attention": AttentionModelConfig,
+              "stacked": StackedModelConfig, "unidirectional": UnidirectionalModelConfig},
+    "optimizer": {"adam": OptimizerConfig, "adamw": AdamWOptimizerConfig,
+                  "sgd": SGDOptimizerConfig, "rmsprop": RMSpropOptimizerConfig},
+    "clipping": {name: ClippingConfig for name in ("none", "norm", "value", "global_norm")},
+    "training": {"default": TrainingConfig},
+    "tracking": {"local": TrackingConfig, "server": TrackingConfig},
+    "profiling": {"standard": ProfilingConfig},
+}
+
+
+def _schema_for(group: str, node: Any) -> type:
+    options = SCHEMAS[group]
+    if len(set(options.values())) == 1:
+        return next(iter(options.values()))
+    name = node.get("name") if isinstance(node, DictConfig) else None
+    _check(name in options, f"{group}.name", f"'{name}' is not one of {', '.join(options)}",
+           f"choose an option, e.g. {group}={next(iter(options))}")
+    return options[name]
+
+
+def _explain(group: str, schema: type, error: OmegaConfBaseException) -> ConfigError:
+    key = f"{group}.{error.full_key}" if getattr(error, "full_key", None) else group
+    text = str(error).splitlines()[0]
+    if isinstance(error, ConfigKeyError):
+        allowed = ", ".join(f.name for f in dataclasses.fields(schema))
+        return ConfigError(f"{key}: unknown key. Allowed keys for this {group} option: {allowed}. "
+                           "Fix: remove it or correct its spelling")
+    if isinstance(error, MissingMandatoryValue):
+        return ConfigError(f"{key}: is required and has no value. Fix: pass it, e.g. {key}=...")
+    return ConfigError(f"{key}: {text}. Fix: give a value of the type in conf/{group}/")
+
+
+def validate(cfg: DictConfig | dict) -> ExperimentConfig:
+    """Check a composed config and return it as typed dataclasses, or raise ConfigError."""
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.create(cfg)
+    known = set(SCHEMAS) | {"seed"}
+    extra = sorted(set(cfg.keys()) - known - {"hydra", "experiment", "hparams_search"})
+    if extra:
+        raise ConfigError(f"{extra[0]}: unknown top-level key. Allowed: {', '.join(sorted(known))}. "
+                          "Fix: remove it or correct its spelling")
+    seed = cfg.get("seed", 42)
+    _check(isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0, "seed",
+           f"must be a non-negative integer, got {seed!r}", "e.g. seed=42")
+    groups: dict[str, Any] = {}
+    for group in SCHEMAS:
+        node = cfg.get(group)
+        _check(node is not None, group, "is missing", f"add {group} to the defaults list in conf/config.yaml")
+        schema = _schema_for(group, node)
+        try:
+            merged = OmegaConf.merge(OmegaConf.structured(schema), node)
+            groups[group] = OmegaConf.to_object(merged)
+        except ConfigError:
+            raise
+        except OmegaConfBaseException as error:
+            raise _explain(group, schema, error) from None
+    return ExperimentConfig(seed=seed, **groups)
+
+
+def to_dict(config: ExperimentConfig) -> dict[str, Any]:
+    """The validated config as plain nested dicts (for YAML and params)."""
+    return dataclasses.asdict(config)
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'model': {'lstm_units': 64}} -> {'model.lstm_units': 64}; lists stay whole values."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat

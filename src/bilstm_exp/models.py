@@ -1,0 +1,154 @@
+"""Model builders: ``build(model_cfg, vocab_size, num_classes)`` -> a Functional Keras model.
+
+Architectures (``model.name``): ``basic`` (Embedding -> Bidirectional(LSTM) -> Dense),
+``attention`` (BiLSTM sequence -> additive attention -> Dense), ``stacked`` (several BiLSTMs),
+``unidirectional`` (one forward LSTM, the baseline).
+
+GPU note: the recurrent layers keep Keras's cuDNN-compatible defaults (tanh/sigmoid, bias,
+no unrolling) and the inputs are right-padded with a mask from ``Embedding(mask_zero=True)``,
+so on a GPU Keras picks the fused cuDNN kernel. ``recurrent_dropout > 0`` rules that kernel
+out and training falls back to the generic (several times slower) one.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from bilstm_exp.config import (
+    AttentionModelConfig,
+    BasicModelConfig,
+    ModelConfig,
+    StackedModelConfig,
+    UnidirectionalModelConfig,
+)
+from bilstm_exp.layers import AdditiveAttention
+
+
+class RunningMax(keras.metrics.Metric):
+    """The largest value seen since the last reset (Keras ships Mean but no Max)."""
+
+    def __init__(self, name: str = "max", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.maximum = self.add_variable(shape=(), initializer="zeros", name="maximum")
+
+    def update_state(self, value):
+        self.maximum.assign(keras.ops.maximum(self.maximum, keras.ops.cast(value, self.dtype)))
+
+    def result(self):
+        return keras.ops.copy(self.maximum)  # a snapshot: logs must not change when metrics reset
+
+    def reset_state(self):
+        self.maximum.assign(0.0)
+
+
+@keras.saving.register_keras_serializable(package="bilstm_exp")
+class TelemetryModel(keras.Model):
+    """A Functional model whose ``train_step`` also measures the gradient before clipping.
+
+    Per epoch it reports ``grad_norm_mean`` and ``grad_norm_max`` (global L2 norm of the raw
+    gradient) and ``grad_clip_fraction`` (share of steps in which the optimizer's clipping
+    changed the gradient: ``global_clipnorm`` when the global norm exceeds it, ``clipnorm`` when
+    any variable's norm does, ``clipvalue`` when any element does). For sparse embedding
+    gradients the norm is taken over the gathered rows. This is Keras's documented way to
+    customise ``fit``; everything else (loss, metrics, callbacks) stays standard.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.grad_norm_mean = keras.metrics.Mean(name="grad_norm_mean")
+        self.grad_norm_max = RunningMax(name="grad_norm_max")
+        self.grad_clip_fraction = keras.metrics.Mean(name="grad_clip_fraction")
+
+    def _clipped(self, grads, global_norm):
+        opt = getattr(self.optimizer, "inner_optimizer", self.optimizer)
+        values = [g.values if isinstance(g, tf.IndexedSlices) else g for g in grads if g is not None]
+        if opt.global_clipnorm:
+            return global_norm > opt.global_clipnorm
+        if opt.clipnorm:
+            return tf.reduce_any(tf.stack([tf.norm(v) > opt.clipnorm for v in values]))
+        if opt.clipvalue:
+            return tf.reduce_any(tf.stack([tf.reduce_max(tf.abs(v)) > opt.clipvalue for v in values]))
+        return tf.constant(False)
+
+    def train_step(self, data):
+        x, y = data[0], data[1]
+        with tf.GradientTape() as tape:
+            y_pred = self(x, training=True)
+            loss = self.compute_loss(x=x, y=y, y_pred=y_pred, training=True)
+            scaled = self.optimizer.scale_loss(loss)
+        grads = tape.gradient(scaled, self.trainable_variables)
+        norm = tf.linalg.global_norm([g for g in grads if g is not None])
+        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            norm = norm / tf.cast(self.optimizer.dynamic_scale, norm.dtype)
+        clipped = self._clipped(grads, norm)
+        self.optimizer.apply(grads, self.trainable_variables)
+        self.grad_norm_mean.update_state(norm)
+        self.grad_norm_max.update_state(norm)
+        self.grad_clip_fraction.update_state(tf.cast(clipped, "float32"))
+        for metric in self.metrics:
+            if metric.name == "loss":
+                metric.update_state(loss)
+            elif not metric.name.startswith("grad_"):
+                metric.update_state(y, y_pred)
+        return {metric.name: metric.result() for metric in self.metrics}
+
+    def test_step(self, data):
+        logs = super().test_step(data)
+        return {key: value for key, value in logs.items() if not key.startswith("grad_")}
+
+
+def _recurrent(cfg: ModelConfig, units: int, name: str, **kwargs) -> keras.layers.Layer:
+    cell = keras.layers.LSTM if cfg.cell == "lstm" else keras.layers.GRU
+    return cell(units, dropout=cfg.dropout, recurrent_dropout=cfg.recurrent_dropout, name=name, **kwargs)
+
+
+def _head(features, num_classes: int):
+    if num_classes == 2:
+        return keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="output")(features)
+    return keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="output")(features)
+
+
+def build(cfg: ModelConfig, vocab_size: int, num_classes: int) -> TelemetryModel:
+    """Build the configured architecture (uncompiled). Inputs: int32 token ids, 0 = padding."""
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    tokens = keras.Input(shape=(None,), dtype="int32", name="token_ids")
+    x = keras.layers.Embedding(vocab_size, cfg.embedding_dim, mask_zero=True, name="embedding")(tokens)
+
+    if isinstance(cfg, AttentionModelConfig):
+        rnn = keras.layers.Bidirectional(
+            _recurrent(cfg, cfg.lstm_units, "lstm", return_sequences=True, return_state=True),
+            merge_mode=cfg.merge_mode, name="bidirectional")
+        outputs = rnn(x)
+        sequence, states = outputs[0], outputs[1:]
+        half = len(states) // 2  # LSTM: (h, c) per direction; GRU: (h,)
+        query = keras.layers.Concatenate(name="query")([states[0], states[half]])
+        token_mask = keras.ops.not_equal(tokens, 0)
+        features, _ = AdditiveAttention(cfg.attention_units, name="attention")(sequence, query, mask=token_mask)
+    elif isinstance(cfg, StackedModelConfig):
+        for i, units in enumerate(cfg.layer_sizes):
+            last = i == len(cfg.layer_sizes) - 1
+            x = keras.layers.Bidirectional(
+                _recurrent(cfg, units, f"lstm_{i}", return_sequences=not last),
+                merge_mode=cfg.merge_mode, name=f"bidirectional_{i}")(x)
+        features = x
+    elif isinstance(cfg, BasicModelConfig):
+        features = keras.layers.Bidirectional(
+            _recurrent(cfg, cfg.lstm_units, "lstm"), merge_mode=cfg.merge_mode, name="bidirectional")(x)
+    elif isinstance(cfg, UnidirectionalModelConfig):
+        features = _recurrent(cfg, cfg.lstm_units, "lstm")(x)
+    else:
+        raise ValueError(f"unknown architecture {cfg.name!r}; use basic, attention, stacked or unidirectional")
+
+    return TelemetryModel(tokens, _head(features, num_classes), name=cfg.name)
+
+
+def inference_model(model: keras.Model) -> keras.Model:
+    """A plain Functional copy (shared weights) for saving and serving: no custom train step."""
+    return keras.Model(model.inputs, model.outputs, name=model.name)
+
+
+def attention_model(model: keras.Model) -> keras.Model:
+    """Token ids -> attention weights (batch, time), for models built with ``model.name=attention``."""
+    return keras.Model(model.inputs, model.get_layer("attention").output[1], name="attention_weights")

@@ -1,0 +1,84 @@
+"""The registered model: raw text in, probability and label out (an MLflow pyfunc).
+
+``mlflow.pyfunc.load_model(uri).predict(["a fine film", "dull"])`` or a DataFrame with a
+``text`` column returns a DataFrame with ``probability`` (of the positive class for two
+classes, of the predicted class otherwise) and ``label`` (the class name).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+
+from bilstm_exp.data import PAD_ID, Vocabulary
+
+BATCH = 256
+
+
+def texts_of(model_input: Any) -> list[str]:
+    """Accept a DataFrame with a ``text`` column, a Series, a list/array of strings or one string."""
+    if isinstance(model_input, pd.DataFrame):
+        if "text" not in model_input.columns:
+            raise ValueError(f"input DataFrame needs a 'text' column; it has {list(model_input.columns)}")
+        model_input = model_input["text"]
+    if isinstance(model_input, str):
+        model_input = [model_input]
+    if isinstance(model_input, dict) and "text" in model_input:
+        model_input = model_input["text"]
+    texts = [str(t) for t in list(model_input)]
+    return texts
+
+
+def pad_right(sequences: list[np.ndarray]) -> np.ndarray:
+    """Right-pad to the longest sequence (masks stay cuDNN-compatible)."""
+    out = np.full((len(sequences), max(len(s) for s in sequences)), PAD_ID, dtype=np.int32)
+    for row, seq in enumerate(sequences):
+        out[row, : len(seq)] = seq
+    return out
+
+
+# The explicit signature in training.py describes the input; MLflow's type-hint nag is noise here.
+warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method.*")
+
+
+class TextClassifier(mlflow.pyfunc.PythonModel):
+    """Tokenises with the run's vocabulary, pads, and runs the Keras model in batches."""
+
+    def load_context(self, context) -> None:
+        import keras
+
+        import bilstm_exp.layers  # noqa: F401  (registers the custom attention layer)
+
+        meta = json.loads(Path(context.artifacts["meta"]).read_text())
+        self.setup(keras.saving.load_model(context.artifacts["keras_model"], compile=False),
+                   Vocabulary.from_json(Path(context.artifacts["vocab"]).read_text()), meta)
+
+    def setup(self, model, vocab: Vocabulary, meta: dict[str, Any]) -> TextClassifier:
+        self.model, self.vocab = model, vocab
+        self.class_names = meta["class_names"]
+        self.max_length, self.truncating = meta["max_length"], meta["truncating"]
+        return self
+
+    def probabilities(self, texts: list[str]) -> np.ndarray:
+        """(n, num_classes) class probabilities."""
+        chunks = []
+        for start in range(0, len(texts), BATCH):
+            ids = self.vocab.encode_batch(texts[start:start + BATCH], self.max_length, self.truncating)
+            chunks.append(np.asarray(self.model.predict_on_batch(pad_right(ids)), dtype=np.float64))
+        probs = np.concatenate(chunks) if chunks else np.zeros((0, 1))
+        return np.hstack([1.0 - probs, probs]) if probs.shape[1] == 1 else probs
+
+    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+        texts = texts_of(model_input)
+        if not texts:
+            return pd.DataFrame({"probability": [], "label": []})
+        probs = self.probabilities(texts)
+        ids = probs.argmax(axis=1)
+        score = probs[:, 1] if len(self.class_names) == 2 else probs.max(axis=1)
+        return pd.DataFrame({"probability": score, "label": [self.class_names[i] for i in ids]})

@@ -1,0 +1,231 @@
+"""MLflow tracking: store set-up, run lifecycle, per-epoch logging, model logging and registry.
+
+Nothing here knows about LSTMs: it records whatever the training loop hands it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import keras
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from bilstm_exp.config import TrackingConfig
+from bilstm_exp.errors import TrackingError
+
+SECRET_WORDS = ("password", "passwd", "secret", "token", "api_key", "apikey", "credential")
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread on SIGTERM so the run can end KILLED, not stay RUNNING."""
+
+
+# --------------------------------------------------------------------------- store
+
+
+def redact(uri: str) -> str:
+    """The URI without user info and without secret-looking query values."""
+    parts = urllib.parse.urlsplit(uri)
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    query = urllib.parse.urlencode([
+        (k, "***" if any(w in k.lower() for w in SECRET_WORDS) else v)
+        for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)])
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def is_secret(key: str, value: Any) -> bool:
+    """True for a key that names a secret or a value that embeds credentials."""
+    if any(word in key.lower() for word in SECRET_WORDS):
+        return True
+    return isinstance(value, str) and "://" in value and redact(value) != value
+
+
+def resolve_uri(cfg: TrackingConfig, root: Path) -> str:
+    if cfg.name == "local":
+        return cfg.tracking_uri or f"sqlite:///{(root / 'mlflow.db').resolve()}"
+    uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        raise TrackingError("tracking=server needs a server URI. Fix: set MLFLOW_TRACKING_URI "
+                            "or tracking.tracking_uri=http://127.0.0.1:5000")
+    if cfg.tracking_uri and redact(cfg.tracking_uri) != cfg.tracking_uri:
+        raise TrackingError(f"tracking.tracking_uri holds credentials ({redact(uri)}). Fix: put them in "
+                            "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN")
+    return uri
+
+
+def check_store(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast, naming the URI, when the store cannot be reached. Creates a local store."""
+    scheme = urllib.parse.urlsplit(uri).scheme
+    if scheme in ("http", "https"):
+        import requests
+
+        try:
+            response = requests.get(uri.rstrip("/") + "/health", timeout=timeout_s)
+            response.raise_for_status()
+        except requests.RequestException as error:
+            reason = type(error).__name__
+            raise TrackingError(f"MLflow tracking server {redact(uri)} is unreachable ({reason}). Fix: start "
+                                "it (mlflow server --host 127.0.0.1 --port 5000), correct the URI, "
+                                "or use tracking=local") from None
+        return
+    if scheme == "sqlite":
+        db = Path(urllib.parse.urlsplit(uri).path[1:] if uri.startswith("sqlite:////") else uri[len("sqlite:///"):])
+        if not db.parent.is_dir():
+            raise TrackingError(f"tracking store {uri}: folder {db.parent} does not exist. "
+                                "Fix: create it or point tracking.tracking_uri elsewhere")
+    try:
+        MlflowClient(uri).search_experiments(max_results=1)  # creates and migrates a new store once
+    except MlflowException as error:
+        raise TrackingError(f"tracking store {redact(uri)} cannot be opened: {error.message.splitlines()[0]}. "
+                            "Fix: check the URI, or use tracking=local") from None
+
+
+def setup(cfg: TrackingConfig, root: Path) -> str:
+    """Point MLflow at the configured store and experiment; returns the experiment id."""
+    uri = resolve_uri(cfg, root)
+    check_store(uri)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(cfg.experiment_name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = (root / "mlartifacts").resolve().as_uri() if cfg.name == "local" and not cfg.tracking_uri else None
+    try:
+        return client.create_experiment(cfg.experiment_name, artifact_location=location)
+    except MlflowException:  # created by a parallel process in between
+        return client.get_experiment_by_name(cfg.experiment_name).experiment_id
+
+
+# --------------------------------------------------------------------------- run lifecycle
+
+
+@contextmanager
+def run(experiment_id: str, run_name: str | None = None, tags: dict[str, str] | None = None,
+        parent_run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
+    """An MLflow run that always ends: FINISHED, FAILED (exception, tag ``error``) or KILLED
+    (Ctrl-C or SIGTERM). SIGTERM is turned into :class:`Terminated` for the duration."""
+
+    def on_sigterm(signum, frame):
+        raise Terminated("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    active = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags,
+                              parent_run_id=parent_run_id)
+    try:
+        yield active
+    except KeyboardInterrupt as interrupt:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up
+        mlflow.set_tag("failure_reason", "terminated" if isinstance(interrupt, Terminated) else "interrupted")
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException as error:
+        mlflow.set_tag("error", f"{type(error).__name__}: {error}"[:1000])
+        mlflow.set_tag("failure_reason", getattr(error, "failure_reason", "exception"))
+        mlflow.end_run("FAILED")
+        raise
+    else:
+        mlflow.end_run("FINISHED")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def log_params(params: dict[str, Any], run_id: str | None = None) -> None:
+    """Log params in batches of 100 (MLflow's request limit), dropping anything secret."""
+    run_id = run_id or mlflow.active_run().info.run_id
+    items = [Param(k, str(v)) for k, v in params.items() if not is_secret(k, v)]
+    client = MlflowClient()
+    for start in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[start:start + 100], synchronous=True)
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None, run_id: str | None = None) -> None:
+    """One batched request per call (up to 1,000 metrics), never one request per metric."""
+    run_id = run_id or mlflow.active_run().info.run_id
+    now = int(time.time() * 1000)
+    items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+    client = MlflowClient()
+    for start in range(0, len(items), 1000):
+        client.log_batch(run_id, metrics=items[start:start + 1000], synchronous=True)
+
+
+def log_tags(tags: dict[str, str], run_id: str | None = None) -> None:
+    run_id = run_id or mlflow.active_run().info.run_id
+    MlflowClient().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True)
+
+
+# --------------------------------------------------------------------------- Keras callback
+
+
+def metric_name(keras_key: str) -> str:
+    """Keras log keys -> stable MLflow names: loss -> train/loss, val_auc -> val/auc,
+    grad_norm_mean -> grad/global_norm_mean; keys that already hold a '/' pass through."""
+    if "/" in keras_key:
+        return keras_key
+    if keras_key.startswith("grad_norm_"):
+        return "grad/global_" + keras_key[len("grad_"):]
+    if keras_key.startswith("grad_"):
+        return "grad/" + keras_key[len("grad_"):]
+    if keras_key.startswith("val_"):
+        return "val/" + keras_key[len("val_"):]
+    if keras_key == "learning_rate":
+        return "lr"
+    return "train/" + keras_key
+
+
+class MLflowLogger(keras.callbacks.Callback):
+    """Logs every epoch's Keras logs to MLflow in one batched request (step = epoch index).
+
+    Works with any ``model.fit``: ``model.fit(..., callbacks=[MLflowLogger()])`` inside an active
+    MLflow run. Callbacks placed before it may add entries (e.g. ``time/epoch_s``) to ``logs``;
+    they are logged in the same request. Also logs the optimizer's current learning rate as ``lr``.
+    """
+
+    def __init__(self, run_id: str | None = None):
+        super().__init__()
+        self.run_id = run_id
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        metrics = {metric_name(k): float(v) for k, v in (logs or {}).items()}
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is not None and "lr" not in metrics:
+            metrics["lr"] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+        log_metrics(metrics, step=epoch, run_id=self.run_id)
+
+
+# --------------------------------------------------------------------------- model
+
+
+def log_model(python_model, artifacts: dict[str, str], signature, input_example,
+              registered_model_name: str | None) -> Any:
+    """Log the pyfunc model (with the package as code) and register it when a name is given."""
+    import bilstm_exp
+
+    package = Path(bilstm_exp.__file__).parent
+    requirements = [f"{name}=={version}" for name, version in _versions(
+        "mlflow", "tensorflow-cpu", "keras", "numpy", "pandas").items()]
+    return mlflow.pyfunc.log_model(
+        name="model", python_model=python_model, artifacts=artifacts, signature=signature,
+        input_example=input_example, code_paths=[str(package)], pip_requirements=requirements,
+        registered_model_name=registered_model_name)
+
+
+def _versions(*names: str) -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in names:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return found

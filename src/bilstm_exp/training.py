@@ -1,0 +1,197 @@
+"""One experiment run: data -> model -> fit -> evaluate, recorded in MLflow.
+
+This is the only module that knows both the model and the tracking side; it wires
+``data``, ``models``, ``optim``, ``profiling``, ``serving`` and ``tracking`` together.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import mlflow
+import numpy as np
+import tensorflow as tf
+import yaml
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, Schema
+
+from bilstm_exp import data as data_mod
+from bilstm_exp import models, optim, profiling, serving, tracking
+from bilstm_exp.config import ExperimentConfig, flatten, to_dict
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    metrics: dict[str, float]
+    history: dict[str, list[float]]
+    model_uri: str | None
+
+
+def configure_tensorflow(config: ExperimentConfig) -> None:
+    keras.utils.set_random_seed(config.seed)
+    if config.training.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    keras.mixed_precision.set_global_policy("mixed_float16" if config.training.mixed_precision else "float32")
+
+
+def datasets(config: ExperimentConfig, prepared: data_mod.PreparedData) -> dict[str, tf.data.Dataset]:
+    """Train (shuffled), val and test pipelines with bucket boundaries from the training lengths."""
+    cfg = config.data
+    lengths = np.array([len(s) for s in prepared.splits["train"]])
+    bounds = data_mod.bucket_boundaries(lengths, cfg.num_buckets) if cfg.padding == "bucket" else None
+    return {
+        name: data_mod.make_dataset(prepared.splits[name], prepared.labels[name], config.training.batch_size,
+                                    padding=cfg.padding, max_length=cfg.max_length, boundaries=bounds,
+                                    shuffle=name == "train", seed=config.seed)
+        for name in ("train", "val", "test")
+    }
+
+
+def compile_model(config: ExperimentConfig, prepared: data_mod.PreparedData, steps_per_epoch: int) -> keras.Model:
+    model = models.build(config.model, len(prepared.vocab), prepared.num_classes)
+    optimizer = optim.build(config.optimizer, config.clipping, steps_per_epoch, config.training.epochs)
+    if prepared.num_classes == 2:
+        loss, metrics = "binary_crossentropy", [keras.metrics.BinaryAccuracy(name="accuracy"),
+                                                keras.metrics.AUC(name="auc")]
+    else:
+        loss, metrics = "sparse_categorical_crossentropy", [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+    model.compile(optimizer=optimizer, loss=loss, metrics=metrics,
+                  steps_per_execution=config.training.steps_per_execution)
+    return model
+
+
+def test_metrics(classifier: serving.TextClassifier, prepared: data_mod.PreparedData) -> dict[str, float]:
+    """test/loss, test/accuracy and test/auc (two classes) or test/macro_f1 (more)."""
+    from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score
+
+    y = prepared.labels["test"]
+    probs = classifier.probabilities(prepared.texts["test"])
+    pred = probs.argmax(axis=1)
+    labels = list(range(prepared.num_classes))
+    out = {"test/loss": float(log_loss(y, np.clip(probs, 1e-7, 1 - 1e-7), labels=labels)),
+           "test/accuracy": float(accuracy_score(y, pred))}
+    if prepared.num_classes == 2:
+        out["test/auc"] = float(roc_auc_score(y, probs[:, 1])) if len(set(y)) == 2 else float("nan")
+    else:
+        out["test/macro_f1"] = float(f1_score(y, pred, average="macro", labels=labels))
+    return out
+
+
+def _callbacks(config: ExperimentConfig, profiler: profiling.EpochProfiler) -> list[keras.callbacks.Callback]:
+    callbacks: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN(), profiler]
+    stop = config.training.early_stopping
+    if stop.enabled:
+        mode = "min" if stop.monitor == "val_loss" else "max"
+        callbacks.append(keras.callbacks.EarlyStopping(monitor=stop.monitor, patience=stop.patience, mode=mode,
+                                                       restore_best_weights=True))
+    callbacks.append(tracking.MLflowLogger())  # last: logs what the callbacks before it added
+    return callbacks
+
+
+def _log_model(config: ExperimentConfig, classifier: serving.TextClassifier,
+               prepared: data_mod.PreparedData, folder: Path) -> str:
+    keras_path = folder / "model.keras"
+    classifier.model.save(keras_path)
+    (folder / "vocab.json").write_text(prepared.vocab.to_json())
+    meta = {"class_names": prepared.class_names, "max_length": prepared.max_length,
+            "truncating": prepared.truncating}
+    (folder / "meta.json").write_text(json.dumps(meta))
+    signature = ModelSignature(inputs=Schema([ColSpec("string", "text")]),
+                               outputs=Schema([ColSpec("double", "probability"), ColSpec("string", "label")]))
+    example = {"text": prepared.texts["test"][:2]}
+    import pandas as pd
+
+    info = tracking.log_model(
+        serving.TextClassifier(),
+        artifacts={"keras_model": str(keras_path), "vocab": str(folder / "vocab.json"),
+                   "meta": str(folder / "meta.json")},
+        signature=signature, input_example=pd.DataFrame(example),
+        registered_model_name=config.tracking.registered_model_name if config.tracking.register_model else None)
+    return info.model_uri
+
+
+def run(config: ExperimentConfig, *, root: Path, overrides: list[str] | None = None,
+        prepared: data_mod.PreparedData | None = None) -> RunResult:
+    """Train and evaluate one configuration and record it as one MLflow run.
+
+    The store is checked before any data is prepared, so a down server fails fast.
+    """
+    experiment_id = tracking.setup(config.tracking, root)
+    overrides = overrides or []
+    tags = {"architecture": config.model.name, "hydra_overrides": " ".join(overrides),
+            "mlflow.note.content": f"{config.model.name} on {config.data.name} data, "
+                                   f"{config.optimizer.name}, clipping={config.clipping.name}"}
+    run_name = f"{config.model.name}-{config.optimizer.name}-clip_{config.clipping.name}"
+    with tracking.run(experiment_id, run_name=run_name, tags=tags) as active, \
+            tempfile.TemporaryDirectory(prefix="bilstm-exp-") as tmp:
+        folder = Path(tmp)
+        tracking.log_params(flatten(to_dict(config)))
+        (folder / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+        (folder / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+        mlflow.log_artifact(str(folder / "config.yaml"))
+        mlflow.log_artifact(str(folder / "overrides.yaml"))
+
+        start = time.perf_counter()
+        if prepared is None:
+            prepared = data_mod.prepare(config.data, config.seed)
+        prepare_s = time.perf_counter() - start
+        tracking.log_tags({"data_md5": prepared.md5()})
+        tracking.log_params({"derived.vocab_size": len(prepared.vocab), "derived.num_classes": prepared.num_classes,
+                             "derived.train_examples": len(prepared.labels["train"])})
+
+        configure_tensorflow(config)
+        pipelines = datasets(config, prepared)
+        padding, real_tokens = data_mod.padding_fraction(pipelines["train"])
+        steps_per_epoch = sum(1 for _ in pipelines["train"])
+        start = time.perf_counter()
+        model = compile_model(config, prepared, steps_per_epoch)
+        build_s = time.perf_counter() - start
+        params = int(model.count_params())
+        tracking.log_params({"derived.trainable_params": params})
+
+        profiler = profiling.EpochProfiler(len(prepared.labels["train"]), real_tokens)
+        history = model.fit(pipelines["train"], validation_data=pipelines["val"], epochs=config.training.epochs,
+                            callbacks=_callbacks(config, profiler), shuffle=False,
+                            verbose=_verbose(config.training.verbose))
+        if any(not np.isfinite(v) for v in history.history.get("loss", [])):
+            raise NonFiniteLoss("training loss became NaN or infinite; lower optimizer.learning_rate "
+                                "or enable clipping, e.g. clipping=global_norm")
+
+        classifier = serving.TextClassifier().setup(models.inference_model(model), prepared.vocab, {
+            "class_names": prepared.class_names, "max_length": prepared.max_length,
+            "truncating": prepared.truncating})
+        metrics = test_metrics(classifier, prepared)
+        metrics.update({
+            "time/data_prepare_s": prepare_s, "time/model_build_s": build_s,
+            "data/padding_fraction": padding, "model/params": params,
+            "model/size_mb": profiling.model_size_mb(model), "epochs_trained": len(history.history["loss"]),
+        })
+        overhead = profiler.first_epoch_overhead_s()
+        if overhead is not None:
+            metrics["time/first_epoch_overhead_s"] = overhead
+        if config.profiling.latency_samples:
+            texts = prepared.texts["test"][: config.profiling.latency_samples]
+            metrics.update(profiling.latency(lambda text: classifier.probabilities([text]), texts))
+        metrics["memory/peak_rss_mb"] = profiling.peak_rss_mb()
+        tracking.log_metrics(metrics)
+        model_uri = _log_model(config, classifier, prepared, folder)
+        return RunResult(active.info.run_id, metrics, history.history, model_uri)
+
+
+class NonFiniteLoss(RuntimeError):
+    failure_reason = "non_finite_loss"
+
+
+def _verbose(value: str) -> int:
+    """auto: a progress bar on a terminal, one line per epoch in logs and CI."""
+    if value == "auto":
+        return 1 if sys.stdout.isatty() else 2
+    return int(value)
