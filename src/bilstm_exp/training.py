@@ -30,9 +30,11 @@ from bilstm_exp.config import ExperimentConfig, flatten, to_dict
 @dataclass
 class RunResult:
     run_id: str
-    metrics: dict[str, float]
-    history: dict[str, list[float]]
-    model_uri: str | None
+    metrics: dict[str, float]  # the final (non-per-epoch) metrics logged to MLflow
+    history: dict[str, list[float]]  # Keras History: per-epoch logs, incl. profiling keys
+    model_uri: str | None  # the logged pyfunc model
+    classifier: serving.TextClassifier  # the trained model, raw text in
+    prepared: data_mod.PreparedData
 
 
 def configure_tensorflow(config: ExperimentConfig) -> None:
@@ -119,18 +121,21 @@ def _log_model(config: ExperimentConfig, classifier: serving.TextClassifier,
 
 
 def run(config: ExperimentConfig, *, root: Path, overrides: list[str] | None = None,
-        prepared: data_mod.PreparedData | None = None) -> RunResult:
+        prepared: data_mod.PreparedData | None = None, parent_run_id: str | None = None,
+        extra_tags: dict[str, str] | None = None) -> RunResult:
     """Train and evaluate one configuration and record it as one MLflow run.
 
     The store is checked before any data is prepared, so a down server fails fast.
+    ``prepared`` skips data preparation (the DVC train stage passes what `prepare` wrote);
+    ``parent_run_id`` nests the run under a sweep's parent run.
     """
     experiment_id = tracking.setup(config.tracking, root)
     overrides = overrides or []
-    tags = {"architecture": config.model.name, "hydra_overrides": " ".join(overrides),
+    tags = {**(extra_tags or {}), "architecture": config.model.name, "hydra_overrides": " ".join(overrides),
             "mlflow.note.content": f"{config.model.name} on {config.data.name} data, "
                                    f"{config.optimizer.name}, clipping={config.clipping.name}"}
     run_name = f"{config.model.name}-{config.optimizer.name}-clip_{config.clipping.name}"
-    with tracking.run(experiment_id, run_name=run_name, tags=tags) as active, \
+    with tracking.run(experiment_id, run_name=run_name, tags=tags, parent_run_id=parent_run_id) as active, \
             tempfile.TemporaryDirectory(prefix="bilstm-exp-") as tmp:
         folder = Path(tmp)
         tracking.log_params(flatten(to_dict(config)))
@@ -183,7 +188,7 @@ def run(config: ExperimentConfig, *, root: Path, overrides: list[str] | None = N
         metrics["memory/peak_rss_mb"] = profiling.peak_rss_mb()
         tracking.log_metrics(metrics)
         model_uri = _log_model(config, classifier, prepared, folder)
-        return RunResult(active.info.run_id, metrics, history.history, model_uri)
+        return RunResult(active.info.run_id, metrics, history.history, model_uri, classifier, prepared)
 
 
 class NonFiniteLoss(RuntimeError):
