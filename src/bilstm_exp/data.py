@@ -425,10 +425,18 @@ def make_dataset(sequences: list[np.ndarray], labels: np.ndarray, batch_size: in
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def padding_fraction(dataset) -> tuple[float, int]:
-    """(padded positions / all positions fed to the model, real tokens) for one pass."""
-    real = total = 0
+@dataclass
+class PaddingStats:
+    fraction: float  # padded positions / all positions fed to the model
+    real_tokens: int
+    batches: int
+
+
+def padding_stats(dataset) -> PaddingStats:
+    """Padding and size of one pass over a batched dataset (token id 0 is padding)."""
+    real = total = batches = 0
     for x, _ in dataset.as_numpy_iterator():
         real += int(np.count_nonzero(x))
         total += x.size
-    return (1.0 - real / total if total else 0.0), real
+        batches += 1
+    return PaddingStats(1.0 - real / total if total else 0.0, real, batches)

@@ -28,6 +28,12 @@ class AdditiveAttention(keras.layers.Layer):
         self.v = keras.layers.Dense(1, use_bias=False, name="v")
         self.supports_masking = True
 
+    def build(self, sequence_shape, query_shape):
+        self.w1.build(sequence_shape)
+        self.w2.build(query_shape)
+        self.v.build((*sequence_shape[:-1], self.units))
+        self.built = True
+
     def call(self, sequence, query, mask=None):
         hidden = ops.tanh(self.w1(sequence) + ops.expand_dims(self.w2(query), 1))
         scores = ops.cast(ops.squeeze(self.v(hidden), -1), "float32")  # softmax in float32

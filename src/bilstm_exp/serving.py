@@ -72,7 +72,9 @@ class TextClassifier(mlflow.pyfunc.PythonModel):
             ids = self.vocab.encode_batch(texts[start:start + BATCH], self.max_length, self.truncating)
             chunks.append(np.asarray(self.model.predict_on_batch(pad_right(ids)), dtype=np.float64))
         probs = np.concatenate(chunks) if chunks else np.zeros((0, 1))
-        return np.hstack([1.0 - probs, probs]) if probs.shape[1] == 1 else probs
+        if probs.shape[1] == 1:
+            return np.hstack([1.0 - probs, probs])
+        return probs / probs.sum(axis=1, keepdims=True)  # float32 softmax sums to 1 only roughly
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
         texts = texts_of(model_input)

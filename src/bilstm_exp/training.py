@@ -135,6 +135,11 @@ def run(config: ExperimentConfig, *, root: Path, overrides: list[str] | None = N
             "mlflow.note.content": f"{config.model.name} on {config.data.name} data, "
                                    f"{config.optimizer.name}, clipping={config.clipping.name}"}
     run_name = f"{config.model.name}-{config.optimizer.name}-clip_{config.clipping.name}"
+    start = time.perf_counter()
+    if prepared is None:
+        prepared = data_mod.prepare(config.data, config.seed)  # bad data fails here, before a run exists
+    prepare_s = time.perf_counter() - start
+
     with tracking.run(experiment_id, run_name=run_name, tags=tags, parent_run_id=parent_run_id) as active, \
             tempfile.TemporaryDirectory(prefix="bilstm-exp-") as tmp:
         folder = Path(tmp)
@@ -143,28 +148,23 @@ def run(config: ExperimentConfig, *, root: Path, overrides: list[str] | None = N
         (folder / "overrides.yaml").write_text(yaml.safe_dump(overrides))
         mlflow.log_artifact(str(folder / "config.yaml"))
         mlflow.log_artifact(str(folder / "overrides.yaml"))
-
-        start = time.perf_counter()
-        if prepared is None:
-            prepared = data_mod.prepare(config.data, config.seed)
-        prepare_s = time.perf_counter() - start
         tracking.log_tags({"data_md5": prepared.md5()})
         tracking.log_params({"derived.vocab_size": len(prepared.vocab), "derived.num_classes": prepared.num_classes,
                              "derived.train_examples": len(prepared.labels["train"])})
 
         configure_tensorflow(config)
         pipelines = datasets(config, prepared)
-        padding, real_tokens = data_mod.padding_fraction(pipelines["train"])
-        steps_per_epoch = sum(1 for _ in pipelines["train"])
+        padding = data_mod.padding_stats(pipelines["train"])
         start = time.perf_counter()
-        model = compile_model(config, prepared, steps_per_epoch)
+        model = compile_model(config, prepared, padding.batches)
         build_s = time.perf_counter() - start
         params = int(model.count_params())
         tracking.log_params({"derived.trainable_params": params})
 
-        profiler = profiling.EpochProfiler(len(prepared.labels["train"]), real_tokens)
+        profiler = profiling.EpochProfiler(len(prepared.labels["train"]), padding.real_tokens)
         history = model.fit(pipelines["train"], validation_data=pipelines["val"], epochs=config.training.epochs,
-                            callbacks=_callbacks(config, profiler), shuffle=False,
+                            callbacks=_callbacks(config, profiler)
+                            + profiling.trace_callbacks(config.profiling, folder / "profile"), shuffle=False,
                             verbose=_verbose(config.training.verbose))
         if any(not np.isfinite(v) for v in history.history.get("loss", [])):
             raise NonFiniteLoss("training loss became NaN or infinite; lower optimizer.learning_rate "
@@ -176,7 +176,7 @@ def run(config: ExperimentConfig, *, root: Path, overrides: list[str] | None = N
         metrics = test_metrics(classifier, prepared)
         metrics.update({
             "time/data_prepare_s": prepare_s, "time/model_build_s": build_s,
-            "data/padding_fraction": padding, "model/params": params,
+            "data/padding_fraction": padding.fraction, "model/params": params,
             "model/size_mb": profiling.model_size_mb(model), "epochs_trained": len(history.history["loss"]),
         })
         overhead = profiler.first_epoch_overhead_s()
@@ -185,6 +185,10 @@ def run(config: ExperimentConfig, *, root: Path, overrides: list[str] | None = N
         if config.profiling.latency_samples:
             texts = prepared.texts["test"][: config.profiling.latency_samples]
             metrics.update(profiling.latency(lambda text: classifier.probabilities([text]), texts))
+        # compute/* (FLOPs, achieved GFLOP/s, peak fraction) and throughput/predict_samples_per_s
+        metrics.update(profiling.cost_metrics(config.model, prepared, history.history, classifier.probabilities))
+        if (folder / "profile").is_dir():  # profiling=trace: a TensorBoard-readable profiler trace
+            mlflow.log_artifacts(str(folder / "profile"), "profile")
         metrics["memory/peak_rss_mb"] = profiling.peak_rss_mb()
         tracking.log_metrics(metrics)
         model_uri = _log_model(config, classifier, prepared, folder)

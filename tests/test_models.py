@@ -1,0 +1,118 @@
+"""Architectures build, train a step and predict; attention masks padding; optimizers get clipping."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from bilstm_exp import models, optim
+from bilstm_exp.cli import compose
+from bilstm_exp.config import validate
+from tests.conftest import tiny
+
+ARCHITECTURES = ["basic", "attention", "stacked", "unidirectional"]
+
+
+def batch(n=6, length=12, vocab=30, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(2, vocab, size=(n, length)).astype("int32")
+    for row in range(n):  # right padding of varying length
+        x[row, rng.integers(3, length):] = 0
+    return x, rng.integers(0, 2, size=n).astype("int32")
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_each_architecture_trains_a_step_and_predicts_the_right_shape(architecture, num_classes):
+    config = validate(compose(tiny(architecture)))
+    model = models.build(config.model, vocab_size=30, num_classes=num_classes)
+    loss = "binary_crossentropy" if num_classes == 2 else "sparse_categorical_crossentropy"
+    model.compile(optimizer="adam", loss=loss)
+    x, y = batch()
+    y = y % num_classes
+    before = [w.copy() for w in model.get_weights()]
+    logs = model.train_on_batch(x, y, return_dict=True)
+    assert np.isfinite(logs["loss"])
+    assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    out = model.predict_on_batch(x)
+    assert out.shape == (6, 1 if num_classes == 2 else num_classes)
+    assert np.all((out >= 0) & (out <= 1))
+
+
+def test_bidirectional_doubles_features_and_merge_modes_apply():
+    concat = models.build(validate(compose(tiny("basic"))).model, 30, 2)
+    summed = models.build(validate(compose(tiny("basic", "model.merge_mode=sum"))).model, 30, 2)
+    uni = models.build(validate(compose(tiny("unidirectional"))).model, 30, 2)
+    assert concat.get_layer("bidirectional").output.shape[-1] == 16
+    assert summed.get_layer("bidirectional").output.shape[-1] == 8
+    assert uni.get_layer("lstm").output.shape[-1] == 8
+
+
+def test_stacked_wires_return_sequences_for_all_but_the_last():
+    model = models.build(validate(compose(tiny("stacked", "model.layer_sizes=[8,6,4]"))).model, 30, 2)
+    layers = [model.get_layer(f"bidirectional_{i}") for i in range(3)]
+    assert [layer.forward_layer.return_sequences for layer in layers] == [True, True, False]
+    assert [layer.forward_layer.units for layer in layers] == [8, 6, 4]
+
+
+def test_gru_cell_is_used_when_configured():
+    model = models.build(validate(compose(tiny("attention", "model.cell=gru"))).model, 30, 2)
+    assert isinstance(model.get_layer("bidirectional").forward_layer, keras.layers.GRU)
+
+
+def test_attention_weights_sum_to_one_over_real_tokens_and_are_zero_on_padding():
+    model = models.build(validate(compose(tiny("attention"))).model, 30, 2)
+    x, _ = batch(n=5, length=15)
+    weights = np.asarray(models.attention_model(model).predict_on_batch(x))
+    real = x != 0
+    assert weights.shape == x.shape
+    np.testing.assert_allclose(weights.sum(axis=1), 1.0, rtol=1e-5)
+    assert np.all(weights[~real] == 0.0)
+    assert np.all(weights[real] > 0.0)
+
+
+def test_models_keep_the_cudnn_compatible_settings():
+    model = models.build(validate(compose(tiny("basic"))).model, 30, 2)
+    layer = model.get_layer("bidirectional").forward_layer
+    assert (layer.activation.__name__, layer.recurrent_activation.__name__) == ("tanh", "sigmoid")
+    assert layer.use_bias and not layer.unroll and layer.recurrent_dropout == 0
+    assert model.get_layer("embedding").mask_zero
+
+
+@pytest.mark.parametrize("clipping,argument,threshold", [
+    ("norm", "clipnorm", 1.0), ("value", "clipvalue", 0.5), ("global_norm", "global_clipnorm", 1.0)])
+def test_each_clipping_setting_reaches_the_optimizer(clipping, argument, threshold):
+    config = validate(compose([f"clipping={clipping}"]))
+    optimizer = optim.build(config.optimizer, config.clipping, steps_per_epoch=10, epochs=2)
+    assert getattr(optimizer, argument) == threshold
+    others = {"clipnorm", "clipvalue", "global_clipnorm"} - {argument}
+    assert all(getattr(optimizer, other) is None for other in others)
+
+
+def test_no_clipping_leaves_the_optimizer_unclipped():
+    config = validate(compose(["clipping=none"]))
+    optimizer = optim.build(config.optimizer, config.clipping, 10, 2)
+    assert optimizer.clipnorm is None and optimizer.clipvalue is None and optimizer.global_clipnorm is None
+
+
+@pytest.mark.parametrize("name,cls", [("adam", keras.optimizers.Adam), ("adamw", keras.optimizers.AdamW),
+                                      ("sgd", keras.optimizers.SGD), ("rmsprop", keras.optimizers.RMSprop)])
+def test_optimizer_options(name, cls):
+    config = validate(compose([f"optimizer={name}"]))
+    optimizer = optim.build(config.optimizer, config.clipping, 10, 2)
+    assert type(optimizer) is cls
+    if name == "sgd":
+        assert optimizer.nesterov and optimizer.momentum == 0.9
+
+
+def test_schedules_warm_up_and_decay():
+    config = validate(compose(["optimizer.schedule.name=cosine", "optimizer.schedule.warmup_epochs=1"]))
+    schedule = optim.learning_rate(config.optimizer, steps_per_epoch=10, epochs=3)
+    rates = [float(schedule(step)) for step in (0, 5, 9, 10, 29)]
+    assert rates[0] < rates[1] < rates[2] <= 1e-3 + 1e-9
+    assert rates[3] == pytest.approx(1e-3, rel=1e-3) and rates[4] < 1e-4
+    config = validate(compose(["optimizer.schedule.name=exponential", "optimizer.schedule.decay_rate=0.5"]))
+    schedule = optim.learning_rate(config.optimizer, steps_per_epoch=10, epochs=3)
+    assert float(schedule(10)) == pytest.approx(5e-4)
+    assert optim.learning_rate(validate(compose([])).optimizer, 10, 3) == 1e-3

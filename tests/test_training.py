@@ -1,0 +1,94 @@
+"""Full tiny runs: each architecture leaves a FINISHED MLflow run with params, metrics and a model."""
+
+from __future__ import annotations
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from bilstm_exp import training
+from bilstm_exp.cli import compose
+from bilstm_exp.config import validate
+from tests.conftest import run_module, tiny
+
+pytestmark = pytest.mark.slow
+
+PER_EPOCH = ["train/loss", "train/accuracy", "val/loss", "val/accuracy"]
+
+
+@pytest.mark.parametrize("architecture", ["basic", "attention", "stacked", "unidirectional"])
+def test_full_tiny_run_is_recorded(workdir, architecture):
+    config = validate(compose(tiny(architecture, "training.epochs=2", "training.early_stopping.enabled=false")))
+    result = training.run(config, root=workdir, overrides=[f"model={architecture}"])
+
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert client.get_experiment(run.info.experiment_id).name == "bilstm-exp"
+    assert run.data.tags["architecture"] == architecture
+    assert run.data.params["model.name"] == architecture
+    assert run.data.params["training.epochs"] == "2"
+    assert run.data.params["optimizer.learning_rate"] == "0.001"
+    for key in PER_EPOCH:
+        history = client.get_metric_history(result.run_id, key)
+        assert [m.step for m in history] == [0, 1], key
+    for key in ("test/loss", "test/accuracy", "test/auc"):
+        assert 0 <= run.data.metrics[key] <= (1 if key != "test/loss" else 100)
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)}
+    assert {"config.yaml", "overrides.yaml"} <= artifacts
+
+    versions = client.search_model_versions("name='bilstm-sentiment'")
+    assert [v.run_id for v in versions] == [result.run_id]
+    model = mlflow.pyfunc.load_model(f"models:/bilstm-sentiment/{versions[0].version}")
+    out = model.predict(pd.DataFrame({"text": ["great superb film", "awful dull"]}))
+    assert list(out.columns) == ["probability", "label"] and len(out) == 2
+    assert set(out["label"]) <= {"negative", "positive"}
+
+
+def test_multiclass_run_reports_macro_f1(workdir):
+    config = validate(compose(tiny("basic", "data.num_classes=3", "tracking.register_model=false")))
+    result = training.run(config, root=workdir)
+    assert "test/macro_f1" in result.metrics and "test/auc" not in result.metrics
+    assert MlflowClient().search_registered_models() == []
+
+
+def test_default_data_is_learned_well_above_chance(workdir):
+    """Two epochs on the default synthetic data (smaller sample) beat chance clearly."""
+    config = validate(compose(["data.num_samples=800", "training.epochs=2", "profiling.latency_samples=0",
+                               "tracking.register_model=false"]))
+    result = training.run(config, root=workdir)
+    assert result.metrics["test/accuracy"] >= 0.75
+
+
+def test_cli_smoke_run_and_overrides(workdir):
+    out = run_module(tiny("attention", "tracking.experiment_name=smoke", "training.batch_size=8"), cwd=workdir)
+    assert out.returncode == 0, out.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert runs[0].data.params["training.batch_size"] == "8"
+    assert "model=attention" in runs[0].data.tags["hydra_overrides"]
+    assert (workdir / "mlartifacts").is_dir()
+
+
+CLI_BAD = [
+    (["model=transformer"], "transformer"),
+    (["model.lstm_units=0"], "model.lstm_units: must be > 0"),
+    (["model.dropout=1.5"], "model.dropout: must be in [0, 1)"),
+    (["clipping=norm", "clipping.threshold=-1"], "clipping.threshold: must be > 0"),
+    (["training.batch_size=0"], "training.batch_size: must be > 0"),
+    (["data.max_length=0"], "data.max_length: must be > 0"),
+    (["+model.lstm_unit=4"], "model.lstm_unit: unknown key"),
+    (["data=file", "data.path=missing.csv"], "missing.csv: no such file"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", CLI_BAD, ids=[" ".join(o) for o, _ in CLI_BAD])
+def test_cli_bad_input_exits_non_zero_with_a_message_and_no_run(workdir, overrides, message):
+    out = run_module(overrides, cwd=workdir, timeout=120)
+    assert out.returncode != 0
+    assert message in out.stderr, out.stderr[-2000:]
+    if (workdir / "mlflow.db").exists():
+        assert MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}").search_runs(
+            [e.experiment_id for e in MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}").search_experiments()]) == []
