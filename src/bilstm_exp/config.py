@@ -321,10 +321,15 @@ class TrackingConfig:
 class ProfilingConfig:
     name: str = "standard"
     latency_samples: int = 50  # single-text predictions timed for latency/predict_p50_ms
+    trace_start_step: int = 5  # profiling=trace: training steps skipped before the trace (tracing, warm-up)
+    trace_steps: int = 10  # profiling=trace: training steps recorded by the TensorFlow profiler
 
     def __post_init__(self) -> None:
         _check(self.latency_samples >= 0, "profiling.latency_samples",
                f"must be >= 0, got {self.latency_samples}", "e.g. profiling.latency_samples=50")
+        _check(self.trace_start_step >= 0, "profiling.trace_start_step",
+               f"must be >= 0, got {self.trace_start_step}", "e.g. profiling.trace_start_step=5")
+        _positive(self.trace_steps, "profiling.trace_steps", 10)
 
 
 @dataclass
@@ -350,7 +355,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "clipping": {name: ClippingConfig for name in ("none", "norm", "value", "global_norm")},
     "training": {"default": TrainingConfig},
     "tracking": {"local": TrackingConfig, "server": TrackingConfig},
-    "profiling": {"standard": ProfilingConfig},
+    "profiling": {"standard": ProfilingConfig, "trace": ProfilingConfig},
 }
 
 
