@@ -32,11 +32,11 @@ def compose(overrides: list[str]) -> DictConfig:
         return hydra_compose(config_name="config", overrides=overrides)
 
 
-def train(config: ExperimentConfig, overrides: list[str]):
+def train(config: ExperimentConfig, overrides: list[str], **run_kwargs):
     from bilstm_exp import training  # imports TensorFlow: only after the config is valid
 
     try:
-        return training.run(config, root=Path.cwd(), overrides=overrides)
+        return training.run(config, root=Path.cwd(), overrides=overrides, **run_kwargs)
     except UserError as error:
         fail(error)
 
@@ -50,7 +50,9 @@ def run_from_hydra(cfg: DictConfig) -> float | None:
         config = validate(cfg)
     except UserError as error:
         fail(error)
-    result = train(config, overrides)
+    from bilstm_exp.sweep import job_run_kwargs  # a multirun job: child of the sweep's parent run
+
+    result = train(config, overrides, **job_run_kwargs())
     return max(result.history.get("val_accuracy", [float("nan")]))
 
 
@@ -111,6 +113,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--file", default=None, help="a text file (one text per line) or a CSV with a text column")
     p.add_argument("texts", nargs="*")
     p.set_defaults(func=_predict_command)
+    p = sub.add_parser("compare", help="rank runs or a sweep's child runs: table, Pareto front, plot, report")
+    from bilstm_exp import compare
+
+    compare.add_arguments(p)
+    p.set_defaults(func=compare.command)
     args = parser.parse_args(argv)
     args.func(args)
 
