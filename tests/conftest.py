@@ -51,3 +51,24 @@ def run_module(args: list[str], cwd: Path, timeout: float = 300, env: dict | Non
     full_env.pop("MLFLOW_TRACKING_URI", None) if "MLFLOW_TRACKING_URI" not in (env or {}) else None
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=full_env)
+
+
+# --------------------------------------------------------------------------- a real MLflow server
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory) -> str:
+    """URI of a real `mlflow server` (sqlite backend, proxied artifacts in a temporary folder) on a
+    free localhost port, shared by the session and stopped at its end. Tests use unique names."""
+    from tests.servers import mlflow_server as start
+
+    with start(tmp_path_factory.mktemp("mlflow-server")) as uri:
+        yield uri
+
+
+@pytest.fixture
+def unique_name(request) -> str:
+    """An experiment / registered-model name no other test uses on the shared server."""
+    import uuid
+
+    return f"{request.node.name.split('[')[0].replace('_', '-')}-{uuid.uuid4().hex[:8]}"
