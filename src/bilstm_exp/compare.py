@@ -9,8 +9,8 @@ Reads the runs of an experiment (or the child runs of one sweep with ``--parent`
 * the Pareto front of the ranking metric against epoch time (``*`` in the table): rows no
   other row beats on both accuracy and speed;
 * ``compare.png``: the scatter with the front, and the validation curves of every run;
-* ``compare.md``: the table, the front and the figure; both are logged to the parent run
-  (under ``compare/``) when ``--parent`` is given.
+* ``compare.md``: the table, the front and the figure, and ``compare.csv`` (the table with run
+  ids); all three are logged to the parent run (under ``compare/``) when ``--parent`` is given.
 
 It imports MLflow, pandas and matplotlib, never TensorFlow, so it answers in about a second.
 """
@@ -249,6 +249,22 @@ def render_markdown(header: list[str], body: list[list[str]]) -> str:
     return "\n".join(out)
 
 
+def write_csv(rows: list[Row], varying: list[str], path: Path) -> None:
+    """One line per row, best first, with the run ids: for scripts and spreadsheets."""
+    import csv
+
+    columns = ["score", *[column for column, _, _ in COLUMNS]]
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["rank", "pareto", "architecture", *varying,
+                         *[f"{c}_{stat}" for c in columns for stat in ("mean", "std")], "n", "run_ids"])
+        for rank, row in enumerate(rows, 1):
+            stats = [row.mean(c) for c in columns], [row.spread(c) for c in columns]
+            writer.writerow([rank, int(row.pareto), row.architecture, *[row.key_params[k] for k in varying],
+                             *[v for pair in zip(*stats, strict=True) for v in pair], len(row.run_ids),
+                             " ".join(row.run_ids)])
+
+
 def plot(rows: list[Row], curves: dict[str, list[float]], metric: str, path: Path) -> None:
     import matplotlib
 
@@ -312,8 +328,9 @@ def report(args) -> Path:
                           for r in others))
     out = Path(args.output or f"reports/compare-{parent.info.run_id[:8] if parent else exp.name}")
     out.mkdir(parents=True, exist_ok=True)
-    png, md = out / "compare.png", out / "compare.md"
+    png, md, table_csv = out / "compare.png", out / "compare.md", out / "compare.csv"
     plot(rows, curves, args.metric, png)
+    write_csv(rows, varying, table_csv)
     best = rows[0]
     lines = [f"# Comparison: {scope}", "",
              f"{len(finished)} finished runs ranked by `{args.metric}` (best epoch, {mode}); "
@@ -330,7 +347,9 @@ def report(args) -> Path:
     if parent:
         client.log_artifact(parent.info.run_id, str(png), "compare")
         client.log_artifact(parent.info.run_id, str(md), "compare")
-    print(f"\nwrote {png} and {md}" + (f"; logged to run {parent.info.run_id} under compare/" if parent else ""))
+        client.log_artifact(parent.info.run_id, str(table_csv), "compare")
+    logged = f"; logged to run {parent.info.run_id} under compare/" if parent else ""
+    print(f"\nwrote {png}, {md} and {table_csv}{logged}")
     return out
 
 
