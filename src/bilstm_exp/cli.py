@@ -107,6 +107,10 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("train", help="train and evaluate one configuration, tracked in MLflow")
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=attention training.epochs=1")
     p.set_defaults(func=_train_command)
+    from bilstm_exp import pipeline  # the DVC stages: prepare, train --params, evaluate; compose-params
+
+    pipeline.add_train_params_option(p)
+    pipeline.add_commands(sub)
     p = sub.add_parser("predict", help="predict texts with a logged or registered model")
     p.add_argument("--model", default="models:/bilstm-sentiment@champion", help="model URI")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLflow's own default)")

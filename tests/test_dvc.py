@@ -1,0 +1,288 @@
+"""The DVC pipeline, run with the real `dvc` CLI in a temporary git copy of the project.
+
+The copy gets tiny params (a few hundred synthetic examples, one epoch, 8 units) composed from its
+own conf/ by `bilstm-exp compose-params`, and its own MLflow store (mlflow.db in the copy).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from tests.conftest import ROOT, TINY
+
+from bilstm_exp import pipeline
+
+BIN = Path(sys.executable).parent  # dvc and bilstm-exp of this environment
+TINY_PARAMS = [*TINY, "model.lstm_units=8"]
+
+
+def env_for(repo: Path) -> dict[str, str]:
+    """The stages import the copy's own src/, find `bilstm-exp` on PATH and stay offline."""
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "PYTHONPATH": str(repo / "src"),
+           "TF_CPP_MIN_LOG_LEVEL": "2", "DVC_NO_ANALYTICS": "1", "DO_NOT_TRACK": "true"}
+    for name in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_STAGE", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
+        env.pop(name, None)
+    return env
+
+
+def sh(repo: Path, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    result = subprocess.run(list(args), cwd=repo, env=env_for(repo), capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} exited {result.returncode}\n{result.stdout[-3000:]}\n"
+                             f"{result.stderr[-3000:]}")
+    return result
+
+
+def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return sh(repo, str(BIN / "dvc"), *args, check=check)
+
+
+def bilstm(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return sh(repo, str(BIN / "bilstm-exp"), *args, check=check)
+
+
+def ran(result: subprocess.CompletedProcess) -> set[str]:
+    return set(re.findall(r"Running stage '([\w-]+)'", result.stdout + result.stderr))
+
+
+def git_commit(repo: Path, message: str) -> None:
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-q", "-m", message)
+
+
+def project_copy(dest: Path, *overrides: str) -> Path:
+    """What a fresh clone holds (tracked files, plus work not committed yet), as a new git repo
+    with params.yaml composed from its conf/ with ``overrides``."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        if (ROOT / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
+    for result in ("dvc.lock", "reports"):  # results of runs here are not part of the test's pipeline
+        shutil.rmtree(dest / result, ignore_errors=True) if (dest / result).is_dir() else (dest / result).unlink(
+            missing_ok=True)
+    sh(dest, "git", "init", "-q")
+    sh(dest, "git", "config", "user.email", "tests@example.com")
+    sh(dest, "git", "config", "user.name", "tests")
+    bilstm(dest, "compose-params", *overrides)
+    git_commit(dest, "project copy with tiny params")
+    return dest
+
+
+def mlflow_client(repo: Path):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+
+
+def all_runs(repo: Path) -> list:
+    client = mlflow_client(repo)
+    ids = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(ids)
+
+
+def lock_md5(repo: Path, stage: str, path: str, section: str = "deps") -> str:
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    return next(e["md5"] for e in lock["stages"][stage][section] if e["path"] == path)
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+# --------------------------------------------------------------------------- params.yaml and conf/
+
+
+def test_params_yaml_is_the_default_composition_of_conf():
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        composed = OmegaConf.to_container(compose(config_name="config"), resolve=True)
+    text = (ROOT / "params.yaml").read_text()
+    fix = "Fix: run `bilstm-exp compose-params` and commit params.yaml"
+    assert yaml.safe_load(text) == composed, f"params.yaml differs from the default composition of conf/. {fix}"
+    conf = ROOT / "conf"
+    assert pipeline.read_stamp(text) == pipeline.conf_md5(conf, pipeline.composed_groups(conf, composed)), \
+        f"params.yaml records another conf/ md5 than conf/ has now. {fix}"
+
+
+def test_dvc_composes_conf_into_params_yaml_on_exp_run():
+    result = dvc(ROOT, "config", "--list", "--project")
+    settings = dict(line.split("=", 1) for line in result.stdout.split())
+    assert settings["hydra.enabled"] == "true"
+    assert settings.get("hydra.config_dir", "conf") == "conf"
+    assert settings.get("hydra.config_name", "config") == "config"
+
+
+def test_stages_refuse_missing_inputs_with_the_fix(tmp_path):
+    missing = bilstm(tmp_path, "prepare", "--params", "params.yaml", check=False)
+    assert missing.returncode == 2
+    assert "params.yaml: not found" in missing.stderr and "bilstm-exp compose-params" in missing.stderr
+
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    train = bilstm(tmp_path, "train", "--params", "params.yaml", check=False)
+    assert train.returncode == 2
+    assert "data/prepared/: no prepared data" in train.stderr and "dvc repro prepare" in train.stderr
+    evaluate = bilstm(tmp_path, "evaluate", check=False)
+    assert evaluate.returncode == 2 and "dvc repro train" in evaluate.stderr
+    both = bilstm(tmp_path, "train", "--params", "params.yaml", "model=attention", check=False)
+    assert both.returncode == 2 and "compose-params model=attention" in both.stderr
+
+
+def test_outputs_appear_only_when_the_stage_succeeds(tmp_path):
+    old = tmp_path / "model"
+    old.mkdir()
+    (old / "model.keras").write_text("previous")
+    with pytest.raises(KeyboardInterrupt):
+        with pipeline.staging(old, tmp_path / "metrics.json") as (folder, metrics):
+            folder.mkdir()
+            (folder / "model.keras").write_text("half-writ")
+            raise KeyboardInterrupt  # Ctrl-C in the middle of writing
+    assert (old / "model.keras").read_text() == "previous"
+    assert not (tmp_path / "metrics.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"], "no temporary leftovers"
+
+    with pipeline.staging(old, tmp_path / "metrics.json") as (folder, metrics):
+        folder.mkdir()
+        (folder / "model.keras").write_text("new")
+        metrics.write_text("{}")
+    assert (old / "model.keras").read_text() == "new" and (tmp_path / "metrics.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "model"]
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
+@pytest.mark.slow
+def test_repro_reruns_what_changed_and_links_dvc_and_mlflow(tmp_path):
+    repo = project_copy(tmp_path, *TINY_PARAMS)
+
+    # a fresh clone: all three stages run
+    first = dvc(repo, "repro")
+    assert ran(first) == {"prepare", "train", "evaluate"}
+    assert (repo / "data/prepared/splits.npz").is_file() and (repo / "artifacts/model/model.keras").is_file()
+    stats = read_json(repo / "reports/prepare/stats.json")
+    assert sum(stats["length_histogram"].values()) == stats["num_examples"]["train"]
+    train = read_json(repo / "reports/train/metrics.json")
+    evaluation = read_json(repo / "reports/evaluate/metrics.json")
+    assert train["mlflow_run_id"] == evaluation["mlflow_run_id"]
+    history = (repo / "reports/train/history.csv").read_text().splitlines()
+    assert history[0].startswith("epoch,") and "val_loss" in history[0] and len(history) == 1 + train["epochs_trained"]
+    for name in ("confusion.csv", "roc.csv", "precision_recall.csv", "length_buckets.csv"):
+        assert len((repo / "reports/evaluate" / name).read_text().splitlines()) > 1, name
+
+    # DVC -> MLflow: the run id in the metrics file is a finished run tagged with the stage and
+    # the prepared data's md5 as dvc.lock records it; evaluate logged into the same run
+    client = mlflow_client(repo)
+    run = client.get_run(train["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["dvc_stage"] == "train"
+    assert run.data.tags["dvc_prepared_md5"] == lock_md5(repo, "train", "data/prepared")
+    assert run.data.tags["dvc_prepared_md5"] == lock_md5(repo, "prepare", "data/prepared", "outs")
+    assert "dvc_exp_name" not in run.data.tags
+    assert run.data.metrics["test/f1"] == pytest.approx(evaluation["test/f1"])
+    assert any(k.startswith("test/accuracy_length_") for k in run.data.metrics)
+    assert {f.path for f in client.list_artifacts(run.info.run_id, "evaluate")} >= {
+        "evaluate/confusion.csv", "evaluate/roc.csv", "evaluate/precision_recall.csv", "evaluate/metrics.json"}
+    plots = json.loads(dvc(repo, "plots", "show", "--json").stdout)["data"]
+    assert {"loss", "confusion", "roc", "precision_recall", "accuracy_by_length"} <= set(plots)
+
+    # nothing changed: nothing runs, no new MLflow run
+    runs = len(all_runs(repo))
+    again = dvc(repo, "repro")
+    assert ran(again) == set() and "up to date" in again.stdout
+    assert len(all_runs(repo)) == runs
+
+    # conf/ edited but params.yaml not recomposed: the stage stops, names the fix, trains nothing
+    basic = repo / "conf/model/basic.yaml"
+    original = basic.read_text()
+    basic.write_text(re.sub(r"lstm_units: *\d+", "lstm_units: 16", original))
+    stale = dvc(repo, "repro", check=False)
+    assert stale.returncode != 0
+    assert "conf/ changed since params.yaml was composed" in stale.stderr
+    assert "dvc exp run" in stale.stderr and "bilstm-exp compose-params" in stale.stderr
+    assert len(all_runs(repo)) == runs
+    basic.write_text(original)
+
+    # a model param changed: prepare is skipped, train and evaluate run
+    bilstm(repo, "compose-params", *TINY_PARAMS, "model.lstm_units=4")
+    model_change = dvc(repo, "repro")
+    assert ran(model_change) == {"train", "evaluate"}
+    retrained = read_json(repo / "reports/train/metrics.json")["mlflow_run_id"]
+    assert retrained != train["mlflow_run_id"]
+    assert client.get_run(retrained).data.params["model.lstm_units"] == "4"
+    git_commit(repo, "lstm_units=4")
+
+    # `dvc exp run -S`: DVC recomposes conf/ with the overrides; a data param changed, so all run
+    overrides = [*TINY_PARAMS, "data.num_samples=200", "model=attention", "model.attention_units=8"]
+    experiment = dvc(repo, "exp", "run", "-n", "tiny-attention", *(a for o in overrides for a in ("-S", o)))
+    assert ran(experiment) == {"prepare", "train", "evaluate"}
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    assert params["model"]["name"] == "attention" and params["data"]["num_samples"] == 200
+    exp_run_id = read_json(repo / "reports/train/metrics.json")["mlflow_run_id"]
+    tags = client.get_run(exp_run_id).data.tags
+    assert tags["dvc_exp_name"] == "tiny-attention" and tags["architecture"] == "attention"
+    assert tags["dvc_prepared_md5"] == lock_md5(repo, "train", "data/prepared")
+    shown = json.loads(dvc(repo, "exp", "show", "--json").stdout)
+    found = _find_experiment(shown, "tiny-attention")
+    assert found["params"]["params.yaml"]["data"]["model"]["name"] == "attention"
+    assert found["metrics"]["reports/train/metrics.json"]["data"]["mlflow_run_id"] == exp_run_id
+    assert "test/accuracy" in found["metrics"]["reports/evaluate/metrics.json"]["data"]
+
+
+def _find_experiment(node, name: str) -> dict:
+    """The `data` of the experiment called ``name`` anywhere in `dvc exp show --json` output."""
+    if isinstance(node, dict):
+        if node.get("name") == name and isinstance(node.get("data"), dict):
+            return node["data"]
+        children = node.values()
+    elif isinstance(node, list):
+        children = node
+    else:
+        return {}
+    for child in children:
+        found = _find_experiment(child, name)
+        if found:
+            return found
+    return {}
+
+
+@pytest.mark.slow
+def test_raw_data_round_trips_through_a_remote(tmp_path):
+    repo = project_copy(tmp_path / "repo", *TINY_PARAMS)
+    rows = ["text,label"] + [f"{'a fine film' if i % 2 else 'a dull film'} number {i},{i % 2}" for i in range(120)]
+    raw = repo / "data/raw/reviews.csv"
+    raw.write_text("\n".join(rows) + "\n")
+    dvc(repo, "add", "data/raw/reviews.csv")
+    assert "/reviews.csv" in (repo / "data/raw/.gitignore").read_text()  # git keeps only the .dvc pointer
+    bilstm(repo, "compose-params", "data=file", "data.path=data/raw/reviews.csv", "data.max_length=48",
+           *(o for o in TINY_PARAMS if not o.startswith("data.")))
+    assert ran(dvc(repo, "repro", "prepare")) == {"prepare"}
+    dvc(repo, "remote", "add", "--default", "storage", str(tmp_path / "remote"))
+    git_commit(repo, "reviews as data=file")
+    dvc(repo, "push")
+
+    clone = tmp_path / "clone"
+    sh(tmp_path, "git", "clone", "-q", str(repo), str(clone))
+    assert not (clone / "data/raw/reviews.csv").exists()
+    dvc(clone, "pull", "data/raw/reviews.csv.dvc", "prepare")  # train never ran here: nothing to pull for it
+    assert (clone / "data/raw/reviews.csv").read_bytes() == raw.read_bytes()
+    assert (clone / "data/prepared/splits.npz").read_bytes() == (repo / "data/prepared/splits.npz").read_bytes()
+    status = json.loads(dvc(clone, "status", "prepare", "--json").stdout)
+    assert status == {}, f"the pulled prepare stage should be up to date: {status}"
+
+    # the raw file changes: prepare (whose deps include data/raw) is out of date
+    with raw.open("a") as handle:
+        handle.write("one more fine film,1\n")
+    dvc(repo, "add", "data/raw/reviews.csv")
+    assert "prepare" in json.loads(dvc(repo, "status", "prepare", "--json").stdout)
