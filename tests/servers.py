@@ -55,6 +55,8 @@ def background(args: list[str], url: str, log: Path, *, env: dict[str, str] | No
                cwd: Path | None = None, timeout_s: float = 120) -> Iterator[subprocess.Popen]:
     """Start ARGS in its own process group, wait until GET URL answers 200, and stop it at exit."""
     full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+    # As in an activated virtualenv: `mlflow models serve` starts `uvicorn` found on PATH.
+    full_env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), full_env.get("PATH", "")])
     with open(log, "ab") as out:
         process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=full_env,
                                    start_new_session=True)

@@ -81,8 +81,10 @@ def _predict_command(args: argparse.Namespace) -> None:
     except Exception as error:
         fail(f"cannot load model {args.model}: {str(error).splitlines()[0]}. Fix: check the URI "
              "(models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/model) and the tracking URI")
-    result = model.predict(texts)
-    for text, prob, label in zip(texts, result["probability"], result["label"]):
+    import pandas as pd
+
+    result = model.predict(pd.DataFrame({"text": texts}))  # matches any raw-text signature, old or new
+    for text, prob, label in zip(texts, result["probability"], result["label"], strict=True):
         print(f"{label}\t{prob:.4f}\t{text}")
 
 
@@ -96,7 +98,7 @@ def read_texts(path: Path) -> list[str]:
         table = pd.read_csv(path)
         if "text" not in table.columns:
             fail(f"{path}: no 'text' column (found {', '.join(table.columns)}). Fix: name the column 'text'")
-        return table["text"].astype(str).tolist()
+        return table["text"].dropna().astype(str).tolist()  # an empty cell is no text, not "nan"
     return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 

@@ -24,6 +24,8 @@ BATCH = 256
 def texts_of(model_input: Any) -> list[str]:
     """Accept a DataFrame with a ``text`` column, a Series, a list/array of strings or one string."""
     if isinstance(model_input, pd.DataFrame):
+        if list(model_input.columns) == [0]:  # a plain list, made a one-column frame by MLflow's schema check
+            model_input = model_input.rename(columns={0: "text"})
         if "text" not in model_input.columns:
             raise ValueError(f"input DataFrame needs a 'text' column; it has {list(model_input.columns)}")
         model_input = model_input["text"]

@@ -106,7 +106,7 @@ def _log_model(config: ExperimentConfig, classifier: serving.TextClassifier,
     meta = {"class_names": prepared.class_names, "max_length": prepared.max_length,
             "truncating": prepared.truncating}
     (folder / "meta.json").write_text(json.dumps(meta))
-    signature = ModelSignature(inputs=Schema([ColSpec("string", "text")]),
+    signature = ModelSignature(inputs=Schema([ColSpec("string")]),  # unnamed: a plain list of texts passes too
                                outputs=Schema([ColSpec("double", "probability"), ColSpec("string", "label")]))
     example = {"text": prepared.texts["test"][:2]}
     import pandas as pd

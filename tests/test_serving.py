@@ -1,0 +1,121 @@
+"""The registered model serves raw text: pyfunc in process, `mlflow models serve` over HTTP, and
+`bilstm-exp predict` on arguments, a text file and a CSV. One tiny run registers the model once.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+from tests.conftest import tiny
+from tests.servers import model_server
+
+from bilstm_exp import training
+from bilstm_exp.cli import compose
+from bilstm_exp.config import validate
+
+pytestmark = pytest.mark.slow
+
+TEXTS = ["a fine film", "dull"]
+MODEL = "models:/bilstm-sentiment/1"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A project folder whose default store (mlflow.db) holds version 1 of bilstm-sentiment."""
+    folder = tmp_path_factory.mktemp("serving-store")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        try:
+            result = training.run(validate(compose(tiny("basic"))), root=folder)
+        finally:
+            mlflow.set_tracking_uri(None)
+    expected = result.classifier.predict(None, TEXTS)  # the trained model in memory
+    return {"folder": folder, "uri": f"sqlite:///{folder / 'mlflow.db'}", "expected": expected}
+
+
+def _check(predictions: pd.DataFrame, expected: pd.DataFrame) -> None:
+    assert list(predictions.columns) == ["probability", "label"] and len(predictions) == len(TEXTS)
+    assert predictions["probability"].between(0, 1).all()
+    assert set(predictions["label"]) <= {"negative", "positive"}
+    assert list(predictions["label"]) == list(expected["label"])
+    np.testing.assert_allclose(predictions["probability"], expected["probability"], atol=1e-5)
+
+
+def test_pyfunc_round_trip_on_raw_text(store):
+    mlflow.set_tracking_uri(store["uri"])
+    try:
+        model = mlflow.pyfunc.load_model(MODEL)
+    finally:
+        mlflow.set_tracking_uri(None)
+    _check(model.predict(pd.DataFrame({"text": TEXTS})), store["expected"])
+    _check(model.predict(TEXTS), store["expected"])
+    assert len(model.predict("a fine film")) == 1
+    with pytest.raises(Exception, match="'text' column"):
+        model.predict(pd.DataFrame({"review": TEXTS}))
+
+
+def test_mlflow_models_serve_answers_invocations(store, tmp_path):
+    bodies = {
+        "dataframe_split": {"dataframe_split": {"columns": ["text"], "data": [[t] for t in TEXTS]}},
+        "dataframe_records": {"dataframe_records": [{"text": t} for t in TEXTS]},
+        "inputs": {"inputs": TEXTS},
+        "instances": {"instances": TEXTS},
+    }
+    with model_server(MODEL, store["uri"], tmp_path) as url:
+        for name, body in bodies.items():
+            response = requests.post(f"{url}/invocations", json=body, timeout=60)
+            assert response.status_code == 200, (name, response.text[:500])
+            _check(pd.DataFrame(response.json()["predictions"]), store["expected"])
+        bad = requests.post(f"{url}/invocations", timeout=60,
+                            json={"dataframe_split": {"columns": ["review"], "data": [["dull"]]}})
+        assert bad.status_code >= 400 and "'text' column" in bad.text
+
+
+def predict(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """`bilstm-exp predict ARGS` as a user runs it (the console script of this environment)."""
+    script = Path(sys.executable).with_name("bilstm-exp")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "bilstm_exp.cli"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run([*command, "predict", *args], cwd=cwd, capture_output=True, text=True, timeout=180,
+                          env=env)
+
+
+def _lines(out: subprocess.CompletedProcess) -> list[tuple[str, float, str]]:
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [line.split("\t") for line in out.stdout.splitlines()]
+    return [(label, float(prob), text) for label, prob, text in rows]
+
+
+def test_cli_predict_prints_one_line_per_text(store):
+    """In the project folder the default store is found without flags."""
+    rows = _lines(predict(["--model", MODEL, *TEXTS], cwd=store["folder"]))
+    expected = store["expected"]
+    assert [text for _, _, text in rows] == TEXTS
+    assert [label for label, _, _ in rows] == list(expected["label"])
+    np.testing.assert_allclose([p for _, p, _ in rows], expected["probability"], atol=1e-4)
+
+
+def test_cli_predict_reads_a_text_file_and_a_csv(store, tmp_path):
+    (tmp_path / "texts.txt").write_text("a fine film\n\ndull\n")
+    pd.DataFrame({"id": [1, 2, 3], "text": ["a fine film, really", None, "dull"]}).to_csv(tmp_path / "texts.csv",
+                                                                                     index=False)
+    rows = _lines(predict(["--model", MODEL, "--tracking-uri", store["uri"], "--file", "texts.txt"], cwd=tmp_path))
+    assert [text for _, _, text in rows] == TEXTS  # blank lines skipped
+    rows = _lines(predict(["--model", MODEL, "--tracking-uri", store["uri"], "--file", "texts.csv"], cwd=tmp_path))
+    assert [text for _, _, text in rows] == ["a fine film, really", "dull"]  # empty cells skipped
+    assert all(label in {"negative", "positive"} and 0 <= p <= 1 for label, p, _ in rows)
+
+
+def test_cli_predict_unknown_model_fails_with_a_message(store):
+    out = predict(["--model", "models:/no-such-model/1", "dull"], cwd=store["folder"])
+    assert out.returncode != 0 and out.stdout == ""
+    assert "cannot load model models:/no-such-model/1" in out.stderr and "Traceback" not in out.stderr
