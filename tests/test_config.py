@@ -64,11 +64,13 @@ BAD = [
     (["data.vocab_size=2"], "data.vocab_size", "> 2"),
     (["data.padding=left"], "data.padding", "bucket, max"),
     (["data.val_fraction=0.7"], "data.val_fraction", "(0, 0.5)"),
-    (["optimizer.learning_rate=0"], "optimizer.learning_rate", "> 0"),
+    (["optimizer.learning_rate=0"], "optimizer.learning_rate", "finite value > 0"),
     (["optimizer.schedule.name=step"], "optimizer.schedule.name", "constant, cosine, exponential"),
     (["data=file"], "data.path", "required"),
     (["tracking.experiment_name= "], "tracking.experiment_name", "empty"),
     (["seed=-1"], "seed", "non-negative"),
+    (["optimizer.learning_rate=inf"], "optimizer.learning_rate", "finite"),
+    (["tracking.registered_model_name=team/model"], "tracking.registered_model_name", "without '/'"),
 ]
 
 

@@ -212,7 +212,8 @@ class OptimizerConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 
     def __post_init__(self) -> None:
-        _positive(self.learning_rate, "optimizer.learning_rate", 0.001)
+        _check(0 < self.learning_rate < float("inf"), "optimizer.learning_rate",
+               f"must be a finite value > 0, got {self.learning_rate}", "e.g. optimizer.learning_rate=0.001")
 
 
 @dataclass
@@ -308,13 +309,18 @@ class TrackingConfig:
     experiment_name: str = "bilstm-exp"
     registered_model_name: str = "bilstm-sentiment"
     register_model: bool = True
+    champion_metric: str = "val/accuracy"  # the alias `champion` moves to a version that beats it
+    champion_greater_is_better: bool = True  # false for losses
 
     def __post_init__(self) -> None:
         _choice(self.name, ("local", "server"), "tracking.name")
         _check(bool(self.experiment_name.strip()), "tracking.experiment_name", "must not be empty",
                "e.g. tracking.experiment_name=bilstm-exp")
-        _check(bool(self.registered_model_name.strip()), "tracking.registered_model_name",
-               "must not be empty", "e.g. tracking.registered_model_name=bilstm-sentiment")
+        _check(bool(self.registered_model_name.strip()) and not set("/:") & set(self.registered_model_name),
+               "tracking.registered_model_name", f"must be non-empty without '/' or ':', got "
+               f"'{self.registered_model_name}'", "e.g. tracking.registered_model_name=bilstm-sentiment")
+        _check(bool(self.champion_metric.strip()), "tracking.champion_metric", "must not be empty",
+               "e.g. tracking.champion_metric=val/accuracy")
 
 
 @dataclass

@@ -61,6 +61,27 @@ class TextClassifier(mlflow.pyfunc.PythonModel):
         self.setup(keras.saving.load_model(context.artifacts["keras_model"], compile=False),
                    Vocabulary.from_json(Path(context.artifacts["vocab"]).read_text()), meta)
 
+    def save(self, folder: Path) -> dict[str, str]:
+        """Write the model's files; returns the pyfunc ``artifacts`` mapping (name -> path)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = {"keras_model": folder / "model.keras", "vocab": folder / "vocab.json", "meta": folder / "meta.json"}
+        self.model.save(paths["keras_model"])
+        paths["vocab"].write_text(self.vocab.to_json())
+        paths["meta"].write_text(json.dumps({"class_names": self.class_names, "max_length": self.max_length,
+                                             "truncating": self.truncating}))
+        return {name: str(path) for name, path in paths.items()}
+
+    @classmethod
+    def load(cls, folder: Path) -> TextClassifier:
+        """Read what :meth:`save` wrote."""
+        import keras
+
+        import bilstm_exp.layers  # noqa: F401  (registers the custom attention layer)
+
+        return cls().setup(keras.saving.load_model(folder / "model.keras", compile=False),
+                           Vocabulary.from_json((folder / "vocab.json").read_text()),
+                           json.loads((folder / "meta.json").read_text()))
+
     def setup(self, model, vocab: Vocabulary, meta: dict[str, Any]) -> TextClassifier:
         self.model, self.vocab = model, vocab
         self.class_names = meta["class_names"]

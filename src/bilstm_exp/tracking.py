@@ -36,10 +36,13 @@ class Terminated(KeyboardInterrupt):
 def redact(uri: str) -> str:
     """The URI without user info and without secret-looking query values."""
     parts = urllib.parse.urlsplit(uri)
+    pairs = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    secret_query = any(any(w in k.lower() for w in SECRET_WORDS) for k, _ in pairs)
+    if "@" not in parts.netloc and not secret_query:
+        return uri
     netloc = parts.netloc.rsplit("@", 1)[-1]
-    query = urllib.parse.urlencode([
-        (k, "***" if any(w in k.lower() for w in SECRET_WORDS) else v)
-        for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)])
+    query = urllib.parse.urlencode([(k, "***" if any(w in k.lower() for w in SECRET_WORDS) else v)
+                                    for k, v in pairs])
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
@@ -139,10 +142,20 @@ def run(experiment_id: str, run_name: str | None = None, tags: dict[str, str] | 
         signal.signal(signal.SIGTERM, previous)
 
 
+PARAM_MAX_CHARS = 250
+
+
+def param_value(value: Any) -> str:
+    """The one rule for long values: at most 250 characters, cut ones end in '...[cut]'
+    (the full value is in the run's config.yaml artifact)."""
+    text = str(value)
+    return text if len(text) <= PARAM_MAX_CHARS else text[: PARAM_MAX_CHARS - 8] + "...[cut]"
+
+
 def log_params(params: dict[str, Any], run_id: str | None = None) -> None:
     """Log params in batches of 100 (MLflow's request limit), dropping anything secret."""
     run_id = run_id or mlflow.active_run().info.run_id
-    items = [Param(k, str(v)) for k, v in params.items() if not is_secret(k, v)]
+    items = [Param(k, param_value(v)) for k, v in params.items() if not is_secret(k, v)]
     client = MlflowClient()
     for start in range(0, len(items), 100):
         client.log_batch(run_id, params=items[start:start + 100], synchronous=True)
@@ -205,9 +218,8 @@ class MLflowLogger(keras.callbacks.Callback):
 # --------------------------------------------------------------------------- model
 
 
-def log_model(python_model, artifacts: dict[str, str], signature, input_example,
-              registered_model_name: str | None) -> Any:
-    """Log the pyfunc model (with the package as code) and register it when a name is given."""
+def log_model(python_model, artifacts: dict[str, str], signature, input_example) -> Any:
+    """Log the pyfunc model with the package as code (portable: no install of bilstm-exp needed)."""
     import bilstm_exp
 
     package = Path(bilstm_exp.__file__).parent
@@ -215,8 +227,65 @@ def log_model(python_model, artifacts: dict[str, str], signature, input_example,
         "mlflow", "tensorflow-cpu", "keras", "numpy", "pandas").items()]
     return mlflow.pyfunc.log_model(
         name="model", python_model=python_model, artifacts=artifacts, signature=signature,
-        input_example=input_example, code_paths=[str(package)], pip_requirements=requirements,
-        registered_model_name=registered_model_name)
+        input_example=input_example, code_paths=[str(package)], pip_requirements=requirements)
+
+
+@contextmanager
+def registry_lock() -> Iterator[None]:
+    """Serialise registry writes of parallel local runs (a sqlite store next to a lock file).
+
+    Concurrent ``register_model`` calls can otherwise hand out duplicate version numbers and
+    race on the champion alias. A server store is left to the server.
+    """
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    from filelock import FileLock
+
+    with FileLock(uri[len("sqlite:///"):] + ".registry.lock", timeout=300):
+        yield
+
+
+def register(model_uri: str, name: str, run_id: str, metrics: dict[str, float], champion_metric: str,
+             greater_is_better: bool = True) -> Any:
+    """Register a model version, tag it, and move the ``champion`` alias to it only if it beats the
+    current champion on ``champion_metric``. The decision and the delta become version tags, so
+    the alias history is auditable in the registry."""
+    client = MlflowClient()
+    with registry_lock():
+        version = mlflow.register_model(model_uri, name, tags={"run_id": run_id})
+        value = metrics.get(champion_metric)
+        tags = {f"metric.{k}": f"{v:.6g}" for k, v in metrics.items()
+                if k.startswith(("val/", "test/")) and isinstance(v, float)}
+        try:
+            current = client.get_model_version_by_alias(name, "champion")
+        except MlflowException:
+            current = None
+        best = None if current is None else _version_metric(client, current, champion_metric)
+        if value is None:
+            decision, reason = "kept", f"run has no {champion_metric}"
+        elif best is None:
+            decision, reason = "promoted", "first version with this metric"
+        else:
+            better = value > best if greater_is_better else value < best
+            decision = "promoted" if better else "kept"
+            reason = f"{champion_metric} {value:.6g} vs champion v{current.version} {best:.6g}"
+            tags["champion.delta"] = f"{value - best:+.6g}"
+            tags["champion.previous_version"] = str(current.version)
+        tags.update({"champion.decision": decision, "champion.reason": reason, "champion.metric": champion_metric})
+        for key, text in tags.items():
+            client.set_model_version_tag(name, version.version, key, text)
+        if decision == "promoted":
+            client.set_registered_model_alias(name, "champion", version.version)
+    return version
+
+
+def _version_metric(client: MlflowClient, version, metric: str) -> float | None:
+    try:
+        return client.get_run(version.run_id).data.metrics.get(metric)
+    except MlflowException:
+        return None
 
 
 def _versions(*names: str) -> dict[str, str]:

@@ -23,7 +23,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
 from bilstm_exp import data as data_mod
-from bilstm_exp import models, optim, profiling, serving, tracking
+from bilstm_exp import models, optim, profiling, reports, serving, tracking
 from bilstm_exp.config import ExperimentConfig, flatten, to_dict
 
 
@@ -70,8 +70,17 @@ def compile_model(config: ExperimentConfig, prepared: data_mod.PreparedData, ste
     return model
 
 
-def test_metrics(classifier: serving.TextClassifier, prepared: data_mod.PreparedData) -> dict[str, float]:
-    """test/loss, test/accuracy and test/auc (two classes) or test/macro_f1 (more)."""
+@dataclass
+class Evaluation:
+    metrics: dict[str, float]
+    y_true: np.ndarray
+    y_pred: np.ndarray
+    probabilities: np.ndarray
+
+
+def evaluate(classifier: serving.TextClassifier, prepared: data_mod.PreparedData) -> Evaluation:
+    """Test metrics from the raw test texts, exactly as the served model sees them:
+    test/loss, test/accuracy and test/auc (two classes) or test/macro_f1 (more)."""
     from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score
 
     y = prepared.labels["test"]
@@ -84,11 +93,59 @@ def test_metrics(classifier: serving.TextClassifier, prepared: data_mod.Prepared
         out["test/auc"] = float(roc_auc_score(y, probs[:, 1])) if len(set(y)) == 2 else float("nan")
     else:
         out["test/macro_f1"] = float(f1_score(y, pred, average="macro", labels=labels))
-    return out
+    return Evaluation(out, y, pred, probs)
 
 
-def _callbacks(config: ExperimentConfig, profiler: profiling.EpochProfiler) -> list[keras.callbacks.Callback]:
+class AttentionProbe(keras.callbacks.Callback):
+    """Adds ``attention/entropy`` (mean entropy in nats of the attention over real tokens, on a
+    fixed validation batch) to each epoch's logs: low values mean sharply focused attention."""
+
+    def __init__(self, token_ids: np.ndarray):
+        super().__init__()
+        self.token_ids = token_ids
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        weights = np.asarray(models.attention_model(self.model).predict_on_batch(self.token_ids))
+        if logs is not None:
+            logs["attention/entropy"] = reports.entropy(weights, self.token_ids != data_mod.PAD_ID)
+
+
+def attention_examples(model: keras.Model, prepared: data_mod.PreparedData, evaluation: Evaluation,
+                       count: int = 4) -> list[dict[str, Any]]:
+    """Attention over the tokens of the ``count`` shortest test texts (fixed for a data split)."""
+    order = np.argsort([len(s) for s in prepared.splits["test"]], kind="stable")[:count]
+    ids = serving.pad_right([prepared.splits["test"][i] for i in order])
+    weights = np.asarray(models.attention_model(model).predict_on_batch(ids))
+    words = ["<pad>", "<unk>", *prepared.vocab.words]
+    return [{"tokens": [words[t] for t in prepared.splits["test"][i]],
+             "weights": [round(float(w), 5) for w in weights[row, : len(prepared.splits["test"][i])]],
+             "label": prepared.class_names[evaluation.y_true[i]],
+             "prediction": prepared.class_names[evaluation.y_pred[i]]}
+            for row, i in enumerate(order)]
+
+
+def _log_artifacts(model: keras.Model, prepared: data_mod.PreparedData, evaluation: Evaluation,
+                   history: dict[str, list[float]], folder: Path) -> None:
+    """Curves, confusion matrix, classification report, vocabulary and (attention) the heatmap."""
+    folder.mkdir()
+    names = prepared.class_names
+    reports.training_curves(history, folder / "training_curves.png")
+    reports.confusion_matrix(evaluation.y_true, evaluation.y_pred, names, folder / "confusion_matrix.png")
+    reports.classification_report(evaluation.y_true, evaluation.y_pred, names, folder / "classification_report.txt")
+    (folder / "vocab.json").write_text(prepared.vocab.to_json())
+    mlflow.log_artifacts(str(folder), "reports")
+    if "attention" in [layer.name for layer in model.layers]:
+        attention = folder / "attention"
+        attention.mkdir()
+        reports.attention_heatmap(attention_examples(model, prepared, evaluation), attention)
+        mlflow.log_artifacts(str(attention), "attention")
+
+
+def _callbacks(config: ExperimentConfig, profiler: profiling.EpochProfiler, model: keras.Model,
+               prepared: data_mod.PreparedData) -> list[keras.callbacks.Callback]:
     callbacks: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN(), profiler]
+    if "attention" in [layer.name for layer in model.layers]:
+        callbacks.append(AttentionProbe(serving.pad_right(prepared.splits["val"][:64])))
     stop = config.training.early_stopping
     if stop.enabled:
         mode = "min" if stop.monitor == "val_loss" else "max"
@@ -98,25 +155,20 @@ def _callbacks(config: ExperimentConfig, profiler: profiling.EpochProfiler) -> l
     return callbacks
 
 
-def _log_model(config: ExperimentConfig, classifier: serving.TextClassifier,
-               prepared: data_mod.PreparedData, folder: Path) -> str:
-    keras_path = folder / "model.keras"
-    classifier.model.save(keras_path)
-    (folder / "vocab.json").write_text(prepared.vocab.to_json())
-    meta = {"class_names": prepared.class_names, "max_length": prepared.max_length,
-            "truncating": prepared.truncating}
-    (folder / "meta.json").write_text(json.dumps(meta))
-    signature = ModelSignature(inputs=Schema([ColSpec("string")]),  # unnamed: a plain list of texts passes too
-                               outputs=Schema([ColSpec("double", "probability"), ColSpec("string", "label")]))
-    example = {"text": prepared.texts["test"][:2]}
+def _log_model(config: ExperimentConfig, classifier: serving.TextClassifier, prepared: data_mod.PreparedData,
+               metrics: dict[str, float], folder: Path) -> str:
+    """Log the raw-text pyfunc model; register it and decide on the champion alias."""
     import pandas as pd
 
-    info = tracking.log_model(
-        serving.TextClassifier(),
-        artifacts={"keras_model": str(keras_path), "vocab": str(folder / "vocab.json"),
-                   "meta": str(folder / "meta.json")},
-        signature=signature, input_example=pd.DataFrame(example),
-        registered_model_name=config.tracking.registered_model_name if config.tracking.register_model else None)
+    signature = ModelSignature(inputs=Schema([ColSpec("string")]),  # unnamed: a plain list of texts passes too
+                               outputs=Schema([ColSpec("double", "probability"), ColSpec("string", "label")]))
+    info = tracking.log_model(serving.TextClassifier(), artifacts=classifier.save(folder),
+                              signature=signature, input_example=pd.DataFrame({"text": prepared.texts["test"][:2]}))
+    if config.tracking.register_model:
+        run_id = mlflow.active_run().info.run_id
+        metrics = {**mlflow.get_run(run_id).data.metrics, **metrics}  # incl. the last epoch's val/*
+        tracking.register(info.model_uri, config.tracking.registered_model_name, run_id, metrics,
+                          config.tracking.champion_metric, config.tracking.champion_greater_is_better)
     return info.model_uri
 
 
@@ -150,11 +202,14 @@ def run(config: ExperimentConfig, *, root: Path, overrides: list[str] | None = N
         mlflow.log_artifact(str(folder / "overrides.yaml"))
         tracking.log_tags({"data_md5": prepared.md5()})
         tracking.log_params({"derived.vocab_size": len(prepared.vocab), "derived.num_classes": prepared.num_classes,
-                             "derived.train_examples": len(prepared.labels["train"])})
+                             "derived.train_examples": len(prepared.labels["train"]),
+                             "derived.max_length": max(len(s) for s in prepared.splits["train"])})
 
         configure_tensorflow(config)
         pipelines = datasets(config, prepared)
         padding = data_mod.padding_stats(pipelines["train"])
+        # bucket membership depends only on length, so every epoch has this many batches
+        pipelines["train"] = pipelines["train"].apply(tf.data.experimental.assert_cardinality(padding.batches))
         start = time.perf_counter()
         model = compile_model(config, prepared, padding.batches)
         build_s = time.perf_counter() - start
@@ -163,7 +218,7 @@ def run(config: ExperimentConfig, *, root: Path, overrides: list[str] | None = N
 
         profiler = profiling.EpochProfiler(len(prepared.labels["train"]), padding.real_tokens)
         history = model.fit(pipelines["train"], validation_data=pipelines["val"], epochs=config.training.epochs,
-                            callbacks=_callbacks(config, profiler)
+                            callbacks=_callbacks(config, profiler, model, prepared)
                             + profiling.trace_callbacks(config.profiling, folder / "profile"), shuffle=False,
                             verbose=_verbose(config.training.verbose))
         if any(not np.isfinite(v) for v in history.history.get("loss", [])):
@@ -173,7 +228,8 @@ def run(config: ExperimentConfig, *, root: Path, overrides: list[str] | None = N
         classifier = serving.TextClassifier().setup(models.inference_model(model), prepared.vocab, {
             "class_names": prepared.class_names, "max_length": prepared.max_length,
             "truncating": prepared.truncating})
-        metrics = test_metrics(classifier, prepared)
+        evaluation = evaluate(classifier, prepared)
+        metrics = dict(evaluation.metrics)
         metrics.update({
             "time/data_prepare_s": prepare_s, "time/model_build_s": build_s,
             "data/padding_fraction": padding.fraction, "model/params": params,
@@ -191,7 +247,8 @@ def run(config: ExperimentConfig, *, root: Path, overrides: list[str] | None = N
             mlflow.log_artifacts(str(folder / "profile"), "profile")
         metrics["memory/peak_rss_mb"] = profiling.peak_rss_mb()
         tracking.log_metrics(metrics)
-        model_uri = _log_model(config, classifier, prepared, folder)
+        _log_artifacts(classifier.model, prepared, evaluation, history.history, folder / "reports")
+        model_uri = _log_model(config, classifier, prepared, metrics, folder / "model")
         return RunResult(active.info.run_id, metrics, history.history, model_uri, classifier, prepared)
 
 
