@@ -90,6 +90,19 @@ def all_runs(repo: Path) -> list:
     return client.search_runs(ids)
 
 
+def running_runs(db: Path) -> int:
+    """RUNNING runs in an MLflow sqlite store, read-only (never creating or migrating it)."""
+    import sqlite3
+
+    if not db.is_file():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as connection:
+            return connection.execute("SELECT count(*) FROM runs WHERE status = 'RUNNING'").fetchone()[0]
+    except sqlite3.Error:  # the store is still being created
+        return 0
+
+
 def lock_md5(repo: Path, stage: str, path: str, section: str = "deps") -> str:
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     return next(e["md5"] for e in lock["stages"][stage][section] if e["path"] == path)
@@ -286,3 +299,32 @@ def test_raw_data_round_trips_through_a_remote(tmp_path):
         handle.write("one more fine film,1\n")
     dvc(repo, "add", "data/raw/reviews.csv")
     assert "prepare" in json.loads(dvc(repo, "status", "prepare", "--json").stdout)
+
+
+@pytest.mark.slow
+def test_interrupted_repro_leaves_nothing_a_later_run_trusts(tmp_path):
+    import signal
+    import time
+
+    repo = project_copy(tmp_path, *TINY_PARAMS)
+    dvc(repo, "repro", "prepare")
+    process = subprocess.Popen([str(BIN / "dvc"), "repro"], cwd=repo, env=env_for(repo), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:  # Ctrl-C (SIGINT to the process group, as a terminal sends it) once the train stage's run has begun
+        deadline = time.monotonic() + 120
+        while not running_runs(repo / "mlflow.db"):
+            assert process.poll() is None and time.monotonic() < deadline, "train never started its MLflow run"
+            time.sleep(0.5)
+        os.killpg(process.pid, signal.SIGINT)
+        output, _ = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode != 0, output[-2000:]
+    assert not (repo / "artifacts/model").exists() and not (repo / "reports/train/metrics.json").exists()
+    assert "train" not in yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    leftovers = [p for p in repo.rglob("*.tmp") if ".dvc" not in p.parts and ".git" not in p.parts]
+    assert leftovers == []
+    status = json.loads(dvc(repo, "status", "--json").stdout)
+    assert "train" in status and "prepare" not in status, status  # the next repro re-runs train, keeps prepare
+    assert [run.info.status for run in all_runs(repo)] == ["KILLED"]
