@@ -124,6 +124,11 @@ def main(argv: list[str] | None = None) -> None:
 
     compare.add_arguments(p)
     p.set_defaults(func=compare.command)
+    from bilstm_exp import bench
+
+    p = sub.add_parser("bench", help=bench.HELP)
+    bench.add_arguments(p)
+    p.set_defaults(func=bench.command)
     args = parser.parse_args(argv)
     args.func(args)
 
