@@ -39,6 +39,11 @@ def train(config: ExperimentConfig, overrides: list[str], **run_kwargs):
         return training.run(config, root=Path.cwd(), overrides=overrides, **run_kwargs)
     except UserError as error:
         fail(error)
+    except KeyboardInterrupt as interrupt:  # Ctrl-C or SIGTERM (tracking.Terminated): the run ended KILLED
+        print("bilstm-exp: interrupted: the run ended KILLED; its last finished epoch is checkpointed in "
+              "checkpoints/<run_id>/. Continue it with the same overrides plus training.resume=true",
+              file=sys.stderr)
+        raise SystemExit(143 if type(interrupt).__name__ == "Terminated" else 130) from None
 
 
 def run_from_hydra(cfg: DictConfig) -> float | None:
@@ -124,6 +129,9 @@ def main(argv: list[str] | None = None) -> None:
 
     compare.add_arguments(p)
     p.set_defaults(func=compare.command)
+    from bilstm_exp import offline
+
+    offline.add_command(sub)  # bilstm-exp sync: upload runs kept offline while the server was down
     from bilstm_exp import bench
 
     p = sub.add_parser("bench", help=bench.HELP)

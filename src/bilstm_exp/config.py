@@ -293,6 +293,8 @@ class TrainingConfig:
     steps_per_execution: int = 1  # train steps per tf.function call
     mixed_precision: bool = False  # float16 compute on a GPU; leave off on a CPU
     verbose: str = "auto"  # Keras progress: auto, 0, 1 or 2
+    resume: bool = False  # continue an interrupted run from its last checkpointed epoch (checkpoints/<run_id>/)
+    resume_run_id: str | None = None  # the run to resume; null: the newest checkpoint of this config
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
 
     def __post_init__(self) -> None:
@@ -300,6 +302,12 @@ class TrainingConfig:
         _positive(self.batch_size, "training.batch_size", 32)
         _positive(self.steps_per_execution, "training.steps_per_execution", 1)
         _choice(str(self.verbose), ("auto", "0", "1", "2"), "training.verbose")
+        if self.resume_run_id is not None:
+            _check(self.resume, "training.resume_run_id", "is set but training.resume is false",
+                   f"add training.resume=true to resume run {self.resume_run_id}")
+            _check(len(self.resume_run_id) == 32 and all(c in "0123456789abcdef" for c in self.resume_run_id),
+                   "training.resume_run_id", f"'{self.resume_run_id}' is not an MLflow run id (32 hex digits)",
+                   "copy the run id from the MLflow UI or the checkpoints/ folder name")
 
 
 @dataclass

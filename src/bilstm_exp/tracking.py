@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from bilstm_exp import offline
 from bilstm_exp.config import TrackingConfig
 from bilstm_exp.errors import TrackingError
 
@@ -112,34 +114,257 @@ def setup(cfg: TrackingConfig, root: Path) -> str:
 # --------------------------------------------------------------------------- run lifecycle
 
 
+def check_resumable(run_id: str) -> None:
+    """The run to resume exists in the configured store and has not FINISHED."""
+    try:
+        run = MlflowClient().get_run(run_id)
+    except MlflowException:
+        raise TrackingError(f"run {run_id} (from its checkpoint) is not in the tracking store "
+                            f"{redact(mlflow.get_tracking_uri())}. Fix: resume with the store the run was "
+                            f"tracked in (tracking.tracking_uri), or delete checkpoints/{run_id}/") from None
+    if run.info.status == "FINISHED":
+        raise TrackingError(f"run {run_id} has already FINISHED. Fix: start a new run without training.resume, "
+                            f"or delete checkpoints/{run_id}/")
+
+
+
 @contextmanager
 def run(experiment_id: str, run_name: str | None = None, tags: dict[str, str] | None = None,
-        parent_run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
+        parent_run_id: str | None = None, run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
     """An MLflow run that always ends: FINISHED, FAILED (exception, tag ``error``) or KILLED
-    (Ctrl-C or SIGTERM). SIGTERM is turned into :class:`Terminated` for the duration."""
+    (Ctrl-C or SIGTERM). SIGTERM is turned into :class:`Terminated` for the duration.
+
+    ``run_id`` reopens an existing (KILLED or FAILED) run, to resume it. Logging goes through a
+    :class:`Connection`: a server that goes down mid-run does not stop training (see there)."""
 
     def on_sigterm(signum, frame):
         raise Terminated("SIGTERM")
 
     previous = signal.signal(signal.SIGTERM, on_sigterm)
-    active = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags,
-                              parent_run_id=parent_run_id)
+    global _connection
+    outer = _connection
+    with short_http_retries():
+        if run_id is not None:
+            active = mlflow.start_run(run_id=run_id)
+        else:
+            active = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags,
+                                      parent_run_id=parent_run_id)
+        _connection = connection = Connection(mlflow.get_tracking_uri(), active)
+        try:
+            yield active
+        except KeyboardInterrupt as interrupt:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up
+            connection.end("KILLED", {"failure_reason": "terminated" if isinstance(interrupt, Terminated)
+                                      else "interrupted"})
+            raise
+        except BaseException as error:
+            connection.end("FAILED", {"error": f"{type(error).__name__}: {error}"[:1000],
+                                      "failure_reason": getattr(error, "failure_reason", "exception")})
+            raise
+        else:
+            connection.end("FINISHED")
+        finally:
+            _connection = outer
+            signal.signal(signal.SIGTERM, previous)
+
+
+# --------------------------------------------------------------------------- a server that goes down
+
+# In-run HTTP retries: a down server costs seconds per attempt, not MLflow's default ~4 minutes.
+# Values the user has set in the environment win.
+RUN_HTTP_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+RETRY_INTERVAL_S = 10.0  # while the server is down, buffered logging is retried at most this often
+SETTLE_ATTEMPTS, SETTLE_WAIT_S = 3, 5.0  # before the results: tries to reach the server, and the wait between
+
+_connection: Connection | None = None
+
+
+@contextmanager
+def short_http_retries() -> Iterator[None]:
+    added = {k: v for k, v in RUN_HTTP_RETRIES.items() if k not in os.environ}
+    os.environ.update(added)
     try:
-        yield active
-    except KeyboardInterrupt as interrupt:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up
-        mlflow.set_tag("failure_reason", "terminated" if isinstance(interrupt, Terminated) else "interrupted")
-        mlflow.end_run("KILLED")
-        raise
-    except BaseException as error:
-        mlflow.set_tag("error", f"{type(error).__name__}: {error}"[:1000])
-        mlflow.set_tag("failure_reason", getattr(error, "failure_reason", "exception"))
-        mlflow.end_run("FAILED")
-        raise
-    else:
-        mlflow.end_run("FINISHED")
+        yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for key in added:
+            os.environ.pop(key, None)
+
+
+class Connection:
+    """The active run's link to its store, with a journal of everything logged.
+
+    A logging call that fails because the server is unreachable (its ``/health`` does not answer)
+    is buffered; training goes on, and the buffer is delivered, in order, on a later call once the
+    server answers again (tried at most every :data:`RETRY_INTERVAL_S`). Before the results are
+    recorded, :meth:`settle` tries a few more times; if the server is still down, the run continues
+    in a local store (:mod:`bilstm_exp.offline`) that holds everything logged so far, and its end
+    prints the `bilstm-exp sync` command that uploads it. Errors from a reachable store (a rejected
+    value, a local sqlite file) are raised as before.
+    """
+
+    def __init__(self, uri: str, active: mlflow.ActiveRun):
+        self.uri, self.run_id = uri, active.info.run_id
+        self.experiment_id = active.info.experiment_id
+        experiment = MlflowClient(uri).get_experiment(self.experiment_id)
+        self.journal = offline.Journal(experiment.name, active.info.run_name, active.info.start_time,
+                                       params=dict(active.data.params), tags=dict(active.data.tags))
+        self.pending: list[tuple[list[Param], list[Metric], list[RunTag]]] = []
+        self.next_try = 0.0
+        self.down = False
+        self.offline_folder: Path | None = None
+        self.offline_uri: str | None = None
+        self.offline_run_id: str | None = None
+
+    @property
+    def run_ids(self) -> set[str]:
+        return {self.run_id, self.offline_run_id} - {None}
+
+    @property
+    def is_http(self) -> bool:
+        return urllib.parse.urlsplit(self.uri).scheme in ("http", "https")
+
+    def reachable(self) -> bool:
+        if not self.is_http:
+            return True
+        import requests
+
+        try:
+            return requests.get(self.uri.rstrip("/") + "/health", timeout=3).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def log_batch(self, params: list[Param] = (), metrics: list[Metric] = (), tags: list[RunTag] = ()) -> None:
+        params, metrics, tags = list(params), list(metrics), list(tags)
+        self.journal.add(params, metrics, tags)
+        if self.offline_uri:
+            offline.replay(MlflowClient(self.offline_uri), self.offline_run_id,
+                           offline.Journal("", None, 0, {p.key: p.value for p in params}, metrics,
+                                           {t.key: t.value for t in tags}))
+            return
+        self.pending.append((params, metrics, tags))
+        if time.monotonic() >= self.next_try:
+            self.flush()
+
+    def flush(self) -> bool:
+        """Deliver the buffered requests in order; False when the server is unreachable."""
+        client = MlflowClient(self.uri)
+        try:
+            while self.pending:
+                params, metrics, tags = self.pending[0]
+                for start in range(0, len(params), 100):
+                    client.log_batch(self.run_id, params=params[start:start + 100], synchronous=True)
+                for start in range(0, len(metrics), 1000):
+                    client.log_batch(self.run_id, metrics=metrics[start:start + 1000], synchronous=True)
+                if tags:
+                    client.log_batch(self.run_id, tags=tags, synchronous=True)
+                self.pending.pop(0)
+        except Exception:
+            if self.reachable():
+                raise
+            if not self.down:
+                _warn(f"tracking server {redact(self.uri)} is unreachable; training continues, logging is "
+                      f"buffered and retried every {RETRY_INTERVAL_S:.0f} s")
+            self.down, self.next_try = True, time.monotonic() + RETRY_INTERVAL_S
+            return False
+        if self.down:
+            _warn(f"tracking server {redact(self.uri)} is reachable again; buffered logging delivered")
+        self.down = False
+        return True
+
+    def settle(self) -> None:
+        """Before recording results: deliver the buffer, or continue offline if the server stays down."""
+        if self.offline_uri or not self.is_http:
+            return
+        for attempt in range(SETTLE_ATTEMPTS):
+            if self.reachable() and self.flush():
+                return
+            if attempt + 1 < SETTLE_ATTEMPTS:
+                time.sleep(SETTLE_WAIT_S)
+        self.go_offline()
+
+    def resilient(self, record):
+        """``record()``; if it fails because the server went down, continue offline and record again
+        (``record`` must be repeatable: artifacts and models, not metrics)."""
+        try:
+            return record()
+        except Exception:
+            if self.offline_uri or self.reachable():
+                raise
+        self.go_offline()
+        return record()
+
+    def go_offline(self) -> None:
+        """Continue the run in a local store holding everything logged so far."""
+        if self.offline_uri:
+            return
+        folder = Path.cwd() / offline.FOLDER / self.run_id
+        self.offline_uri, self.offline_run_id = offline.create(folder, self.journal, redact(self.uri), self.run_id)
+        self.offline_folder = folder
+        self.pending.clear()
+        run = MlflowClient(self.offline_uri).get_run(self.offline_run_id)
+        from mlflow.tracking import fluent  # the fluent API (log_artifact, log_model) now writes there
+
+        stack = fluent._active_run_stack.get()
+        if stack and stack[-1].info.run_id == self.run_id:
+            stack[-1] = mlflow.ActiveRun(run)
+        mlflow.set_tracking_uri(self.offline_uri)
+        _warn(f"tracking server {redact(self.uri)} is still unreachable; the run continues in {folder}")
+
+    def end(self, status: str, tags: dict[str, str] | None = None) -> None:
+        if tags:
+            self.log_batch(tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        if not self.offline_uri and not self.flush():
+            self.go_offline()
+        if not self.offline_uri:
+            try:
+                mlflow.end_run(status)
+                return
+            except Exception:
+                if self.reachable():
+                    raise
+                self.go_offline()
+        from mlflow.tracking import fluent
+
+        stack = fluent._active_run_stack.get()
+        if stack and stack[-1].info.run_id in self.run_ids:
+            stack.pop()
+        MlflowClient(self.offline_uri).set_terminated(self.offline_run_id, status)
+        mlflow.set_tracking_uri(self.uri)
+        _warn(f"run {self.run_id} ended {status} and is kept in {self.offline_folder} because the tracking server "
+              f"was unreachable. Upload it when the server is back:\n    "
+              f"{offline.sync_command_line(self.offline_folder, redact(self.uri))}")
+
+
+def _warn(message: str) -> None:
+    print(f"bilstm-exp: warning: {message}", file=sys.stderr, flush=True)
+
+
+def settle() -> None:
+    """Deliver what the active run has buffered; if its server stays down, continue it offline."""
+    if _connection is not None:
+        _connection.settle()
+
+
+def resilient(record):
+    """Run ``record()`` (artifact and model logging) so that a server lost meanwhile sends it offline."""
+    return record() if _connection is None else _connection.resilient(record)
+
+
+def _send(run_id: str | None, params: list[Param] = (), metrics: list[Metric] = (),
+          tags: list[RunTag] = ()) -> None:
+    """One run's logging: through the active run's connection, or straight to the store."""
+    run_id = run_id or mlflow.active_run().info.run_id
+    if _connection is not None and run_id in _connection.run_ids:
+        _connection.log_batch(params, metrics, tags)
+        return
+    client = MlflowClient()
+    for start in range(0, len(params), 100):
+        client.log_batch(run_id, params=params[start:start + 100], synchronous=True)
+    for start in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[start:start + 1000], synchronous=True)
+    if tags:
+        client.log_batch(run_id, tags=list(tags), synchronous=True)
 
 
 PARAM_MAX_CHARS = 250
@@ -154,26 +379,17 @@ def param_value(value: Any) -> str:
 
 def log_params(params: dict[str, Any], run_id: str | None = None) -> None:
     """Log params in batches of 100 (MLflow's request limit), dropping anything secret."""
-    run_id = run_id or mlflow.active_run().info.run_id
-    items = [Param(k, param_value(v)) for k, v in params.items() if not is_secret(k, v)]
-    client = MlflowClient()
-    for start in range(0, len(items), 100):
-        client.log_batch(run_id, params=items[start:start + 100], synchronous=True)
+    _send(run_id, params=[Param(k, param_value(v)) for k, v in params.items() if not is_secret(k, v)])
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None, run_id: str | None = None) -> None:
     """One batched request per call (up to 1,000 metrics), never one request per metric."""
-    run_id = run_id or mlflow.active_run().info.run_id
     now = int(time.time() * 1000)
-    items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
-    client = MlflowClient()
-    for start in range(0, len(items), 1000):
-        client.log_batch(run_id, metrics=items[start:start + 1000], synchronous=True)
+    _send(run_id, metrics=[Metric(k, float(v), now, step or 0) for k, v in metrics.items()])
 
 
 def log_tags(tags: dict[str, str], run_id: str | None = None) -> None:
-    run_id = run_id or mlflow.active_run().info.run_id
-    MlflowClient().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True)
+    _send(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
 # --------------------------------------------------------------------------- Keras callback
@@ -251,7 +467,14 @@ def register(model_uri: str, name: str, run_id: str, metrics: dict[str, float], 
              greater_is_better: bool = True) -> Any:
     """Register a model version, tag it, and move the ``champion`` alias to it only if it beats the
     current champion on ``champion_metric``. The decision and the delta become version tags, so
-    the alias history is auditable in the registry."""
+    the alias history is auditable in the registry.
+
+    A run kept offline (its server down) registers nothing now: the wish is recorded and
+    `bilstm-exp sync` registers the version when it uploads the run; returns None then."""
+    if _connection is not None and _connection.offline_uri and run_id in _connection.run_ids:
+        log_tags({offline.REGISTER_TAG: name, offline.CHAMPION_TAG: champion_metric,
+                  offline.GREATER_TAG: str(greater_is_better).lower()}, run_id)
+        return None
     client = MlflowClient()
     with registry_lock():
         version = mlflow.register_model(model_uri, name, tags={"run_id": run_id})

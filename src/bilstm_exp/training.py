@@ -23,7 +23,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
 from bilstm_exp import data as data_mod
-from bilstm_exp import models, optim, profiling, reports, serving, tracking
+from bilstm_exp import checkpoints, models, optim, profiling, reports, serving, tracking
 from bilstm_exp.config import ExperimentConfig, flatten, to_dict
 
 
@@ -142,7 +142,7 @@ def _log_artifacts(model: keras.Model, prepared: data_mod.PreparedData, evaluati
 
 
 def _callbacks(config: ExperimentConfig, profiler: profiling.EpochProfiler, model: keras.Model,
-               prepared: data_mod.PreparedData) -> list[keras.callbacks.Callback]:
+               prepared: data_mod.PreparedData, checkpointer: checkpoints.Checkpointer) -> list[keras.callbacks.Callback]:
     callbacks: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN(), profiler]
     if "attention" in [layer.name for layer in model.layers]:
         callbacks.append(AttentionProbe(serving.pad_right(prepared.splits["val"][:64])))
@@ -151,8 +151,43 @@ def _callbacks(config: ExperimentConfig, profiler: profiling.EpochProfiler, mode
         mode = "min" if stop.monitor == "val_loss" else "max"
         callbacks.append(keras.callbacks.EarlyStopping(monitor=stop.monitor, patience=stop.patience, mode=mode,
                                                        restore_best_weights=True))
-    callbacks.append(tracking.MLflowLogger())  # last: logs what the callbacks before it added
+    # last: logs what the callbacks before it added, then checkpoints the epoch (signals held meanwhile)
+    callbacks.append(checkpointer.callback(tracking.MLflowLogger(), callbacks))
     return callbacks
+
+
+def _open_checkpointer(config: ExperimentConfig, root: Path) -> checkpoints.Checkpointer:
+    """Epoch checkpoints in checkpoints/<run_id>/; with training.resume=true, the interrupted run's."""
+    flat = {k: v for k, v in flatten(to_dict(config)).items() if not tracking.is_secret(k, v)}
+    checkpointer = checkpoints.Checkpointer.open(root, flat, config.training.resume, config.training.resume_run_id)
+    if checkpointer.resuming:
+        tracking.check_resumable(checkpointer.run_id)
+    return checkpointer
+
+
+def _log_header(config: ExperimentConfig, overrides: list[str], prepared: data_mod.PreparedData,
+                folder: Path) -> None:
+    """What a new run records before training: params, config and overrides, data md5."""
+    tracking.log_params(flatten(to_dict(config)))
+    (folder / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    (folder / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    mlflow.log_artifact(str(folder / "config.yaml"))
+    mlflow.log_artifact(str(folder / "overrides.yaml"))
+    tracking.log_tags({"data_md5": prepared.md5()})
+    tracking.log_params({"derived.vocab_size": len(prepared.vocab), "derived.num_classes": prepared.num_classes,
+                         "derived.train_examples": len(prepared.labels["train"]),
+                         "derived.max_length": max(len(s) for s in prepared.splits["train"])})
+
+
+def _record_results(config: ExperimentConfig, classifier: serving.TextClassifier, prepared: data_mod.PreparedData,
+                    evaluation: Evaluation, history: dict[str, list[float]], metrics: dict[str, float],
+                    folder: Path) -> str:
+    """Artifacts and the model, in a fresh folder: repeatable if the server goes down meanwhile."""
+    folder = Path(tempfile.mkdtemp(prefix="record-", dir=folder))
+    if (folder.parent / "profile").is_dir():  # profiling=trace: a TensorBoard-readable profiler trace
+        mlflow.log_artifacts(str(folder.parent / "profile"), "profile")
+    _log_artifacts(classifier.model, prepared, evaluation, history, folder / "reports")
+    return _log_model(config, classifier, prepared, metrics, folder / "model")
 
 
 def _log_model(config: ExperimentConfig, classifier: serving.TextClassifier, prepared: data_mod.PreparedData,
@@ -182,6 +217,7 @@ def run(config: ExperimentConfig, *, root: Path, overrides: list[str] | None = N
     ``parent_run_id`` nests the run under a sweep's parent run.
     """
     experiment_id = tracking.setup(config.tracking, root)
+    checkpointer = _open_checkpointer(config, root)  # training.resume: fails here, before data preparation
     overrides = overrides or []
     tags = {**(extra_tags or {}), "architecture": config.model.name, "hydra_overrides": " ".join(overrides),
             "mlflow.note.content": f"{config.model.name} on {config.data.name} data, "
@@ -191,19 +227,17 @@ def run(config: ExperimentConfig, *, root: Path, overrides: list[str] | None = N
     if prepared is None:
         prepared = data_mod.prepare(config.data, config.seed)  # bad data fails here, before a run exists
     prepare_s = time.perf_counter() - start
+    checkpointer.check_data(prepared.md5())
 
-    with tracking.run(experiment_id, run_name=run_name, tags=tags, parent_run_id=parent_run_id) as active, \
+    with tracking.run(experiment_id, run_name=run_name, tags=tags, parent_run_id=parent_run_id,
+                      run_id=checkpointer.run_id) as active, \
             tempfile.TemporaryDirectory(prefix="bilstm-exp-") as tmp:
         folder = Path(tmp)
-        tracking.log_params(flatten(to_dict(config)))
-        (folder / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-        (folder / "overrides.yaml").write_text(yaml.safe_dump(overrides))
-        mlflow.log_artifact(str(folder / "config.yaml"))
-        mlflow.log_artifact(str(folder / "overrides.yaml"))
-        tracking.log_tags({"data_md5": prepared.md5()})
-        tracking.log_params({"derived.vocab_size": len(prepared.vocab), "derived.num_classes": prepared.num_classes,
-                             "derived.train_examples": len(prepared.labels["train"]),
-                             "derived.max_length": max(len(s) for s in prepared.splits["train"])})
+        checkpointer.bind(active.info.run_id)
+        if checkpointer.resuming:
+            tracking.log_tags({"resumed_from_epoch": str(checkpointer.initial_epoch)})
+        else:
+            tracking.resilient(lambda: _log_header(config, overrides, prepared, folder))
 
         configure_tensorflow(config)
         pipelines = datasets(config, prepared)
@@ -217,11 +251,16 @@ def run(config: ExperimentConfig, *, root: Path, overrides: list[str] | None = N
         tracking.log_params({"derived.trainable_params": params})
 
         profiler = profiling.EpochProfiler(len(prepared.labels["train"]), padding.real_tokens)
-        history = model.fit(pipelines["train"], validation_data=pipelines["val"], epochs=config.training.epochs,
-                            callbacks=_callbacks(config, profiler, model, prepared)
-                            + profiling.trace_callbacks(config.profiling, folder / "profile"), shuffle=False,
-                            verbose=_verbose(config.training.verbose))
-        if any(not np.isfinite(v) for v in history.history.get("loss", [])):
+        checkpointer.restore(model)  # resuming: weights and optimizer state of the last finished epoch
+        if not checkpointer.fit_done:
+            model.fit(pipelines["train"], validation_data=pipelines["val"], epochs=config.training.epochs,
+                      initial_epoch=checkpointer.initial_epoch,
+                      callbacks=_callbacks(config, profiler, model, prepared, checkpointer)
+                      + profiling.trace_callbacks(config.profiling, folder / "profile"), shuffle=False,
+                      verbose=_verbose(config.training.verbose))
+        history = checkpointer.history  # every epoch's logs, those before a resumption included
+        if any(not np.isfinite(v) for v in history.get("loss", [])):
+            checkpointer.delete()  # resuming would diverge again
             raise NonFiniteLoss("training loss became NaN or infinite; lower optimizer.learning_rate "
                                 "or enable clipping, e.g. clipping=global_norm")
 
@@ -233,7 +272,7 @@ def run(config: ExperimentConfig, *, root: Path, overrides: list[str] | None = N
         metrics.update({
             "time/data_prepare_s": prepare_s, "time/model_build_s": build_s,
             "data/padding_fraction": padding.fraction, "model/params": params,
-            "model/size_mb": profiling.model_size_mb(model), "epochs_trained": len(history.history["loss"]),
+            "model/size_mb": profiling.model_size_mb(model), "epochs_trained": len(history["loss"]),
         })
         overhead = profiler.first_epoch_overhead_s()
         if overhead is not None:
@@ -242,14 +281,15 @@ def run(config: ExperimentConfig, *, root: Path, overrides: list[str] | None = N
             texts = prepared.texts["test"][: config.profiling.latency_samples]
             metrics.update(profiling.latency(lambda text: classifier.probabilities([text]), texts))
         # compute/* (FLOPs, achieved GFLOP/s, peak fraction) and throughput/predict_samples_per_s
-        metrics.update(profiling.cost_metrics(config.model, prepared, history.history, classifier.probabilities))
-        if (folder / "profile").is_dir():  # profiling=trace: a TensorBoard-readable profiler trace
-            mlflow.log_artifacts(str(folder / "profile"), "profile")
+        metrics.update(profiling.cost_metrics(config.model, prepared, history, classifier.probabilities))
         metrics["memory/peak_rss_mb"] = profiling.peak_rss_mb()
         tracking.log_metrics(metrics)
-        _log_artifacts(classifier.model, prepared, evaluation, history.history, folder / "reports")
-        model_uri = _log_model(config, classifier, prepared, metrics, folder / "model")
-        return RunResult(active.info.run_id, metrics, history.history, model_uri, classifier, prepared)
+        tracking.settle()  # a server down since some epoch: deliver what is buffered, or continue offline
+        model_uri = tracking.resilient(lambda: _record_results(config, classifier, prepared, evaluation, history,
+                                                               metrics, folder))
+        result = RunResult(checkpointer.run_id, metrics, history, model_uri, classifier, prepared)
+    checkpointer.delete()  # the run is FINISHED: nothing left to resume
+    return result
 
 
 class NonFiniteLoss(RuntimeError):

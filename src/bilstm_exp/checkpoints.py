@@ -1,0 +1,258 @@
+"""Epoch checkpoints, so an interrupted run can continue into the same MLflow run.
+
+Every finished epoch is checkpointed in ``checkpoints/<run_id>/`` under the working directory:
+
+    state.json              last finished epoch (0-based), run id, the config it was made with, the data
+                            md5, every epoch's Keras logs and the early-stopping counters
+    epoch-NNNN.weights.h5   model and optimizer variables (Keras ``save_weights`` with a built optimizer,
+                            as ``keras.callbacks.BackupAndRestore`` does), so learning-rate schedules and
+                            Adam moments continue where they stopped
+    best.weights.npz        early stopping's best weights (``restore_best_weights``), when it has some
+
+A checkpoint is written after MLflow has received the epoch's metrics, and SIGINT/SIGTERM are held
+back while both happen, so an epoch is either logged and checkpointed or neither: a resumed run never
+logs a step twice. ``state.json`` is replaced atomically and names its weights file, so a crash while
+writing leaves the previous checkpoint intact. The folder is deleted when the run ends FINISHED.
+
+``training.resume=true`` (with ``training.resume_run_id`` or, without it, the newest checkpoint made
+with the same config) restores the weights, optimizer and early-stopping state and continues with the
+next epoch. Not restored: the order in which the training data is shuffled (a resumed epoch k sees the
+order of epoch 0 of a fresh pipeline), so a resumed run matches an uninterrupted one in epochs and
+metric-history length, not value for value.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from bilstm_exp.errors import UserError
+
+FOLDER = "checkpoints"
+STATE = "state.json"
+BEST = "best.weights.npz"
+# How a run is executed, not what it computes: these may differ between the run and its resumption.
+RUNTIME_KEYS = ("training.resume", "training.resume_run_id", "training.verbose")
+
+
+class ResumeError(UserError):
+    """No checkpoint to resume, or one made for another config or data."""
+
+
+@dataclass
+class Checkpointer:
+    """The checkpoint folder of one run; ``state`` is what a resumption starts from (None: a new run)."""
+
+    root: Path
+    config: dict[str, Any]  # flattened config without secrets, compared on resume
+    state: dict[str, Any] | None = None
+    run_id: str | None = None
+    history: dict[str, list[float]] = field(default_factory=dict)
+    data_md5: str | None = None
+
+    # ------------------------------------------------------------------ finding one
+
+    @classmethod
+    def open(cls, root: Path, config: dict[str, Any], resume: bool, run_id: str | None) -> Checkpointer:
+        """A fresh checkpointer, or (resume) the one of ``run_id`` or of the newest matching checkpoint."""
+        config = json.loads(json.dumps({k: v for k, v in config.items() if k not in RUNTIME_KEYS}, default=str))
+        if not resume:
+            return cls(root, config)
+        folder = root / FOLDER
+        if run_id is not None:
+            state = _read_state(folder / run_id)
+            if state is None:
+                raise ResumeError(f"training.resume_run_id={run_id}: no checkpoint in {FOLDER}/{run_id}/ of "
+                                  f"{root.name or root}. Fix: run in the working directory of the interrupted run, "
+                                  "or drop training.resume to start a new run")
+            _check_config(state, config, run_id)
+        else:
+            candidates = sorted((s for s in map(_read_state, _subfolders(folder)) if s is not None),
+                                key=lambda s: s["saved_at"], reverse=True)
+            matching = [s for s in candidates if _differences(s["config"], config) == []]
+            if not matching:
+                others = f" ({len(candidates)} checkpoint(s) there were made with another config)" if candidates \
+                    else ""
+                raise ResumeError(f"training.resume=true: no checkpoint of this config in {FOLDER}/{others}. Fix: "
+                                  "repeat the interrupted run's overrides, pass training.resume_run_id=RUN_ID, "
+                                  "or drop training.resume to start a new run")
+            state = matching[0]
+        return cls(root, config, state=state, run_id=state["run_id"],
+                   history={k: list(v) for k, v in state["history"].items()})
+
+    @property
+    def resuming(self) -> bool:
+        return self.state is not None
+
+    @property
+    def folder(self) -> Path:
+        if self.run_id is None:
+            raise RuntimeError("Checkpointer.bind(run_id) first")
+        return self.root / FOLDER / self.run_id
+
+    @property
+    def initial_epoch(self) -> int:
+        """The first epoch still to train."""
+        return 0 if self.state is None else self.state["epoch"] + 1
+
+    @property
+    def fit_done(self) -> bool:
+        """The interrupted run had finished training (it was stopped while recording its results)."""
+        return bool(self.state and self.state.get("fit_done"))
+
+    def bind(self, run_id: str) -> None:
+        self.run_id = run_id
+
+    def check_data(self, md5: str) -> None:
+        self.data_md5 = md5
+        if self.state is not None and self.state.get("data_md5") not in (None, md5):
+            raise ResumeError(f"run {self.run_id} was trained on other data (md5 {self.state['data_md5']}, "
+                              f"now {md5}). Fix: restore that data, or drop training.resume to start a new run")
+
+    # ------------------------------------------------------------------ restoring
+
+    def restore(self, model: keras.Model) -> None:
+        """Load model and optimizer variables of the last finished epoch into a compiled model."""
+        if self.state is None:
+            return
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        model.load_weights(self.folder / self.state["weights"])
+
+    def callback(self, logger: keras.callbacks.Callback,
+                 others: list[keras.callbacks.Callback]) -> keras.callbacks.Callback:
+        """The last callback of ``fit``: runs ``logger`` (the MLflow logger) and then checkpoints, with
+        signals held back; restores early stopping's counters on a resumption."""
+        stopping = next((c for c in others if isinstance(c, keras.callbacks.EarlyStopping)), None)
+        return _EpochCheckpoint(self, logger, stopping)
+
+    # ------------------------------------------------------------------ writing
+
+    def save(self, model: keras.Model, epoch: int, logs: dict[str, Any],
+             stopping: keras.callbacks.EarlyStopping | None, fit_done: bool = False) -> None:
+        folder = self.folder
+        folder.mkdir(parents=True, exist_ok=True)
+        weights = f"epoch-{epoch:04d}.weights.h5"
+        model.save_weights(folder / f"{weights}.tmp.weights.h5", overwrite=True)
+        os.replace(folder / f"{weights}.tmp.weights.h5", folder / weights)
+        early = None
+        if stopping is not None:
+            early = {"wait": int(stopping.wait), "best_epoch": int(stopping.best_epoch),
+                     "stopped_epoch": int(stopping.stopped_epoch),
+                     "best": None if stopping.best is None else float(stopping.best)}
+            if stopping.best_weights is not None:
+                with open(folder / f"{BEST}.tmp", "wb") as out:
+                    np.savez(out, *stopping.best_weights)
+                os.replace(folder / f"{BEST}.tmp", folder / BEST)
+        state = {"run_id": self.run_id, "epoch": epoch, "fit_done": fit_done, "weights": weights,
+                 "saved_at": time.time(), "config": self.config, "data_md5": self.data_md5,
+                 "history": self.history, "early_stopping": early}
+        _write_json(folder / STATE, state)
+        for old in folder.glob("epoch-*.weights.h5"):
+            if old.name != weights:
+                old.unlink(missing_ok=True)
+
+    def delete(self) -> None:
+        """After a FINISHED run: nothing is left to resume."""
+        if self.run_id is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            if (self.root / FOLDER).is_dir() and not any((self.root / FOLDER).iterdir()):
+                (self.root / FOLDER).rmdir()
+
+
+class _EpochCheckpoint(keras.callbacks.Callback):
+    def __init__(self, checkpointer: Checkpointer, logger: keras.callbacks.Callback,
+                 stopping: keras.callbacks.EarlyStopping | None):
+        super().__init__()
+        self.checkpointer, self.logger, self.stopping = checkpointer, logger, stopping
+
+    def set_model(self, model) -> None:
+        super().set_model(model)
+        self.logger.set_model(model)
+
+    def set_params(self, params) -> None:
+        super().set_params(params)
+        self.logger.set_params(params)
+
+    def on_train_begin(self, logs=None) -> None:
+        self.logger.on_train_begin(logs)
+        state = self.checkpointer.state
+        if state and self.stopping is not None and state.get("early_stopping"):
+            # EarlyStopping.on_train_begin (called before this) has just reset these.
+            early = state["early_stopping"]
+            self.stopping.wait, self.stopping.best_epoch = early["wait"], early["best_epoch"]
+            self.stopping.best = early["best"]
+            best = self.checkpointer.folder / BEST
+            if best.exists():
+                with np.load(best) as arrays:
+                    self.stopping.best_weights = [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        logs = logs or {}
+        finite = all(np.isfinite(float(v)) for v in logs.values() if np.ndim(v) == 0)
+        with held_signals():
+            self.logger.on_epoch_end(epoch, logs)
+            for key, value in logs.items():
+                if np.ndim(value) == 0:
+                    self.checkpointer.history.setdefault(key, []).append(float(value))
+            if finite:  # a NaN epoch is no state to resume from
+                self.checkpointer.save(self.model, epoch, logs, self.stopping)
+
+    def on_train_end(self, logs=None) -> None:
+        self.logger.on_train_end(logs)
+        epochs = len(next(iter(self.checkpointer.history.values()), []))
+        if epochs and all(np.isfinite(v) for values in self.checkpointer.history.values() for v in values):
+            # after EarlyStopping restored its best weights: what evaluation will use
+            with held_signals():
+                self.checkpointer.save(self.model, epochs - 1, {}, self.stopping, fit_done=True)
+
+
+@contextmanager
+def held_signals():
+    """SIGINT and SIGTERM wait (pending) until the block is done, then arrive as usual."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    return [p for p in folder.iterdir() if p.is_dir()] if folder.is_dir() else []
+
+
+def _read_state(folder: Path) -> dict[str, Any] | None:
+    try:
+        state = json.loads((folder / STATE).read_text())
+    except (OSError, ValueError):
+        return None
+    return state if (folder / state.get("weights", "")).is_file() else None
+
+
+def _differences(saved: dict[str, Any], config: dict[str, Any]) -> list[str]:
+    keys = sorted(set(saved) | set(config))
+    return [f"{k}={saved.get(k)!r} (now {config.get(k)!r})" for k in keys if saved.get(k) != config.get(k)]
+
+
+def _check_config(state: dict[str, Any], config: dict[str, Any], run_id: str) -> None:
+    differences = _differences(state["config"], config)
+    if differences:
+        raise ResumeError(f"run {run_id} was made with another config: {'; '.join(differences[:5])}. Fix: resume "
+                          "with the run's overrides (its overrides.yaml artifact), or drop training.resume")
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, default=str))
+    os.replace(tmp, path)
