@@ -3,10 +3,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test lint ui clean
+.PHONY: help install run test lint ui clean browser screenshot
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -19,8 +19,16 @@ install: $(STAMP) ## create .venv and install the pinned dependencies
 run: $(STAMP) ## the default experiment on built-in data, tracked in ./mlflow.db
 	$(PY) -m bilstm_exp $(ARGS)
 
-test: $(STAMP) ## the whole test suite
+test: $(STAMP) browser ## the whole test suite
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+browser: ## Debian's chromium for the UI test (apt-get install when /usr/bin/chromium is missing)
+	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq \
+		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+		|| echo "make browser: no /usr/bin/chromium and no apt-get as root: tests/test_ui.py will skip"
+
+screenshot: $(STAMP) browser ## re-record docs/mlflow-compare.png (the README's run comparison)
+	UPDATE_SCREENSHOTS=1 $(PY) -m pytest tests/test_ui.py
 
 lint: $(STAMP) ## ruff
 	$(VENV)/bin/ruff check src tests
