@@ -106,17 +106,22 @@ def _epoch_clock():
     import keras
 
     class EpochClock(keras.callbacks.Callback):
-        """Wall time from the first epoch's begin to train end (no batch hooks: no per-step cost)."""
+        """Wall and process CPU time from the first epoch's begin to train end (no batch hooks)."""
 
         def __init__(self):
             super().__init__()
             self.seconds: list[float] = []
+            self.cpu_seconds: list[float] = []
 
         def on_epoch_begin(self, epoch, logs=None):
-            self._start = time.perf_counter()
+            self._start, self._cpu = time.perf_counter(), time.process_time()
 
         def on_train_end(self, logs=None):
             self.seconds.append(time.perf_counter() - self._start)
+            self.cpu_seconds.append(time.process_time() - self._cpu)
+
+        def last(self) -> tuple[float, float]:
+            return self.seconds[-1], self.cpu_seconds[-1]
 
     return EpochClock()
 
@@ -147,10 +152,20 @@ def _alternate(arms: dict[str, Any], reps: int) -> dict[str, list[float]]:
     return times
 
 
-def _ratio(numerator: list[float], denominator: list[float]) -> dict[str, Any]:
-    num, den = _median(numerator), _median(denominator)
-    return {"ratio": num / den, "numerator_median_s": num, "denominator_median_s": den,
-            "numerator_s": numerator, "denominator_s": denominator}
+def _ratio(numerator: list, denominator: list) -> dict[str, Any]:
+    """Ratio of medians (wall time). With (wall, cpu) samples also the process-CPU-time ratio, which
+    other processes on a shared machine disturb far less than wall time."""
+    wall_n = [x[0] if isinstance(x, tuple) else x for x in numerator]
+    wall_d = [x[0] if isinstance(x, tuple) else x for x in denominator]
+    num, den = _median(wall_n), _median(wall_d)
+    out = {"ratio": num / den, "numerator_median_s": num, "denominator_median_s": den,
+           "numerator_s": wall_n, "denominator_s": wall_d,
+           "pairwise_median_ratio": _median([a / b for a, b in zip(wall_n, wall_d, strict=False)])}
+    if numerator and isinstance(numerator[0], tuple):
+        cpu_n, cpu_d = [x[1] for x in numerator], [x[1] for x in denominator]
+        out.update({"cpu_ratio": _median(cpu_n) / _median(cpu_d), "numerator_cpu_s": cpu_n,
+                    "denominator_cpu_s": cpu_d})
+    return out
 
 
 # --------------------------------------------------------------------------- the measurements
@@ -198,7 +213,7 @@ class Bench:
             model.fit(dataset, validation_data=validation, epochs=1, verbose=0, shuffle=False,
                       callbacks=[clock, *callbacks])
             total = time.perf_counter() - start
-        return clock.seconds[-1], total
+        return clock, total
 
     # 1 + 4 -------------------------------------------------------------------------------
     def tracking_overhead(self) -> dict[str, Any]:
@@ -214,12 +229,12 @@ class Bench:
 
         def run_full():
             callbacks = [profiling.EpochProfiler(self.samples, self.stats.real_tokens), tracking.MLflowLogger()]
-            return self._plugin_fit(full, train, callbacks)[0]
+            return self._plugin_fit(full, train, callbacks)[0].last()
 
         def run_bare():
             clock = _epoch_clock()
             bare.fit(train, epochs=1, verbose=0, shuffle=False, callbacks=[clock])
-            return clock.seconds[-1]
+            return clock.last()
 
         run_full(), run_bare()  # warm-up: tracing for every bucket shape
         times = _alternate({"full": run_full, "bare": run_bare}, self.settings.reps)
@@ -252,7 +267,7 @@ class Bench:
             def fit():
                 callbacks = [self.profiling.EpochProfiler(self.samples, stats.real_tokens),
                              self.tracking.MLflowLogger()]
-                return self._plugin_fit(model, pipes["train"], callbacks)[0]
+                return self._plugin_fit(model, pipes["train"], callbacks)[0].last()
             return fit
 
         epochs = max(2, self.settings.accuracy_epochs)
@@ -292,10 +307,10 @@ class Bench:
         def run_ours():
             # the default run's callbacks for model=basic (EarlyStopping, off here, costs nothing per step)
             callbacks = [keras.callbacks.TerminateOnNaN(), ours_profiler, self.tracking.MLflowLogger()]
-            epoch_s, total = self._plugin_fit(ours, self.pipes["train"], callbacks, self.pipes["val"])
+            clock, total = self._plugin_fit(ours, self.pipes["train"], callbacks, self.pipes["val"])
             run_ids["ours"] = mlflow.last_active_run().info.run_id
-            setup_s["ours"].append(total - epoch_s)
-            return epoch_s
+            setup_s["ours"].append(total - clock.seconds[-1])
+            return clock.last()
 
         def run_baseline():
             clock = _epoch_clock()
@@ -310,7 +325,7 @@ class Bench:
                 mlflow.keras.autolog(disable=True)
             run_ids["baseline"] = mlflow.last_active_run().info.run_id
             setup_s["baseline"].append(total - clock.seconds[-1])
-            return clock.seconds[-1]
+            return clock.last()
 
         run_ours(), run_baseline()  # warm-up
         times = _alternate({"baseline": run_baseline, "ours": run_ours}, self.settings.reps)
@@ -512,15 +527,18 @@ def render(results: dict[str, Any]) -> str:
     lines += [
         "", "## Details", "",
         f"- **tracking_overhead**: full plugin {t['numerator_median_s']:.3f} s/epoch vs bare `model.fit` "
-        f"{t['denominator_median_s']:.3f} s/epoch (training only). Samples: full "
+        f"{t['denominator_median_s']:.3f} s/epoch (training only); median of per-pair ratios "
+        f"{t['pairwise_median_ratio']:.3f}; process CPU time ratio {t['cpu_ratio']:.3f}. Samples (wall s): full "
         f"{_fmt(t['numerator_s'])}; bare {_fmt(t['denominator_s'])}.",
         f"- **bucketing_speedup**: pad-to-max {b['numerator_median_s']:.3f} s/epoch vs bucketed "
-        f"{b['denominator_median_s']:.3f} s/epoch; padding fraction {b['padding_fraction_max']:.3f} vs "
+        f"{b['denominator_median_s']:.3f} s/epoch (CPU time ratio {b['cpu_ratio']:.3f}); padding fraction "
+        f"{b['padding_fraction_max']:.3f} vs "
         f"{b['padding_fraction_bucket']:.3f} (boundaries {b['bucket_boundaries']}); test accuracy after "
         f"{b['epochs_trained']} epochs from the same initial weights: {b['test_accuracy_max']:.3f} (max) vs "
         f"{b['test_accuracy_bucket']:.3f} (bucket), a gap of {b['accuracy_gap_points']:.1f} points.",
         f"- **vs_baseline_speedup**: baseline {v['numerator_median_s']:.3f} s/epoch vs bilstm-exp default "
-        f"{v['denominator_median_s']:.3f} s/epoch (training + validation + logging); padding fraction "
+        f"{v['denominator_median_s']:.3f} s/epoch (training + validation + logging; CPU time ratio "
+        f"{v['cpu_ratio']:.3f}); padding fraction "
         f"{v['padding_fraction_baseline']:.3f} vs {v['padding_fraction_ours']:.3f}. Per `fit` outside the "
         f"epoch: baseline {v['per_fit_outside_epoch_median_s']['baseline']:.2f} s (autolog: params, datasets, "
         f"model summary, model logged at fit end), bilstm-exp {v['per_fit_outside_epoch_median_s']['ours']:.2f} s.",
@@ -537,8 +555,11 @@ def render(results: dict[str, Any]) -> str:
         "default sizes per architecture; one warm-up step per cell. Plot: `grid.png`.", "",
         *_grid_tables(r["grid"]),
     ]
-    if results.get("notes"):
-        lines += ["## Notes", "", *results["notes"], ""]
+    load = results.get("load_average_1min") or {}
+    lines += ["## Machine load", "",
+              f"1-minute load average at the start of each section ({m['cores']} cores; above the core count "
+              "means other processes competed for the CPU and wall-time ratios are noisy; the process CPU "
+              "time ratios are the steadier view): " + ", ".join(f"{k} {v}" for k, v in load.items()), ""]
     return "\n".join(lines)
 
 
@@ -573,12 +594,11 @@ def run(settings: Settings, out_dir: Path, json_path: Path | None = None) -> dic
         bench = Bench(settings, Path(tmp))
         results: dict[str, Any] = {"machine": machine(), "settings": asdict(settings),
                                    "date": time.strftime("%Y-%m-%d %H:%M %Z")}
-        results["tracking_overhead"] = bench.tracking_overhead()
-        results["peak_fraction"] = bench.peak_fraction()
-        results["bucketing_speedup"] = bench.bucketing_speedup()
-        results["vs_baseline_speedup"] = bench.vs_baseline_speedup()
-        results["serving_latency_ratio"] = bench.serving_latency_ratio()
-        results["grid"] = bench.grid()
+        load = results["load_average_1min"] = {}
+        for key in ("tracking_overhead", "peak_fraction", "bucketing_speedup", "vs_baseline_speedup",
+                    "serving_latency_ratio", "grid"):
+            load[key] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+            results[key] = getattr(bench, key)()
         results["config"] = bench.describe()
         mlflow.set_tracking_uri(previous_uri)
     results["total_s"] = time.perf_counter() - start
