@@ -93,6 +93,7 @@ def test_unknown_top_level_key_is_refused():
 
 def test_validation_does_not_import_tensorflow():
     code = ("import sys; from bilstm_exp.cli import compose; from bilstm_exp.config import validate; "
-            "validate(compose(['model=attention'])); print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
+            "validate(compose(['model=attention'])); "
+            "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from bilstm_exp.errors import DataError
 from bilstm_exp.config import DataConfig, FileDataConfig, SyntheticDataConfig, TweetsDataConfig
+from bilstm_exp.errors import DataError
 
 PAD_ID, OOV_ID = 0, 1
 _TOKEN = re.compile(r"[a-z0-9']+|[^\sa-z0-9']")
