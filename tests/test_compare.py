@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+
 from tests.conftest import TINY, run_module
 
 SWEEP = ["model=basic,unidirectional", "clipping=none,norm", *TINY, "model.lstm_units=8",

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tests.conftest import ROOT, TINY
 
 from bilstm_exp import pipeline
+from tests.conftest import ROOT, TINY
 
 BIN = Path(sys.executable).parent  # dvc and bilstm-exp of this environment
 TINY_PARAMS = [*TINY, "model.lstm_units=8"]

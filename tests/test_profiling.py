@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
-from tests.conftest import run_module, tiny
 
 from bilstm_exp.cli import compose
 from bilstm_exp.config import validate
+from tests.conftest import run_module, tiny
 
 POSITIVE = [
     "time/data_prepare_s", "time/model_build_s", "time/step_p50_ms", "time/step_p95_ms", "time/epoch_s",

@@ -15,6 +15,7 @@ import mlflow
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
+
 from tests.conftest import run_module, tiny
 from tests.servers import HOST, free_port
 

@@ -14,12 +14,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
-from tests.conftest import tiny
-from tests.servers import model_server
 
 from bilstm_exp import training
 from bilstm_exp.cli import compose
 from bilstm_exp.config import validate
+from tests.conftest import tiny
+from tests.servers import model_server
 
 pytestmark = pytest.mark.slow
 

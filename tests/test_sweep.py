@@ -8,10 +8,10 @@ test_compare.py.
 from __future__ import annotations
 
 import pytest
-from tests.conftest import TINY, run_module
 
 from bilstm_exp.cli import compose
 from bilstm_exp.config import validate
+from tests.conftest import TINY, run_module
 
 ALL_METRICS = ["train/loss", "train/accuracy", "val/loss", "val/accuracy", "val/auc", "test/accuracy",
                "test/auc", "time/epoch_s", "throughput/train_tokens_per_s", "latency/predict_p50_ms",

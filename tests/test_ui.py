@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
-from tests.conftest import ROOT, tiny
 
 from bilstm_exp import training
 from bilstm_exp.cli import compose
 from bilstm_exp.config import validate
+from tests.conftest import ROOT, tiny
 
 pytestmark = pytest.mark.slow
 
