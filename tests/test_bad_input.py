@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+
 from tests.conftest import tiny
 from tests.servers import HOST, free_port
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+
 from tests.conftest import run_module, tiny
 from tests.servers import HOST, MLFLOW, background, free_port, log_tail, stop
 

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from bilstm_exp.errors import ConfigError
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
+
+from bilstm_exp.errors import ConfigError
 
 
 def _check(ok: bool, key: str, problem: str, fix: str) -> None:

@@ -6,7 +6,6 @@ This is the only module that knows both the model and the tracking side; it wire
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 import time
@@ -22,8 +21,8 @@ import yaml
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
-from bilstm_exp import data as data_mod
 from bilstm_exp import checkpoints, models, optim, profiling, reports, serving, tracking
+from bilstm_exp import data as data_mod
 from bilstm_exp.config import ExperimentConfig, flatten, to_dict
 
 
@@ -142,7 +141,8 @@ def _log_artifacts(model: keras.Model, prepared: data_mod.PreparedData, evaluati
 
 
 def _callbacks(config: ExperimentConfig, profiler: profiling.EpochProfiler, model: keras.Model,
-               prepared: data_mod.PreparedData, checkpointer: checkpoints.Checkpointer) -> list[keras.callbacks.Callback]:
+               prepared: data_mod.PreparedData,
+               checkpointer: checkpoints.Checkpointer) -> list[keras.callbacks.Callback]:
     callbacks: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN(), profiler]
     if "attention" in [layer.name for layer in model.layers]:
         callbacks.append(AttentionProbe(serving.pad_right(prepared.splits["val"][:64])))
