@@ -166,6 +166,7 @@ def test_bucketed_batches_are_right_padded_and_pad_less_than_max():
     padded = data.make_dataset(seqs, labels, 32, padding="max", max_length=400)
     bucket, full = data.padding_stats(bucketed), data.padding_stats(padded)
     assert bucket.real_tokens == full.real_tokens == sum(len(s) for s in seqs)
+    assert bucket.batches == int(bucketed.cardinality()) and full.batches == int(padded.cardinality())
     assert 0 <= bucket.fraction < full.fraction < 1
     for x, _ in bucketed.as_numpy_iterator():
         real = x != 0

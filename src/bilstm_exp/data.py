@@ -413,6 +413,8 @@ def make_dataset(sequences: list[np.ndarray], labels: np.ndarray, batch_size: in
         ds = ds.shuffle(len(sequences), seed=seed, reshuffle_each_iteration=True)
     if padding == "bucket":
         bounds = boundaries if boundaries is not None else []
+        per_bucket = np.bincount(np.searchsorted(bounds, lengths, side="right"), minlength=len(bounds) + 1)
+        batches = int(sum(-(-count // batch_size) for count in per_bucket))
         ds = ds.bucket_by_sequence_length(
             element_length_func=lambda x, y: tf.shape(x)[0],
             bucket_boundaries=bounds,
@@ -421,8 +423,11 @@ def make_dataset(sequences: list[np.ndarray], labels: np.ndarray, batch_size: in
             padding_values=(PAD_ID, 0),
         )
     else:
+        batches = -(-len(sequences) // batch_size)
         ds = ds.padded_batch(batch_size, padded_shapes=([max_length], []), padding_values=(PAD_ID, 0))
-    return ds.prefetch(tf.data.AUTOTUNE)
+    # bucket membership depends only on length, so every pass has the same number of batches;
+    # declaring it lets Keras show progress and know the epoch length from the first epoch
+    return ds.apply(tf.data.experimental.assert_cardinality(batches)).prefetch(tf.data.AUTOTUNE)
 
 
 @dataclass
