@@ -137,10 +137,19 @@ def run(experiment_id: str, run_name: str | None = None, tags: dict[str, str] | 
     ``run_id`` reopens an existing (KILLED or FAILED) run, to resume it. Logging goes through a
     :class:`Connection`: a server that goes down mid-run does not stop training (see there)."""
 
+    signals: list[str] = []  # the interrupts received; they decide KILLED even when a library
+    # wrapped the KeyboardInterrupt in an exception of its own on the way up
+
     def on_sigterm(signum, frame):
+        signals.append("terminated")
         raise Terminated("SIGTERM")
 
+    def on_sigint(signum, frame):
+        signals.append("interrupted")
+        signal.default_int_handler(signum, frame)
+
     previous = signal.signal(signal.SIGTERM, on_sigterm)
+    previous_int = signal.signal(signal.SIGINT, on_sigint)
     global _connection
     outer = _connection
     with short_http_retries():
@@ -152,20 +161,34 @@ def run(experiment_id: str, run_name: str | None = None, tags: dict[str, str] | 
         _connection = connection = Connection(mlflow.get_tracking_uri(), active)
         try:
             yield active
-        except KeyboardInterrupt as interrupt:
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up
-            connection.end("KILLED", {"failure_reason": "terminated" if isinstance(interrupt, Terminated)
-                                      else "interrupted"})
-            raise
         except BaseException as error:
-            connection.end("FAILED", {"error": f"{type(error).__name__}: {error}"[:1000],
-                                      "failure_reason": getattr(error, "failure_reason", "exception")})
+            if signals or _caused_by_interrupt(error):
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal must not cut the clean-up
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                reason = signals[0] if signals else (
+                    "terminated" if _caused_by_interrupt(error, Terminated) else "interrupted")
+                connection.end("KILLED", {"failure_reason": reason})
+            else:
+                connection.end("FAILED", {"error": f"{type(error).__name__}: {error}"[:1000],
+                                          "failure_reason": getattr(error, "failure_reason", "exception")})
             raise
         else:
             connection.end("FINISHED")
         finally:
             _connection = outer
             signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGINT, previous_int)
+
+
+def _caused_by_interrupt(error: BaseException, kind: type[BaseException] = KeyboardInterrupt) -> bool:
+    """True when ``error`` is, or was raised while handling, an interrupt of ``kind``."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, kind):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
 
 
 # --------------------------------------------------------------------------- a server that goes down
