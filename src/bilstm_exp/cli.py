@@ -1,7 +1,12 @@
 """`bilstm-exp` subcommands and the glue between Hydra and a run.
 
-    bilstm-exp train [overrides...]        one run (same as python -m bilstm_exp overrides...)
-    bilstm-exp predict --model URI TEXT... one prediction per text (or --file)
+    bilstm-exp train [overrides...]          one run (same as python -m bilstm_exp overrides...)
+    bilstm-exp prepare|train|evaluate --params params.yaml   the DVC stages
+    bilstm-exp compose-params [overrides...] conf/ -> params.yaml
+    bilstm-exp predict --model URI TEXT...   one prediction per text (or --file)
+    bilstm-exp compare [--parent RUN_ID]     rank runs: table, Pareto front, plot, report
+    bilstm-exp sync --from DIR --to URI      upload a run kept offline while the server was down
+    bilstm-exp bench [--quick]               the benchmarks quoted in the README
 """
 
 from __future__ import annotations
