@@ -51,3 +51,6 @@ class AdditiveAttention(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "units": self.units}
+
+
+from bilstm_exp.fast_lstm import FastLSTM  # noqa: E402,F401  (re-export; importing registers it for loading)
