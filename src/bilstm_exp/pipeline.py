@@ -61,7 +61,8 @@ RECOMPOSE = ("run `dvc exp run` (it recomposes conf/ into params.yaml; add -S KE
 
 def conf_md5(conf_dir: Path, groups: list[str]) -> str:
     """Hash of what conf/config.yaml and the given groups' folders say: each YAML file's relative
-    path and parsed content (comments and formatting do not count)."""
+    path and parsed content (comments and formatting do not count). config.yaml's ``hydra:`` section
+    (output folders, callbacks) never reaches params.yaml, so it does not count either."""
     files = [conf_dir / "config.yaml"]
     for group in sorted(groups):
         files += sorted(p for p in (conf_dir / group).rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
@@ -73,6 +74,8 @@ def conf_md5(conf_dir: Path, groups: list[str]) -> str:
             content = yaml.safe_load(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as error:
             raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]}). Fix: correct the file") from None
+        if path == conf_dir / "config.yaml" and isinstance(content, dict):
+            content = {key: value for key, value in content.items() if key != "hydra"}
         digest.update(path.relative_to(conf_dir).as_posix().encode() + b"\0")
         digest.update(json.dumps(content, sort_keys=True, default=str).encode() + b"\0")
     return digest.hexdigest()
@@ -120,6 +123,12 @@ def read_stamp(text: str) -> str | None:
     return None
 
 
+def _restore_header(root: Path, text: str, md5: str, note: str) -> None:
+    """Rewrite params.yaml as compose_params writes it: HEADER, the conf/ md5, ``note``, then the YAML
+    (values untouched, so DVC's params of the stage do not change)."""
+    _write_text(root / PARAMS, HEADER + f"{STAMP}{md5}\n" + note + text.removeprefix(HEADER))
+
+
 def check_fresh(root: Path, text: str, params: dict[str, Any]) -> None:
     """Refuse params.yaml when conf/ changed after it was composed (see the module docstring)."""
     conf_dir = root / CONF
@@ -128,12 +137,13 @@ def check_fresh(root: Path, text: str, params: dict[str, Any]) -> None:
     current = conf_md5(conf_dir, composed_groups(conf_dir, params))
     stamp = read_stamp(text)
     if stamp is None and os.environ.get("DVC_EXP_NAME"):
-        # `dvc exp run` has just composed params.yaml from conf/ (hydra.enabled): record that.
-        _write_text(root / PARAMS, f"{STAMP}{current}\n# composed by: dvc exp run ({os.environ['DVC_EXP_NAME']})\n"
-                    + text)
+        # `dvc exp run` has just composed params.yaml from conf/ (hydra.enabled), without our header
+        # (DVC writes the bare YAML): put the header back and record the conf/ it came from.
+        _restore_header(root, text, current, f"# composed by: dvc exp run ({os.environ['DVC_EXP_NAME']})\n")
         return
     if stamp is None:
         if yaml.safe_load(compose(root, [])) == yaml.safe_load(text):
+            _restore_header(root, text, current, "")  # e.g. a `dvc exp run` whose stages were all cached
             return
         raise ConfigError(f"params.yaml: no '{STAMP.strip('# ')}' line, so it cannot be checked against conf/, "
                           f"and it differs from the default composition of conf/. Fix: {RECOMPOSE}")
