@@ -22,13 +22,14 @@ move between the two both ways and a model only needs ``FastLSTM`` registered to
 
 When the fast path is taken (``layer.uses_fast_path``): TensorFlow backend, no GPU visible,
 ``activation="tanh"``, ``recurrent_activation="sigmoid"``, ``use_bias=True``,
-``recurrent_dropout == 0``, not ``stateful``, not ``unroll``, ``use_cudnn`` not forced to True,
-``zero_output_for_mask`` False; and per call: no ``initial_state``. Anything else calls
+``recurrent_dropout == 0``, not ``stateful``, not ``unroll``, ``use_cudnn`` not forced to True;
+and per call: no ``initial_state``. Anything else calls
 ``keras.layers.LSTM.call`` unchanged, so on a GPU the cuDNN kernel is exactly Keras's.
 
 Semantics on the fast path equal Keras's generic path: any boolean mask (right padding from
 ``Embedding(mask_zero=True)``, but also holes): a masked step carries ``h`` and ``c`` over and
-outputs the previous output; ``go_backwards`` returns the sequence in processing (reversed)
+outputs the previous output (zeros with ``zero_output_for_mask``, which ``Bidirectional`` sets
+when it returns sequences); ``go_backwards`` returns the sequence in processing (reversed)
 order, as ``Bidirectional`` expects; input ``dropout`` uses the cell's per-sequence dropout mask
 (the same random stream as Keras's). Mixed precision: inputs arrive in the compute dtype
 (e.g. float16); the fast path computes in float32 (variables read without autocasting) and casts
@@ -189,7 +190,6 @@ class FastLSTM(keras.layers.LSTM):
             and not cell.recurrent_dropout
             and not self.stateful
             and not self.unroll
-            and not self.zero_output_for_mask
             and self.use_cudnn != True  # noqa: E712  (True means: cuDNN or raise, Keras decides)
             and not _gpu_visible()
         )
@@ -220,9 +220,16 @@ class FastLSTM(keras.layers.LSTM):
             maskf = tf.expand_dims(tf.transpose(tf.cast(mask, tf.float32)), -1)  # (T, B, 1)
 
         h, c, *ys = lstm_direction(xw, recurrent, maskf, bool(self.go_backwards), bool(self.return_sequences))
+        if self.return_sequences:
+            output = ys[0]  # (T, B, h) in processing order, like Keras's
+        else:
+            output = h
+        if self.zero_output_for_mask and maskf is not None:  # masked steps output zeros, not h
+            processed = tf.reverse(maskf, [0]) if self.go_backwards else maskf
+            output = output * processed if self.return_sequences else output * processed[-1]
         dtype = self.compute_dtype
         h, c = tf.cast(h, dtype), tf.cast(c, dtype)
-        output = tf.cast(tf.transpose(ys[0], [1, 0, 2]), dtype) if self.return_sequences else h
+        output = tf.cast(tf.transpose(output, [1, 0, 2]) if self.return_sequences else output, dtype)
         if self.return_state:
             return output, h, c
         return output

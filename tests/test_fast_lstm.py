@@ -1,0 +1,214 @@
+"""FastLSTM computes what keras.layers.LSTM computes, with the same weights.
+
+Outputs, gradients (against TF autodiff of the Keras layer) and weights after Adam steps, for
+every mask shape (none, right padding of varied lengths with a row of length 1, holes),
+direction, return_sequences and return_state; save/load both ways; the fallback conditions.
+Tiny shapes; no timing.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from bilstm_exp.fast_lstm import FastLSTM, recurrent_layer  # noqa: E402
+
+B, T, D, H = 4, 7, 5, 3
+VOCAB = 30
+
+
+def _masks():
+    right = np.ones((B, T), bool)
+    for row, length in enumerate((T, 4, 1, 6)):  # varied lengths, one row of length 1
+        right[row, length:] = False
+    holes = np.ones((B, T), bool)
+    holes[0, 2] = holes[1, 0] = holes[2, 3:5] = holes[3, 6] = False
+    return {"no_padding": None, "right_padding": right, "holes": holes}
+
+
+def _pair(**kwargs):
+    ref, fast = keras.layers.LSTM(H, **kwargs), FastLSTM(H, **kwargs)
+    ref.build((None, None, D))
+    fast.build((None, None, D))
+    for f, r in zip(fast.weights, ref.weights):
+        f.assign(r)
+    return ref, fast
+
+
+def _outputs_and_grads(layer, x, mask, training=False):
+    weights = tf.constant(np.linspace(-1.0, 1.0, H * 2), tf.float32)  # loss weights on each output
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        out = layer(x, mask=None if mask is None else tf.constant(mask), training=training)
+        outs = list(out) if isinstance(out, (list, tuple)) else [out]
+        loss = sum(tf.reduce_sum(tf.cast(o, tf.float32) * weights[: o.shape[-1]] * (k + 1))
+                   for k, o in enumerate(outs))
+    grads = tape.gradient(loss, [x, *layer.trainable_weights])
+    return [o.numpy() for o in outs], [g.numpy() for g in grads]
+
+
+def _max_diff(a, b):
+    return max(float(np.max(np.abs(u - v))) for u, v in zip(a, b))
+
+
+@pytest.mark.parametrize("go_backwards", [False, True], ids=["forward", "backwards"])
+@pytest.mark.parametrize("return_sequences", [False, True], ids=["last", "sequences"])
+@pytest.mark.parametrize("return_state", [False, True], ids=["no_state", "state"])
+@pytest.mark.parametrize("zero_output", [False, True], ids=["carry_output", "zero_output"])
+def test_outputs_and_gradients_match_keras(go_backwards, return_sequences, return_state, zero_output):
+    # zero_output_for_mask: masked steps output zeros (Bidirectional sets it when returning sequences)
+    ref, fast = _pair(go_backwards=go_backwards, return_sequences=return_sequences, return_state=return_state,
+                      zero_output_for_mask=zero_output)
+    assert fast.uses_fast_path
+    x = tf.constant(np.random.default_rng(0).normal(size=(B, T, D)).astype("float32"))
+    for name, mask in _masks().items():
+        ref_out, ref_grads = _outputs_and_grads(ref, x, mask)
+        out, grads = _outputs_and_grads(fast, x, mask)
+        assert [o.shape for o in out] == [o.shape for o in ref_out], name
+        assert _max_diff(out, ref_out) < 1e-6, name
+        assert _max_diff(grads, ref_grads) < 1e-5, name
+
+
+def test_input_dropout_uses_the_same_mask_as_keras():
+    ref, fast = _pair(dropout=0.5, seed=3, return_sequences=True)
+    assert fast.uses_fast_path
+    x = tf.constant(np.random.default_rng(1).normal(size=(B, T, D)).astype("float32"))
+    mask = _masks()["right_padding"]
+    ref_out, ref_grads = _outputs_and_grads(ref, x, mask, training=True)
+    out, grads = _outputs_and_grads(fast, x, mask, training=True)
+    assert _max_diff(out, ref_out) < 1e-6
+    assert _max_diff(grads, ref_grads) < 1e-5
+    inference, _ = _outputs_and_grads(fast, x, mask, training=False)  # no dropout at inference
+    assert _max_diff(inference, _outputs_and_grads(ref, x, mask)[0]) < 1e-6
+
+
+def _model(layer_cls, sequences: bool):
+    """Embedding(mask_zero) -> Bidirectional(layer_cls) -> Dense, as the project's models are."""
+    tokens = keras.Input((None,), dtype="int32")
+    x = keras.layers.Embedding(VOCAB, D, mask_zero=True, name="embedding")(tokens)
+    if sequences:  # the attention model's use: the sequence and both directions' final states
+        seq, h_fw, _, h_bw, _ = keras.layers.Bidirectional(
+            layer_cls(H, return_sequences=True, return_state=True, name="lstm"), name="bidirectional")(x)
+        pooled = keras.layers.GlobalAveragePooling1D()(seq)
+        features = keras.layers.Concatenate()([pooled, h_fw, h_bw])
+    else:
+        features = keras.layers.Bidirectional(layer_cls(H, name="lstm"), name="bidirectional")(x)
+    return keras.Model(tokens, keras.layers.Dense(1, activation="sigmoid", name="output")(features))
+
+
+def _tokens(seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(1, VOCAB, size=(B, T)).astype("int32")
+    for row, length in enumerate((T, 4, 1, 6)):
+        x[row, length:] = 0
+    return x, rng.integers(0, 2, size=(B, 1)).astype("float32")
+
+
+@pytest.mark.parametrize("sequences", [False, True], ids=["final_state", "sequences_and_states"])
+def test_bidirectional_training_matches_keras(sequences):
+    keras.utils.set_random_seed(0)
+    ref = _model(keras.layers.LSTM, sequences)
+    fast = _model(FastLSTM, sequences)
+    fast.set_weights(ref.get_weights())
+    assert [v.path for v in fast.weights] == [v.path for v in ref.weights]
+    assert all(layer.uses_fast_path for layer in
+               (fast.get_layer("bidirectional").forward_layer, fast.get_layer("bidirectional").backward_layer))
+    x, y = _tokens()
+
+    def grads(model):  # in a tf.function, as Keras trains
+        @tf.function
+        def step(x, y):
+            with tf.GradientTape() as tape:
+                loss = keras.losses.binary_crossentropy(y, model(x, training=True))
+            return [tf.convert_to_tensor(g) for g in tape.gradient(loss, model.trainable_variables)]
+        return [g.numpy() for g in step(x, y)]
+
+    assert _max_diff(grads(fast), grads(ref)) < 1e-5
+    for model in (ref, fast):
+        model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="binary_crossentropy")
+        for _ in range(3):
+            model.train_on_batch(x, y)
+    assert _max_diff(fast.get_weights(), ref.get_weights()) < 1e-5
+    assert _max_diff([fast.predict(x, verbose=0)], [ref.predict(x, verbose=0)]) < 1e-6
+
+
+def test_keras_files_load_both_ways(tmp_path):
+    keras.utils.set_random_seed(0)
+    x, _ = _tokens(1)
+    ref, fast = _model(keras.layers.LSTM, True), _model(FastLSTM, True)
+    ref.save(tmp_path / "keras_lstm.keras")
+    fast.save(tmp_path / "fast_lstm.keras")
+
+    loaded = keras.models.load_model(tmp_path / "fast_lstm.keras")  # registered: no custom_objects
+    layer = loaded.get_layer("bidirectional").forward_layer
+    assert type(layer) is FastLSTM and layer.uses_fast_path
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), fast.predict(x, verbose=0), atol=1e-6)
+
+    fast.load_weights(tmp_path / "keras_lstm.keras")  # Keras LSTM weights -> FastLSTM model
+    np.testing.assert_allclose(fast.predict(x, verbose=0), ref.predict(x, verbose=0), atol=1e-6)
+    other = _model(keras.layers.LSTM, True)
+    other.load_weights(tmp_path / "fast_lstm.keras")  # FastLSTM weights -> Keras LSTM model
+    np.testing.assert_allclose(other.predict(x, verbose=0), loaded.predict(x, verbose=0), atol=1e-6)
+
+
+def test_mixed_precision_computes_in_float32_and_returns_the_compute_dtype():
+    ref, fast = _pair(return_sequences=True, return_state=True)
+    mixed = FastLSTM(H, return_sequences=True, return_state=True, dtype="mixed_float16")
+    mixed.build((None, None, D))
+    for m, r in zip(mixed.weights, ref.weights):
+        m.assign(r)
+    assert mixed.uses_fast_path and mixed.cell.kernel.dtype == "float32"
+    x = np.random.default_rng(2).normal(size=(B, T, D)).astype("float16")
+    mask = _masks()["right_padding"]
+    out, grads = _outputs_and_grads(mixed, tf.constant(x), mask)
+    ref_out, ref_grads = _outputs_and_grads(ref, tf.constant(x.astype("float32")), mask)
+    assert all(o.dtype == np.float16 for o in out)
+    assert _max_diff([o.astype("float32") for o in out], ref_out) < 1e-2
+    assert _max_diff([g.astype("float32") for g in grads], ref_grads) < 5e-2
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"recurrent_dropout": 0.2}, {"activation": "relu"}, {"recurrent_activation": "hard_sigmoid"},
+    {"use_bias": False}, {"unroll": True}, {"use_cudnn": True},
+], ids=lambda k: next(iter(k)))
+def test_configurations_the_fast_path_does_not_cover_take_keras_path(kwargs):
+    layer = FastLSTM(H, **kwargs)
+    assert not layer.uses_fast_path
+    assert FastLSTM.from_config(layer.get_config()).get_config() == layer.get_config()
+
+
+def test_fallbacks_compute_what_keras_computes():
+    x = tf.constant(np.random.default_rng(3).normal(size=(B, T, D)).astype("float32"))
+    ref, fast = _pair(activation="relu", return_sequences=True)
+    assert not fast.uses_fast_path
+    assert _max_diff([fast(x)], [ref(x)]) < 1e-6
+    ref, fast = _pair(return_state=True)  # an initial state: Keras's path, same result
+    assert fast.uses_fast_path
+    state = [tf.ones((B, H)) * 0.1, tf.ones((B, H)) * -0.2]
+    assert _max_diff(fast(x, initial_state=state), ref(x, initial_state=state)) < 1e-6
+    stateful = FastLSTM(H, stateful=True)
+    assert not stateful.uses_fast_path
+
+
+def test_recurrent_layer_picks_the_kernel():
+    assert type(recurrent_layer("lstm", 4)) is FastLSTM
+    assert type(recurrent_layer("lstm", 4, kernel="keras")) is keras.layers.LSTM
+    assert type(recurrent_layer("gru", 4)) is keras.layers.GRU
+    assert recurrent_layer("lstm", 4, return_sequences=True, name="x").return_sequences
+    with pytest.raises(ValueError, match="kernel must be one of fast, keras"):
+        recurrent_layer("lstm", 4, kernel="cudnn")
+    with pytest.raises(ValueError, match="kind must be lstm or gru"):
+        recurrent_layer("rnn", 4)
+
+
+def test_layers_module_reexports_fast_lstm():
+    from bilstm_exp import layers
+
+    assert layers.FastLSTM is FastLSTM
+    assert keras.saving.get_registered_object("bilstm_exp>FastLSTM") is FastLSTM
