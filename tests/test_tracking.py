@@ -14,7 +14,10 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from bilstm_exp import context, tracking, training
+from bilstm_exp import context, training
+from bilstm_exp.tracking import registry, store
+from bilstm_exp.tracking.callback import MLflowLogger, metric_name
+from bilstm_exp.tracking.session import Session
 from bilstm_exp.cli import compose
 from bilstm_exp.config import validate
 from tests.conftest import ROOT, tiny
@@ -85,10 +88,10 @@ def test_champion_moves_only_to_a_better_version(workdir):
     for value in (0.7, 0.6, 0.8):
         with mlflow.start_run(experiment_id=experiment.experiment_id) as run:
             mlflow.log_metric("val/accuracy", value)
-            info = tracking.log_model(training.serving.TextClassifier(),
+            info = registry.log_model(training.serving.TextClassifier(),
                                       artifacts=trained.classifier.save(workdir / f"model-{value}"),
                                       signature=None, input_example=None)
-            versions.append(tracking.register(info.model_uri, "sentiment-test", run.info.run_id,
+            versions.append(registry.register(MlflowClient(), info.model_uri, "sentiment-test", run.info.run_id,
                                               {"val/accuracy": value}, "val/accuracy"))
     client = client_for(workdir)
     decisions = [client.get_model_version("sentiment-test", v.version).tags for v in versions]
@@ -160,7 +163,7 @@ def test_mlflow_logger_works_with_any_keras_fit(workdir):
     model.compile("sgd", "binary_crossentropy", metrics=["accuracy"])
     x, y = np.random.default_rng(0).normal(size=(32, 4)), np.arange(32) % 2
     with mlflow.start_run() as run:
-        model.fit(x, y, validation_split=0.25, epochs=3, verbose=0, callbacks=[tracking.MLflowLogger()])
+        model.fit(x, y, validation_split=0.25, epochs=3, verbose=0, callbacks=[MLflowLogger()])
     client = client_for(workdir)
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [0, 1, 2]
     assert len(client.get_metric_history(run.info.run_id, "val/accuracy")) == 3
@@ -168,7 +171,7 @@ def test_mlflow_logger_works_with_any_keras_fit(workdir):
 
 
 def test_metric_names_are_stable():
-    assert [tracking.metric_name(k) for k in ("loss", "val_auc", "grad_norm_max", "grad_clip_fraction",
+    assert [metric_name(k) for k in ("loss", "val_auc", "grad_norm_max", "grad_clip_fraction",
                                               "time/epoch_s")] == [
         "train/loss", "val/auc", "grad/global_norm_max", "grad/clip_fraction", "time/epoch_s"]
 
@@ -176,9 +179,10 @@ def test_metric_names_are_stable():
 def test_long_params_follow_one_rule_and_secrets_are_dropped(workdir):
     mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
     mlflow.set_experiment("params")
-    with mlflow.start_run() as run:
-        tracking.log_params({"data.path": "x" * 400, "tracking.tracking_uri": "http://u:hunter2@host:5000",
-                             "db_password": "hunter2", "model.lstm_units": 64})
+    with Session.start(mlflow.get_experiment_by_name("params").experiment_id) as session:
+        session.log_params({"data.path": "x" * 400, "tracking.tracking_uri": "http://u:hunter2@host:5000",
+                            "db_password": "hunter2", "model.lstm_units": 64})
+        run = mlflow.active_run()
     params = client_for(workdir).get_run(run.info.run_id).data.params
     assert len(params["data.path"]) == 250 and params["data.path"].endswith("...[cut]")
     assert params["model.lstm_units"] == "64"
@@ -186,9 +190,9 @@ def test_long_params_follow_one_rule_and_secrets_are_dropped(workdir):
 
 
 def test_redact_removes_credentials():
-    assert tracking.redact("http://alice:s3cret@mlflow.example:5000/x?token=abc&a=1") == \
+    assert store.redact("http://alice:s3cret@mlflow.example:5000/x?token=abc&a=1") == \
         "http://mlflow.example:5000/x?token=%2A%2A%2A&a=1"
-    assert tracking.redact("sqlite:///mlflow.db") == "sqlite:///mlflow.db"
+    assert store.redact("sqlite:///mlflow.db") == "sqlite:///mlflow.db"
 
 
 def test_lineage_tags_come_from_the_run_context_provider(tmp_path, monkeypatch):

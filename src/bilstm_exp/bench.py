@@ -126,22 +126,6 @@ def _epoch_clock():
     return EpochClock()
 
 
-def _compile_plain(model, config, prepared, steps_per_epoch: int) -> None:
-    """Compile a plain keras.Model exactly as training.compile_model compiles the plugin's model."""
-    import keras
-
-    from bilstm_exp import optim
-
-    if prepared.num_classes == 2:
-        loss, metrics = "binary_crossentropy", [keras.metrics.BinaryAccuracy(name="accuracy"),
-                                                keras.metrics.AUC(name="auc")]
-    else:
-        loss, metrics = "sparse_categorical_crossentropy", [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
-    optimizer = optim.build(config.optimizer, config.clipping, steps_per_epoch, config.training.epochs)
-    model.compile(optimizer=optimizer, loss=loss, metrics=metrics,
-                  steps_per_execution=config.training.steps_per_execution)
-
-
 def _alternate(arms: dict[str, Any], reps: int) -> dict[str, list[float]]:
     """Run each arm's callable ``reps`` times, alternating A B / B A; returns seconds per arm."""
     names = list(arms)
@@ -177,14 +161,18 @@ class Bench:
         import mlflow
 
         from bilstm_exp import data as data_mod
-        from bilstm_exp import profiling, tracking, training
+        from bilstm_exp import profiling, training
+        from bilstm_exp.tracking import store
+        from bilstm_exp.tracking.callback import MLflowLogger
+        from bilstm_exp.tracking.session import Session
 
         self.keras, self.mlflow = keras, mlflow
-        self.data_mod, self.profiling, self.tracking, self.training = data_mod, profiling, tracking, training
+        self.data_mod, self.profiling, self.training = data_mod, profiling, training
+        self.MLflowLogger, self.Session = MLflowLogger, Session
         self.settings = settings
         self.root = root
         self.config = _config(settings.overrides)
-        self.experiment_id = tracking.setup(self.config.tracking, root)
+        self.experiment_id = store.setup(self.config.tracking, root)
         _log(f"preparing data ({settings.name})")
         self.prepared = data_mod.prepare(self.config.data, self.config.seed)
         training.configure_tensorflow(self.config)
@@ -208,7 +196,7 @@ class Bench:
     def _plugin_fit(self, model, dataset, callbacks, validation=None):
         """One timed epoch inside an MLflow run (as bilstm-exp trains). Returns (epoch_s, fit_s)."""
         clock = _epoch_clock()
-        with self.tracking.run(self.experiment_id, run_name="bench-plugin"):
+        with self.Session.start(self.experiment_id, run_name="bench-plugin"):
             start = time.perf_counter()
             model.fit(dataset, validation_data=validation, epochs=1, verbose=0, shuffle=False,
                       callbacks=[clock, *callbacks])
@@ -220,15 +208,15 @@ class Bench:
         _log("tracking_overhead: full plugin vs bare model.fit")
         from bilstm_exp import models
 
-        tracking, profiling = self.tracking, self.profiling
+        profiling = self.profiling
         full = self._plugin_model()
         bare = models.inference_model(self._plugin_model())
         bare.set_weights(full.get_weights())
-        _compile_plain(bare, self.config, self.prepared, self.stats.batches)
+        self.training.compile_model(self.config, self.prepared, self.stats.batches, model=bare)
         train = self.pipes["train"]
 
         def run_full():
-            callbacks = [profiling.EpochProfiler(self.samples, self.stats.real_tokens), tracking.MLflowLogger()]
+            callbacks = [profiling.EpochProfiler(self.samples, self.stats.real_tokens), self.MLflowLogger()]
             return self._plugin_fit(full, train, callbacks)[0].last()
 
         def run_bare():
@@ -266,7 +254,7 @@ class Bench:
         def arm(model, pipes, stats):
             def fit():
                 callbacks = [self.profiling.EpochProfiler(self.samples, stats.real_tokens),
-                             self.tracking.MLflowLogger()]
+                             self.self.MLflowLogger()]
                 return self._plugin_fit(model, pipes["train"], callbacks)[0].last()
             return fit
 
@@ -306,7 +294,7 @@ class Bench:
 
         def run_ours():
             # the default run's callbacks for model=basic (EarlyStopping, off here, costs nothing per step)
-            callbacks = [keras.callbacks.TerminateOnNaN(), ours_profiler, self.tracking.MLflowLogger()]
+            callbacks = [keras.callbacks.TerminateOnNaN(), ours_profiler, self.self.MLflowLogger()]
             clock, total = self._plugin_fit(ours, self.pipes["train"], callbacks, self.pipes["val"])
             run_ids["ours"] = mlflow.last_active_run().info.run_id
             setup_s["ours"].append(total - clock.seconds[-1])

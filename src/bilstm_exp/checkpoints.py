@@ -43,6 +43,7 @@ STATE = "state.json"
 BEST = "best.weights.npz"
 # How a run is executed, not what it computes: these may differ between the run and its resumption.
 RUNTIME_KEYS = ("training.resume", "training.resume_run_id", "training.verbose")
+HELD = {signal.SIGINT, signal.SIGTERM}  # held back while an epoch is logged and checkpointed
 
 
 class ResumeError(UserError):
@@ -58,6 +59,7 @@ class Checkpointer:
     state: dict[str, Any] | None = None
     run_id: str | None = None
     history: dict[str, list[float]] = field(default_factory=dict)
+    held_mask: Any = None  # the signal mask to restore once the epoch is checkpointed
     data_md5: str | None = None
 
     # ------------------------------------------------------------------ finding one
@@ -129,12 +131,12 @@ class Checkpointer:
             model.optimizer.build(model.trainable_variables)
         model.load_weights(self.folder / self.state["weights"])
 
-    def callback(self, logger: keras.callbacks.Callback,
-                 others: list[keras.callbacks.Callback]) -> keras.callbacks.Callback:
-        """The last callback of ``fit``: runs ``logger`` (the MLflow logger) and then checkpoints, with
-        signals held back; restores early stopping's counters on a resumption."""
-        stopping = next((c for c in others if isinstance(c, keras.callbacks.EarlyStopping)), None)
-        return _EpochCheckpoint(self, logger, stopping)
+    def callbacks(self, logger: keras.callbacks.Callback,
+                  stopping: keras.callbacks.EarlyStopping | None) -> list[keras.callbacks.Callback]:
+        """The last callbacks of ``fit``, siblings in this order: hold signals, ``logger`` (the MLflow
+        logger), checkpoint the epoch and release the signals. An epoch is thus either logged and
+        checkpointed or neither. Also restores early stopping's counters on a resumption."""
+        return [_HoldSignals(self), logger, _EpochCheckpoint(self, stopping)]
 
     # ------------------------------------------------------------------ writing
 
@@ -170,22 +172,23 @@ class Checkpointer:
                 (self.root / FOLDER).rmdir()
 
 
-class _EpochCheckpoint(keras.callbacks.Callback):
-    def __init__(self, checkpointer: Checkpointer, logger: keras.callbacks.Callback,
-                 stopping: keras.callbacks.EarlyStopping | None):
+class _HoldSignals(keras.callbacks.Callback):
+    """Blocks SIGINT and SIGTERM at the end of an epoch, until :class:`_EpochCheckpoint` has saved it."""
+
+    def __init__(self, checkpointer: Checkpointer):
         super().__init__()
-        self.checkpointer, self.logger, self.stopping = checkpointer, logger, stopping
+        self.checkpointer = checkpointer
 
-    def set_model(self, model) -> None:
-        super().set_model(model)
-        self.logger.set_model(model)
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        self.checkpointer.held_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HELD)
 
-    def set_params(self, params) -> None:
-        super().set_params(params)
-        self.logger.set_params(params)
+
+class _EpochCheckpoint(keras.callbacks.Callback):
+    def __init__(self, checkpointer: Checkpointer, stopping: keras.callbacks.EarlyStopping | None):
+        super().__init__()
+        self.checkpointer, self.stopping = checkpointer, stopping
 
     def on_train_begin(self, logs=None) -> None:
-        self.logger.on_train_begin(logs)
         state = self.checkpointer.state
         if state and self.stopping is not None and state.get("early_stopping"):
             # EarlyStopping.on_train_begin (called before this) has just reset these.
@@ -199,17 +202,19 @@ class _EpochCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         logs = logs or {}
-        finite = all(np.isfinite(float(v)) for v in logs.values() if np.ndim(v) == 0)
-        with held_signals():
-            self.logger.on_epoch_end(epoch, logs)
+        try:
+            finite = all(np.isfinite(float(v)) for v in logs.values() if np.ndim(v) == 0)
             for key, value in logs.items():
                 if np.ndim(value) == 0:
                     self.checkpointer.history.setdefault(key, []).append(float(value))
             if finite:  # a NaN epoch is no state to resume from
                 self.checkpointer.save(self.model, epoch, logs, self.stopping)
+        finally:
+            mask, self.checkpointer.held_mask = self.checkpointer.held_mask, None
+            if mask is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
     def on_train_end(self, logs=None) -> None:
-        self.logger.on_train_end(logs)
         epochs = len(next(iter(self.checkpointer.history.values()), []))
         if epochs and all(np.isfinite(v) for values in self.checkpointer.history.values() for v in values):
             # after EarlyStopping restored its best weights: what evaluation will use
@@ -220,8 +225,7 @@ class _EpochCheckpoint(keras.callbacks.Callback):
 @contextmanager
 def held_signals():
     """SIGINT and SIGTERM wait (pending) until the block is done, then arrive as usual."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, HELD)
     try:
         yield
     finally:

@@ -7,73 +7,60 @@
     bilstm-exp compare [--parent RUN_ID]     rank runs: table, Pareto front, plot, report
     bilstm-exp sync --from DIR --to URI      upload a run kept offline while the server was down
     bilstm-exp bench [--quick]               the benchmarks quoted in the README
+
+Every command runs inside one error boundary (:func:`bilstm_exp.errors.exit_on_user_error`): bad
+input prints one line naming the problem and the fix and exits 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from omegaconf import DictConfig
 
 from bilstm_exp.config import ExperimentConfig, validate
-from bilstm_exp.errors import UserError
+from bilstm_exp.errors import ConfigError, exit_on_user_error, fail
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-
-
-def fail(error: Exception, code: int = 2) -> None:
-    print(f"bilstm-exp: error: {error}", file=sys.stderr)
-    raise SystemExit(code)
+INTERRUPTED = ("the run ended KILLED; its last finished epoch is checkpointed in checkpoints/<run_id>/. "
+               "Continue it with the same overrides plus training.resume=true")
 
 
 def compose(overrides: list[str]) -> DictConfig:
-    """Compose conf/ with Hydra overrides, outside of @hydra.main."""
+    """Compose conf/ with Hydra overrides, outside of @hydra.main; Hydra's errors become ConfigError."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=overrides)
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return hydra_compose(config_name="config", overrides=overrides)
+    except Exception as error:  # Hydra: unknown group option, bad override syntax
+        raise ConfigError(f"{error}".strip()) from None
 
 
 def train(config: ExperimentConfig, overrides: list[str], **run_kwargs):
     from bilstm_exp import training  # imports TensorFlow: only after the config is valid
 
-    try:
+    with exit_on_user_error(interrupted=INTERRUPTED):
         return training.run(config, root=Path.cwd(), overrides=overrides, **run_kwargs)
-    except UserError as error:
-        fail(error)
-    except KeyboardInterrupt as interrupt:  # Ctrl-C or SIGTERM (tracking.Terminated): the run ended KILLED
-        print("bilstm-exp: interrupted: the run ended KILLED; its last finished epoch is checkpointed in "
-              "checkpoints/<run_id>/. Continue it with the same overrides plus training.resume=true",
-              file=sys.stderr)
-        raise SystemExit(143 if type(interrupt).__name__ == "Terminated" else 130) from None
 
 
 def run_from_hydra(cfg: DictConfig) -> float | None:
     """Body of the @hydra.main entry point: validate, run, return the value sweepers optimise."""
     from hydra.core.hydra_config import HydraConfig
 
-    overrides = list(HydraConfig.get().overrides.task)
-    try:
-        config = validate(cfg)
-    except UserError as error:
-        fail(error)
     from bilstm_exp.sweep import job_run_kwargs  # a multirun job: child of the sweep's parent run
 
+    overrides = list(HydraConfig.get().overrides.task)
+    with exit_on_user_error():
+        config = validate(cfg)
     result = train(config, overrides, **job_run_kwargs())
     return max(result.history.get("val_accuracy", [float("nan")]))
 
 
 def _train_command(args: argparse.Namespace) -> None:
-    try:
-        config = validate(compose(args.overrides))
-    except UserError as error:
-        fail(error)
-    except Exception as error:  # Hydra: unknown group option, bad override syntax
-        fail(f"{error}".strip())
-    train(config, args.overrides)
+    train(validate(compose(args.overrides)), args.overrides)
 
 
 def _predict_command(args: argparse.Namespace) -> None:
@@ -112,17 +99,17 @@ def read_texts(path: Path) -> list[str]:
     return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="bilstm-exp", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+def parser() -> argparse.ArgumentParser:
+    from bilstm_exp import bench, compare, offline, pipeline
+
+    top = argparse.ArgumentParser(prog="bilstm-exp", description=__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = top.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train and evaluate one configuration, tracked in MLflow")
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=attention training.epochs=1")
     p.set_defaults(func=_train_command)
-    from bilstm_exp import pipeline  # the DVC stages: prepare, train --params, evaluate; compose-params
-
     pipeline.add_train_params_option(p)
-    pipeline.add_commands(sub)
+    pipeline.add_commands(sub)  # the DVC stages: prepare, evaluate; compose-params
     p = sub.add_parser("predict", help="predict texts with a logged or registered model")
     p.add_argument("--model", default="models:/bilstm-sentiment@champion", help="model URI")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLflow's own default)")
@@ -130,20 +117,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("texts", nargs="*")
     p.set_defaults(func=_predict_command)
     p = sub.add_parser("compare", help="rank runs or a sweep's child runs: table, Pareto front, plot, report")
-    from bilstm_exp import compare
-
     compare.add_arguments(p)
     p.set_defaults(func=compare.command)
-    from bilstm_exp import offline
-
     offline.add_command(sub)  # bilstm-exp sync: upload runs kept offline while the server was down
-    from bilstm_exp import bench
-
     p = sub.add_parser("bench", help=bench.HELP)
     bench.add_arguments(p)
     p.set_defaults(func=bench.command)
-    args = parser.parse_args(argv)
-    args.func(args)
+    return top
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    with exit_on_user_error(interrupted=INTERRUPTED if args.command == "train" else "stopped"):
+        args.func(args)
 
 
 if __name__ == "__main__":

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import math
 import statistics
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bilstm_exp.errors import UserError
+from bilstm_exp.tracking.store import best_value, child_runs, history
 
 DEFAULT_EXPERIMENT = "bilstm-exp"
 SWEEP_TAG = "bilstm_exp.sweep"
@@ -46,28 +46,6 @@ class CompareError(UserError):
 
 
 # --------------------------------------------------------------------------- reading runs
-
-
-def child_runs(client, parent_run_id: str) -> list:
-    """All child runs of a parent run, any status."""
-    parent = client.get_run(parent_run_id)
-    return client.search_runs([parent.info.experiment_id],
-                              filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
-                              max_results=10000)
-
-
-def history(client, run, metric: str) -> list[float]:
-    """The metric's values in step order (finite values only)."""
-    points = sorted(client.get_metric_history(run.info.run_id, metric), key=lambda m: (m.step, m.timestamp))
-    return [m.value for m in points if math.isfinite(m.value)]
-
-
-def best_value(client, run, metric: str, mode: str = "max") -> float | None:
-    """Best value over the run's history (the best epoch, which the sweepers optimise)."""
-    values = history(client, run, metric)
-    if not values:
-        return None
-    return max(values) if mode == "max" else min(values)
 
 
 def default_mode(metric: str) -> str:
@@ -366,8 +344,4 @@ def add_arguments(parser) -> None:
 
 
 def command(args) -> None:
-    try:
-        report(args)
-    except UserError as error:
-        print(f"bilstm-exp: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+    report(args)

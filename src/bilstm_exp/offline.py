@@ -1,6 +1,7 @@
 """Offline fallback: a run whose tracking server is down at its end is kept locally, and uploaded later.
 
-When the server is still unreachable after training, :mod:`bilstm_exp.tracking` replays everything
+When the server is still unreachable after training, the run's
+:class:`~bilstm_exp.tracking.session.Session` replays everything
 the run has logged so far (kept in a :class:`Journal`) into a local store and records the rest there:
 
     mlruns-offline/<server run id>/
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -32,6 +32,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from bilstm_exp.errors import TrackingError
+from bilstm_exp.tracking import registry, store
 
 FOLDER = "mlruns-offline"
 PREFIX = "bilstm_exp.offline."
@@ -45,7 +46,7 @@ SYNCED = "synced.json"
 
 @dataclass
 class Journal:
-    """Everything a run has logged through :mod:`bilstm_exp.tracking`, whether delivered or not."""
+    """Everything a run has logged through its session, whether delivered or not."""
 
     experiment_name: str
     run_name: str | None
@@ -80,14 +81,8 @@ def create(folder: Path, journal: Journal, target_uri: str, origin_run_id: str) 
 
 
 def replay(client: MlflowClient, run_id: str, journal: Journal) -> None:
-    params = [Param(k, v) for k, v in journal.params.items()]
-    tags = [RunTag(k, v) for k, v in journal.tags.items()]
-    for start in range(0, len(params), 100):
-        client.log_batch(run_id, params=params[start:start + 100], synchronous=True)
-    for start in range(0, len(tags), 100):
-        client.log_batch(run_id, tags=tags[start:start + 100], synchronous=True)
-    for start in range(0, len(journal.metrics), 1000):
-        client.log_batch(run_id, metrics=journal.metrics[start:start + 1000], synchronous=True)
+    store.log_batch(client, run_id, [Param(k, v) for k, v in journal.params.items()], journal.metrics,
+                    [RunTag(k, v) for k, v in journal.tags.items()])
 
 
 def sync_command_line(folder: Path, target_uri: str) -> str:
@@ -117,8 +112,6 @@ def sync(source: Path, target_uri: str | None = None) -> list[SyncReport]:
     if not folders:
         raise TrackingError(f"{source}: no offline run (no mlflow.db in it or its subfolders). Fix: pass the folder "
                             f"the run printed, e.g. --from {FOLDER}/RUN_ID")
-    from bilstm_exp import tracking
-
     reports = []
     for folder in folders:
         local = MlflowClient(store_uri(folder))
@@ -127,10 +120,10 @@ def sync(source: Path, target_uri: str | None = None) -> list[SyncReport]:
                 uri = target_uri or run.data.tags.get(TARGET_TAG)
                 if not uri:
                     raise TrackingError(f"{folder}: no target recorded. Fix: pass --to URI")
-                if tracking.redact(uri) != uri:
-                    raise TrackingError(f"--to {tracking.redact(uri)} holds credentials. Fix: put them in "
+                if store.redact(uri) != uri:
+                    raise TrackingError(f"--to {store.redact(uri)} holds credentials. Fix: put them in "
                                         "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD")
-                tracking.check_store(uri)
+                store.check_store(uri)
                 reports.append(_sync_run(local, run, experiment.name, uri))
         (folder / SYNCED).write_text(json.dumps({"target_uri": target_uri, "synced_at": time.time(),
                                                  "runs": [r.run_id for r in reports]}))
@@ -139,8 +132,6 @@ def sync(source: Path, target_uri: str | None = None) -> list[SyncReport]:
 
 def _sync_run(local: MlflowClient, run, experiment_name: str, uri: str) -> SyncReport:
     import mlflow
-
-    from bilstm_exp import tracking
 
     target = MlflowClient(uri)
     experiment = target.get_experiment_by_name(experiment_name)
@@ -154,8 +145,6 @@ def _sync_run(local: MlflowClient, run, experiment_name: str, uri: str) -> SyncR
     existing = target.get_run(run_id)
 
     params = [Param(k, v) for k, v in run.data.params.items() if k not in existing.data.params]
-    for start in range(0, len(params), 100):
-        target.log_batch(run_id, params=params[start:start + 100], synchronous=True)
     report.params = len(params)
 
     metrics = []
@@ -163,13 +152,9 @@ def _sync_run(local: MlflowClient, run, experiment_name: str, uri: str) -> SyncR
         there = {(m.step, m.timestamp, m.value) for m in target.get_metric_history(run_id, key)}
         metrics += [m for m in local.get_metric_history(run.info.run_id, key)
                     if (m.step, m.timestamp, m.value) not in there]
-    for start in range(0, len(metrics), 1000):
-        target.log_batch(run_id, metrics=metrics[start:start + 1000], synchronous=True)
     report.metric_values = len(metrics)
     tags["bilstm_exp.synced_from"] = "offline"
-    tag_items = [RunTag(k, v) for k, v in tags.items()]
-    for start in range(0, len(tag_items), 100):
-        target.log_batch(run_id, tags=tag_items[start:start + 100], synchronous=True)
+    store.log_batch(target, run_id, params, metrics, [RunTag(k, v) for k, v in tags.items()])
 
     with tempfile.TemporaryDirectory(prefix="bilstm-exp-sync-") as tmp:
         if local.list_artifacts(run.info.run_id):
@@ -185,7 +170,8 @@ def _sync_run(local: MlflowClient, run, experiment_name: str, uri: str) -> SyncR
         previous = mlflow.get_tracking_uri()
         mlflow.set_tracking_uri(uri)
         try:
-            version = tracking.register(f"models:/{model_ids[-1]}", name, run_id, target.get_run(run_id).data.metrics,
+            version = registry.register(target, f"models:/{model_ids[-1]}", name, run_id,
+                                        target.get_run(run_id).data.metrics,
                                         run.data.tags.get(CHAMPION_TAG, "val/accuracy"),
                                         run.data.tags.get(GREATER_TAG, "true") == "true")
         finally:
@@ -247,18 +233,11 @@ def add_command(sub) -> None:
 
 
 def _command(args: argparse.Namespace) -> None:
-    from bilstm_exp.errors import UserError
-
     source = Path(args.source)
     if not source.exists():
-        print(f"bilstm-exp: error: {source}: no such folder. Fix: pass the folder the run printed, "
-              f"e.g. --from {FOLDER}/RUN_ID", file=sys.stderr)
-        raise SystemExit(2)
-    try:
-        reports = sync(source, args.target)
-    except UserError as error:
-        print(f"bilstm-exp: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise TrackingError(f"{source}: no such folder. Fix: pass the folder the run printed, "
+                            f"e.g. --from {FOLDER}/RUN_ID")
+    reports = sync(source, args.target)
     for r in reports:
         version = f", model version {r.model_version}" if r.model_version else ""
         print(f"synced run {r.run_id}: {r.params} params, {r.metric_values} metric values, "

@@ -16,7 +16,7 @@ Registered in ``conf/config.yaml`` under ``hydra.callbacks``; it only acts in MU
   ``on_multirun_end``; an exit hook then ends the parent FAILED instead of leaving it RUNNING.
 
 The callback is pickled to joblib workers with the launcher's context, so it holds only strings.
-This module does not import TensorFlow unless the store has to be set up.
+This module does not import TensorFlow.
 """
 
 from __future__ import annotations
@@ -113,24 +113,22 @@ class MLflowSweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from mlflow.tracking import MlflowClient
 
-        from bilstm_exp import tracking  # imports Keras; the jobs need it anyway
-        from bilstm_exp.errors import UserError
+        from bilstm_exp.errors import exit_on_user_error
+        from bilstm_exp.tracking import store
 
-        try:
+        # Hydra turns callback exceptions into warnings: exiting here is what stops the sweep
+        with exit_on_user_error():
             cfg = tracking_config(config)
             root = Path.cwd()
-            experiment_id = tracking.setup(cfg, root)  # creates and migrates the store once
-        except UserError as error:
-            print(f"bilstm-exp: error: {error}", file=sys.stderr)
-            raise SystemExit(2) from None  # Hydra turns callback exceptions into warnings; this stops the sweep
-        self.tracking_uri = tracking.resolve_uri(cfg, root)
+            experiment_id = store.setup(cfg, root)  # creates and migrates the store once
+        self.tracking_uri = store.resolve_uri(cfg, root)
         name, tags, params = sweep_description(config)
         client = MlflowClient(self.tracking_uri)
         run = client.create_run(experiment_id, run_name=name, tags=tags)
         self.parent_run_id = run.info.run_id
         self._open = True
         if params:
-            tracking.log_params(params, run_id=self.parent_run_id)
+            store.log_batch(client, self.parent_run_id, params=store.as_params(params))
         os.environ[PARENT_ENV] = self.parent_run_id
         atexit.register(self._end_if_open)
         print(f"[bilstm-exp] sweep parent run {self.parent_run_id} ({name}) in experiment "
@@ -151,7 +149,7 @@ class MLflowSweepCallback(Callback):
     def _finish(self, sweep_dir: Path | None, sweep_raised: bool) -> None:
         from mlflow.tracking import MlflowClient
 
-        from bilstm_exp.compare import best_value, child_runs
+        from bilstm_exp.tracking.store import as_params, best_value, child_runs, log_batch
 
         self._open = False
         os.environ.pop(PARENT_ENV, None)
@@ -173,12 +171,7 @@ class MLflowSweepCallback(Callback):
             client.set_tag(parent, "best_overrides", overrides)
             client.log_metric(parent, f"best/{self.metric}", value)
             best_params = swept_values(overrides, [run.data.tags.get("hydra_overrides", "") for run in children])
-            from mlflow.entities import Param
-
-            if best_params:
-                items = [Param(k, v[:6000]) for k, v in best_params.items()]
-                for start in range(0, len(items), 100):
-                    client.log_batch(parent, params=items[start:start + 100])
+            log_batch(client, parent, params=as_params(best_params))
             self._log_best_config(client, best.info.run_id)
             print(f"[bilstm-exp] sweep {parent}: {len(finished)}/{len(children)} jobs finished; best "
                   f"{self.metric}={value:.4f} in run {best.info.run_id} ({overrides})", flush=True)

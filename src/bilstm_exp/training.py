@@ -1,7 +1,7 @@
-"""One experiment run: data -> model -> fit -> evaluate, recorded in MLflow.
+"""One experiment run: data -> model -> fit -> evaluate -> record, as one MLflow run.
 
-This is the only module that knows both the model and the tracking side; it wires
-``data``, ``models``, ``optim``, ``profiling``, ``serving`` and ``tracking`` together.
+This is the only module that knows both the model and the tracking side; it wires ``data``,
+``models``, ``optim``, ``profiling``, ``evaluation``, ``recording`` and ``tracking`` together.
 """
 
 from __future__ import annotations
@@ -11,19 +11,18 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import keras
-import mlflow
 import numpy as np
 import tensorflow as tf
-import yaml
-from mlflow.models import ModelSignature
-from mlflow.types import ColSpec, Schema
 
-from bilstm_exp import checkpoints, models, optim, profiling, reports, serving, tracking
+from bilstm_exp import checkpoints, models, optim, profiling, recording, reports, serving
 from bilstm_exp import data as data_mod
 from bilstm_exp.config import ExperimentConfig, flatten, to_dict
+from bilstm_exp.evaluation import evaluate
+from bilstm_exp.tracking import store
+from bilstm_exp.tracking.callback import MLflowLogger
+from bilstm_exp.tracking.session import Session
 
 
 @dataclass
@@ -56,8 +55,12 @@ def datasets(config: ExperimentConfig, prepared: data_mod.PreparedData) -> dict[
     }
 
 
-def compile_model(config: ExperimentConfig, prepared: data_mod.PreparedData, steps_per_epoch: int) -> keras.Model:
-    model = models.build(config.model, len(prepared.vocab), prepared.num_classes)
+def compile_model(config: ExperimentConfig, prepared: data_mod.PreparedData, steps_per_epoch: int,
+                  model: keras.Model | None = None) -> keras.Model:
+    """Compile ``model`` (default: the configured architecture, freshly built) with the configured
+    optimizer, loss and metrics: binary cross-entropy with accuracy and AUC for two classes, sparse
+    categorical cross-entropy with accuracy for more."""
+    model = model or models.build(config.model, len(prepared.vocab), prepared.num_classes)
     optimizer = optim.build(config.optimizer, config.clipping, steps_per_epoch, config.training.epochs)
     if prepared.num_classes == 2:
         loss, metrics = "binary_crossentropy", [keras.metrics.BinaryAccuracy(name="accuracy"),
@@ -67,32 +70,6 @@ def compile_model(config: ExperimentConfig, prepared: data_mod.PreparedData, ste
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics,
                   steps_per_execution=config.training.steps_per_execution)
     return model
-
-
-@dataclass
-class Evaluation:
-    metrics: dict[str, float]
-    y_true: np.ndarray
-    y_pred: np.ndarray
-    probabilities: np.ndarray
-
-
-def evaluate(classifier: serving.TextClassifier, prepared: data_mod.PreparedData) -> Evaluation:
-    """Test metrics from the raw test texts, exactly as the served model sees them:
-    test/loss, test/accuracy and test/auc (two classes) or test/macro_f1 (more)."""
-    from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score
-
-    y = prepared.labels["test"]
-    probs = classifier.probabilities(prepared.texts["test"])
-    pred = probs.argmax(axis=1)
-    labels = list(range(prepared.num_classes))
-    out = {"test/loss": float(log_loss(y, np.clip(probs, 1e-7, 1 - 1e-7), labels=labels)),
-           "test/accuracy": float(accuracy_score(y, pred))}
-    if prepared.num_classes == 2:
-        out["test/auc"] = float(roc_auc_score(y, probs[:, 1])) if len(set(y)) == 2 else float("nan")
-    else:
-        out["test/macro_f1"] = float(f1_score(y, pred, average="macro", labels=labels))
-    return Evaluation(out, y, pred, probs)
 
 
 class AttentionProbe(keras.callbacks.Callback):
@@ -109,104 +86,6 @@ class AttentionProbe(keras.callbacks.Callback):
             logs["attention/entropy"] = reports.entropy(weights, self.token_ids != data_mod.PAD_ID)
 
 
-def attention_examples(model: keras.Model, prepared: data_mod.PreparedData, evaluation: Evaluation,
-                       count: int = 4) -> list[dict[str, Any]]:
-    """Attention over the tokens of the ``count`` shortest test texts (fixed for a data split)."""
-    order = np.argsort([len(s) for s in prepared.splits["test"]], kind="stable")[:count]
-    ids = serving.pad_right([prepared.splits["test"][i] for i in order])
-    weights = np.asarray(models.attention_model(model).predict_on_batch(ids))
-    words = ["<pad>", "<unk>", *prepared.vocab.words]
-    return [{"tokens": [words[t] for t in prepared.splits["test"][i]],
-             "weights": [round(float(w), 5) for w in weights[row, : len(prepared.splits["test"][i])]],
-             "label": prepared.class_names[evaluation.y_true[i]],
-             "prediction": prepared.class_names[evaluation.y_pred[i]]}
-            for row, i in enumerate(order)]
-
-
-def _log_artifacts(model: keras.Model, prepared: data_mod.PreparedData, evaluation: Evaluation,
-                   history: dict[str, list[float]], folder: Path) -> None:
-    """Curves, confusion matrix, classification report, vocabulary and (attention) the heatmap."""
-    folder.mkdir()
-    names = prepared.class_names
-    reports.training_curves(history, folder / "training_curves.png")
-    reports.confusion_matrix(evaluation.y_true, evaluation.y_pred, names, folder / "confusion_matrix.png")
-    reports.classification_report(evaluation.y_true, evaluation.y_pred, names, folder / "classification_report.txt")
-    (folder / "vocab.json").write_text(prepared.vocab.to_json())
-    mlflow.log_artifacts(str(folder), "reports")
-    if "attention" in [layer.name for layer in model.layers]:
-        attention = folder / "attention"
-        attention.mkdir()
-        reports.attention_heatmap(attention_examples(model, prepared, evaluation), attention)
-        mlflow.log_artifacts(str(attention), "attention")
-
-
-def _callbacks(config: ExperimentConfig, profiler: profiling.EpochProfiler, model: keras.Model,
-               prepared: data_mod.PreparedData,
-               checkpointer: checkpoints.Checkpointer) -> list[keras.callbacks.Callback]:
-    callbacks: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN(), profiler]
-    if "attention" in [layer.name for layer in model.layers]:
-        callbacks.append(AttentionProbe(serving.pad_right(prepared.splits["val"][:64])))
-    stop = config.training.early_stopping
-    if stop.enabled:
-        mode = "min" if stop.monitor == "val_loss" else "max"
-        callbacks.append(keras.callbacks.EarlyStopping(monitor=stop.monitor, patience=stop.patience, mode=mode,
-                                                       restore_best_weights=True))
-    # last: logs what the callbacks before it added, then checkpoints the epoch (signals held meanwhile)
-    callbacks.append(checkpointer.callback(tracking.MLflowLogger(), callbacks))
-    return callbacks
-
-
-def _open_checkpointer(config: ExperimentConfig, root: Path) -> checkpoints.Checkpointer:
-    """Epoch checkpoints in checkpoints/<run_id>/; with training.resume=true, the interrupted run's."""
-    flat = {k: v for k, v in flatten(to_dict(config)).items() if not tracking.is_secret(k, v)}
-    checkpointer = checkpoints.Checkpointer.open(root, flat, config.training.resume, config.training.resume_run_id)
-    if checkpointer.resuming:
-        tracking.check_resumable(checkpointer.run_id)
-    return checkpointer
-
-
-def _log_header(config: ExperimentConfig, overrides: list[str], prepared: data_mod.PreparedData,
-                folder: Path) -> None:
-    """What a new run records before training: params, config and overrides, data md5."""
-    tracking.log_params(flatten(to_dict(config)))
-    (folder / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-    (folder / "overrides.yaml").write_text(yaml.safe_dump(overrides))
-    mlflow.log_artifact(str(folder / "config.yaml"))
-    mlflow.log_artifact(str(folder / "overrides.yaml"))
-    tracking.log_tags({"data_md5": prepared.md5()})
-    tracking.log_params({"derived.vocab_size": len(prepared.vocab), "derived.num_classes": prepared.num_classes,
-                         "derived.train_examples": len(prepared.labels["train"]),
-                         "derived.max_length": max(len(s) for s in prepared.splits["train"])})
-
-
-def _record_results(config: ExperimentConfig, classifier: serving.TextClassifier, prepared: data_mod.PreparedData,
-                    evaluation: Evaluation, history: dict[str, list[float]], metrics: dict[str, float],
-                    folder: Path) -> str:
-    """Artifacts and the model, in a fresh folder: repeatable if the server goes down meanwhile."""
-    folder = Path(tempfile.mkdtemp(prefix="record-", dir=folder))
-    if (folder.parent / "profile").is_dir():  # profiling=trace: a TensorBoard-readable profiler trace
-        mlflow.log_artifacts(str(folder.parent / "profile"), "profile")
-    _log_artifacts(classifier.model, prepared, evaluation, history, folder / "reports")
-    return _log_model(config, classifier, prepared, metrics, folder / "model")
-
-
-def _log_model(config: ExperimentConfig, classifier: serving.TextClassifier, prepared: data_mod.PreparedData,
-               metrics: dict[str, float], folder: Path) -> str:
-    """Log the raw-text pyfunc model; register it and decide on the champion alias."""
-    import pandas as pd
-
-    signature = ModelSignature(inputs=Schema([ColSpec("string")]),  # unnamed: a plain list of texts passes too
-                               outputs=Schema([ColSpec("double", "probability"), ColSpec("string", "label")]))
-    info = tracking.log_model(serving.TextClassifier(), artifacts=classifier.save(folder),
-                              signature=signature, input_example=pd.DataFrame({"text": prepared.texts["test"][:2]}))
-    if config.tracking.register_model:
-        run_id = mlflow.active_run().info.run_id
-        metrics = {**mlflow.get_run(run_id).data.metrics, **metrics}  # incl. the last epoch's val/*
-        tracking.register(info.model_uri, config.tracking.registered_model_name, run_id, metrics,
-                          config.tracking.champion_metric, config.tracking.champion_greater_is_better)
-    return info.model_uri
-
-
 def run(config: ExperimentConfig, *, root: Path, overrides: list[str] | None = None,
         prepared: data_mod.PreparedData | None = None, parent_run_id: str | None = None,
         extra_tags: dict[str, str] | None = None) -> RunResult:
@@ -216,28 +95,23 @@ def run(config: ExperimentConfig, *, root: Path, overrides: list[str] | None = N
     ``prepared`` skips data preparation (the DVC train stage passes what `prepare` wrote);
     ``parent_run_id`` nests the run under a sweep's parent run.
     """
-    experiment_id = tracking.setup(config.tracking, root)
+    experiment_id = store.setup(config.tracking, root)
     checkpointer = _open_checkpointer(config, root)  # training.resume: fails here, before data preparation
     overrides = overrides or []
-    tags = {**(extra_tags or {}), "architecture": config.model.name, "hydra_overrides": " ".join(overrides),
-            "mlflow.note.content": f"{config.model.name} on {config.data.name} data, "
-                                   f"{config.optimizer.name}, clipping={config.clipping.name}"}
-    run_name = f"{config.model.name}-{config.optimizer.name}-clip_{config.clipping.name}"
     start = time.perf_counter()
-    if prepared is None:
-        prepared = data_mod.prepare(config.data, config.seed)  # bad data fails here, before a run exists
+    prepared = prepared or data_mod.prepare(config.data, config.seed)  # bad data fails here, before a run exists
     prepare_s = time.perf_counter() - start
     checkpointer.check_data(prepared.md5())
 
-    with tracking.run(experiment_id, run_name=run_name, tags=tags, parent_run_id=parent_run_id,
-                      run_id=checkpointer.run_id) as active, \
+    with Session.start(experiment_id, run_name=_run_name(config), tags=_tags(config, overrides, extra_tags),
+                       parent_run_id=parent_run_id, run_id=checkpointer.run_id) as session, \
             tempfile.TemporaryDirectory(prefix="bilstm-exp-") as tmp:
         folder = Path(tmp)
-        checkpointer.bind(active.info.run_id)
+        checkpointer.bind(session.run_id)
         if checkpointer.resuming:
-            tracking.log_tags({"resumed_from_epoch": str(checkpointer.initial_epoch)})
+            session.log_tags({"resumed_from_epoch": str(checkpointer.initial_epoch)})
         else:
-            tracking.resilient(lambda: _log_header(config, overrides, prepared, folder))
+            session.resilient(lambda: recording.header(session, config, overrides, prepared, folder))
 
         configure_tensorflow(config)
         pipelines = datasets(config, prepared)
@@ -245,49 +119,90 @@ def run(config: ExperimentConfig, *, root: Path, overrides: list[str] | None = N
         start = time.perf_counter()
         model = compile_model(config, prepared, padding.batches)
         build_s = time.perf_counter() - start
-        params = int(model.count_params())
-        tracking.log_params({"derived.trainable_params": params})
+        session.log_params({"derived.trainable_params": int(model.count_params())})
 
         profiler = profiling.EpochProfiler(len(prepared.labels["train"]), padding.real_tokens)
-        checkpointer.restore(model)  # resuming: weights and optimizer state of the last finished epoch
-        if not checkpointer.fit_done:
-            model.fit(pipelines["train"], validation_data=pipelines["val"], epochs=config.training.epochs,
-                      initial_epoch=checkpointer.initial_epoch,
-                      callbacks=_callbacks(config, profiler, model, prepared, checkpointer)
-                      + profiling.trace_callbacks(config.profiling, folder / "profile"), shuffle=False,
-                      verbose=_verbose(config.training.verbose))
-        history = checkpointer.history  # every epoch's logs, those before a resumption included
-        if any(not np.isfinite(v) for v in history.get("loss", [])):
-            checkpointer.delete()  # resuming would diverge again
-            raise NonFiniteLoss("training loss became NaN or infinite; lower optimizer.learning_rate "
-                                "or enable clipping, e.g. clipping=global_norm")
+        history = _fit(config, model, pipelines, prepared, profiler, session, checkpointer, folder)
 
         classifier = serving.TextClassifier().setup(models.inference_model(model), prepared.vocab, {
             "class_names": prepared.class_names, "max_length": prepared.max_length,
             "truncating": prepared.truncating})
         evaluation = evaluate(classifier, prepared)
-        metrics = dict(evaluation.metrics)
-        metrics.update({
-            "time/data_prepare_s": prepare_s, "time/model_build_s": build_s,
-            "data/padding_fraction": padding.fraction, "model/params": params,
-            "model/size_mb": profiling.model_size_mb(model), "epochs_trained": len(history["loss"]),
-        })
-        overhead = profiler.first_epoch_overhead_s()
-        if overhead is not None:
-            metrics["time/first_epoch_overhead_s"] = overhead
-        if config.profiling.latency_samples:
-            texts = prepared.texts["test"][: config.profiling.latency_samples]
-            metrics.update(profiling.latency(lambda text: classifier.probabilities([text]), texts))
-        # compute/* (FLOPs, achieved GFLOP/s, peak fraction) and throughput/predict_samples_per_s
-        metrics.update(profiling.cost_metrics(config.model, prepared, history, classifier.probabilities))
-        metrics["memory/peak_rss_mb"] = profiling.peak_rss_mb()
-        tracking.log_metrics(metrics)
-        tracking.settle()  # a server down since some epoch: deliver what is buffered, or continue offline
-        model_uri = tracking.resilient(lambda: _record_results(config, classifier, prepared, evaluation, history,
-                                                               metrics, folder))
-        result = RunResult(checkpointer.run_id, metrics, history, model_uri, classifier, prepared)
+        metrics = {**evaluation.metrics, "time/data_prepare_s": prepare_s, "time/model_build_s": build_s,
+                   "data/padding_fraction": padding.fraction,
+                   **_cost_metrics(config, model, prepared, profiler, classifier, history)}
+        session.log_metrics(metrics)
+        session.settle()  # a server down since some epoch: deliver what is buffered, or continue offline
+        model_uri = session.resilient(lambda: recording.results(session, config, classifier, prepared, evaluation,
+                                                                history, metrics, folder))
+        result = RunResult(session.run_id, metrics, history, model_uri, classifier, prepared)
     checkpointer.delete()  # the run is FINISHED: nothing left to resume
     return result
+
+
+def _fit(config: ExperimentConfig, model: keras.Model, pipelines: dict[str, tf.data.Dataset],
+         prepared: data_mod.PreparedData, profiler: profiling.EpochProfiler, session: Session,
+         checkpointer: checkpoints.Checkpointer, folder: Path) -> dict[str, list[float]]:
+    """``model.fit`` from the checkpointed epoch on; returns every epoch's logs (resumed ones included)."""
+    checkpointer.restore(model)  # resuming: weights and optimizer state of the last finished epoch
+    if not checkpointer.fit_done:
+        callbacks: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN(), profiler]
+        if recording.has_attention(model):
+            callbacks.append(AttentionProbe(serving.pad_right(prepared.splits["val"][:64])))
+        stop = config.training.early_stopping
+        stopping = keras.callbacks.EarlyStopping(
+            monitor=stop.monitor, patience=stop.patience, mode="min" if stop.monitor == "val_loss" else "max",
+            restore_best_weights=True) if stop.enabled else None
+        callbacks += [stopping] if stopping else []
+        # last: log the epoch (with what the callbacks before added) and checkpoint it, signals held meanwhile
+        callbacks += checkpointer.callbacks(MLflowLogger(session), stopping)
+        callbacks += profiling.trace_callbacks(config.profiling, folder / "profile")
+        model.fit(pipelines["train"], validation_data=pipelines["val"], epochs=config.training.epochs,
+                  initial_epoch=checkpointer.initial_epoch, callbacks=callbacks, shuffle=False,
+                  verbose=_verbose(config.training.verbose))
+    history = checkpointer.history
+    if any(not np.isfinite(v) for v in history.get("loss", [])):
+        checkpointer.delete()  # resuming would diverge again
+        raise NonFiniteLoss("training loss became NaN or infinite; lower optimizer.learning_rate "
+                            "or enable clipping, e.g. clipping=global_norm")
+    return history
+
+
+def _cost_metrics(config: ExperimentConfig, model: keras.Model, prepared: data_mod.PreparedData,
+                  profiler: profiling.EpochProfiler, classifier: serving.TextClassifier,
+                  history: dict[str, list[float]]) -> dict[str, float]:
+    """Size, compile overhead, latency, FLOPs, throughput and memory of the trained model."""
+    metrics = {"model/params": int(model.count_params()), "model/size_mb": profiling.model_size_mb(model),
+               "epochs_trained": len(history["loss"])}
+    overhead = profiler.first_epoch_overhead_s()
+    if overhead is not None:
+        metrics["time/first_epoch_overhead_s"] = overhead
+    if config.profiling.latency_samples:
+        texts = prepared.texts["test"][: config.profiling.latency_samples]
+        metrics.update(profiling.latency(lambda text: classifier.probabilities([text]), texts))
+    # compute/* (FLOPs, achieved GFLOP/s, peak fraction) and throughput/predict_samples_per_s
+    metrics.update(profiling.cost_metrics(config.model, prepared, history, classifier.probabilities))
+    metrics["memory/peak_rss_mb"] = profiling.peak_rss_mb()
+    return metrics
+
+
+def _run_name(config: ExperimentConfig) -> str:
+    return f"{config.model.name}-{config.optimizer.name}-clip_{config.clipping.name}"
+
+
+def _tags(config: ExperimentConfig, overrides: list[str], extra: dict[str, str] | None) -> dict[str, str]:
+    return {**(extra or {}), "architecture": config.model.name, "hydra_overrides": " ".join(overrides),
+            "mlflow.note.content": f"{config.model.name} on {config.data.name} data, "
+                                   f"{config.optimizer.name}, clipping={config.clipping.name}"}
+
+
+def _open_checkpointer(config: ExperimentConfig, root: Path) -> checkpoints.Checkpointer:
+    """Epoch checkpoints in checkpoints/<run_id>/; with training.resume=true, the interrupted run's."""
+    flat = {k: v for k, v in flatten(to_dict(config)).items() if not store.is_secret(k, v)}
+    checkpointer = checkpoints.Checkpointer.open(root, flat, config.training.resume, config.training.resume_run_id)
+    if checkpointer.resuming:
+        store.check_resumable(checkpointer.run_id)
+    return checkpointer
 
 
 class NonFiniteLoss(RuntimeError):

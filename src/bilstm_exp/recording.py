@@ -1,0 +1,102 @@
+"""What a training run records in MLflow, besides per-epoch metrics: its header (params, config,
+overrides, data md5) before training, and its results (reports, attention heatmap, the raw-text
+model, the registry version) after.
+
+Everything goes through the run's :class:`~bilstm_exp.tracking.session.Session`.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import yaml
+
+from bilstm_exp import data as data_mod
+from bilstm_exp import models, reports, serving
+from bilstm_exp.config import ExperimentConfig, flatten, to_dict
+from bilstm_exp.evaluation import Evaluation
+from bilstm_exp.tracking import registry
+from bilstm_exp.tracking.session import Session
+
+
+def header(session: Session, config: ExperimentConfig, overrides: list[str], prepared: data_mod.PreparedData,
+           folder: Path) -> None:
+    """What a new run records before training: params, config and overrides, data md5."""
+    session.log_params(flatten(to_dict(config)))
+    (folder / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    (folder / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    mlflow.log_artifact(str(folder / "config.yaml"))
+    mlflow.log_artifact(str(folder / "overrides.yaml"))
+    session.log_tags({"data_md5": prepared.md5()})
+    session.log_params({"derived.vocab_size": len(prepared.vocab), "derived.num_classes": prepared.num_classes,
+                        "derived.train_examples": len(prepared.labels["train"]),
+                        "derived.max_length": max(len(s) for s in prepared.splits["train"])})
+
+
+def results(session: Session, config: ExperimentConfig, classifier: serving.TextClassifier,
+            prepared: data_mod.PreparedData, evaluation: Evaluation, history: dict[str, list[float]],
+            metrics: dict[str, float], folder: Path) -> str:
+    """Artifacts and the model, in a fresh folder: repeatable if the server goes down meanwhile.
+    Returns the logged model's URI."""
+    folder = Path(tempfile.mkdtemp(prefix="record-", dir=folder))
+    if (folder.parent / "profile").is_dir():  # profiling=trace: a TensorBoard-readable profiler trace
+        mlflow.log_artifacts(str(folder.parent / "profile"), "profile")
+    _artifacts(classifier.model, prepared, evaluation, history, folder / "reports")
+    return _model(session, config, classifier, prepared, metrics, folder / "model")
+
+
+def _artifacts(model, prepared: data_mod.PreparedData, evaluation: Evaluation,
+               history: dict[str, list[float]], folder: Path) -> None:
+    """Curves, confusion matrix, classification report, vocabulary and (attention) the heatmap."""
+    folder.mkdir()
+    names = prepared.class_names
+    reports.training_curves(history, folder / "training_curves.png")
+    reports.confusion_matrix(evaluation.y_true, evaluation.y_pred, names, folder / "confusion_matrix.png")
+    reports.classification_report(evaluation.y_true, evaluation.y_pred, names, folder / "classification_report.txt")
+    (folder / "vocab.json").write_text(prepared.vocab.to_json())
+    mlflow.log_artifacts(str(folder), "reports")
+    if has_attention(model):
+        attention = folder / "attention"
+        attention.mkdir()
+        reports.attention_heatmap(attention_examples(model, prepared, evaluation), attention)
+        mlflow.log_artifacts(str(attention), "attention")
+
+
+def has_attention(model) -> bool:
+    return "attention" in [layer.name for layer in model.layers]
+
+
+def attention_examples(model, prepared: data_mod.PreparedData, evaluation: Evaluation,
+                       count: int = 4) -> list[dict[str, Any]]:
+    """Attention over the tokens of the ``count`` shortest test texts (fixed for a data split)."""
+    order = np.argsort([len(s) for s in prepared.splits["test"]], kind="stable")[:count]
+    ids = serving.pad_right([prepared.splits["test"][i] for i in order])
+    weights = np.asarray(models.attention_model(model).predict_on_batch(ids))
+    words = ["<pad>", "<unk>", *prepared.vocab.words]
+    return [{"tokens": [words[t] for t in prepared.splits["test"][i]],
+             "weights": [round(float(w), 5) for w in weights[row, : len(prepared.splits["test"][i])]],
+             "label": prepared.class_names[evaluation.y_true[i]],
+             "prediction": prepared.class_names[evaluation.y_pred[i]]}
+            for row, i in enumerate(order)]
+
+
+def _model(session: Session, config: ExperimentConfig, classifier: serving.TextClassifier,
+           prepared: data_mod.PreparedData, metrics: dict[str, float], folder: Path) -> str:
+    """Log the raw-text pyfunc model; register it and decide on the champion alias."""
+    import pandas as pd
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    signature = ModelSignature(inputs=Schema([ColSpec("string")]),  # unnamed: a plain list of texts passes too
+                               outputs=Schema([ColSpec("double", "probability"), ColSpec("string", "label")]))
+    info = registry.log_model(serving.TextClassifier(), artifacts=classifier.save(folder), signature=signature,
+                              input_example=pd.DataFrame({"text": prepared.texts["test"][:2]}))
+    if config.tracking.register_model:
+        metrics = {**mlflow.get_run(session.run_id).data.metrics, **metrics}  # incl. the last epoch's val/*
+        session.register(info.model_uri, config.tracking.registered_model_name, metrics,
+                         config.tracking.champion_metric, config.tracking.champion_greater_is_better)
+    return info.model_uri
