@@ -27,7 +27,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -38,7 +37,7 @@ from typing import Any
 import yaml
 
 from bilstm_exp.config import ExperimentConfig, validate
-from bilstm_exp.errors import ConfigError, DataError, TrackingError, UserError
+from bilstm_exp.errors import ConfigError, DataError, TrackingError
 
 PARAMS = Path("params.yaml")
 CONF = Path("conf")
@@ -281,7 +280,7 @@ def train_stage(config: ExperimentConfig) -> None:
     prepared = _load_prepared()  # before TensorFlow is imported: a missing input fails in a second
 
     from bilstm_exp import training
-    from bilstm_exp.tracking import metric_name
+    from bilstm_exp.tracking.callback import metric_name
 
     root = _tracking_root()
     result = training.run(config, root=root, prepared=prepared, extra_tags=dvc_tags("train"))
@@ -309,59 +308,13 @@ def load_classifier(model_dir: Path):
     return serving.TextClassifier.load(model_dir)
 
 
-def evaluation(classifier, prepared, num_buckets: int) -> tuple[dict[str, float], dict[str, list[list[Any]]]]:
-    """Test metrics and the plot tables: confusion pairs, ROC, precision-recall, accuracy per length."""
-    import numpy as np
-    from sklearn.metrics import (
-        average_precision_score,
-        precision_recall_curve,
-        precision_recall_fscore_support,
-        roc_curve,
-    )
-
-    from bilstm_exp import data, training
-
-    result = training.evaluate(classifier, prepared)
-    y, pred, probs = result.y_true, result.y_pred, result.probabilities
-    k = prepared.num_classes
-    metrics = dict(result.metrics)
-    average = "binary" if k == 2 else "macro"
-    precision, recall, f1, _ = precision_recall_fscore_support(y, pred, average=average, zero_division=0)
-    metrics.update({"test/precision": float(precision), "test/recall": float(recall), "test/f1": float(f1),
-                    "test/examples": int(len(y))})
-    # ROC and precision-recall: the positive class for two classes, micro-averaged one-vs-rest above
-    onehot = np.eye(k)[y]
-    truth, score = (y, probs[:, 1]) if k == 2 else (onehot.ravel(), probs.ravel())
-    tables: dict[str, list[list[Any]]] = {
-        "confusion": [[prepared.class_names[a], prepared.class_names[p]] for a, p in zip(y, pred, strict=True)]}
-    if len(set(truth.tolist())) == 2:
-        fpr, tpr, thresholds = roc_curve(truth, score)
-        tables["roc"] = [[float(a), float(b), float(min(t, 1.0))] for a, b, t in zip(fpr, tpr, thresholds, strict=True)]
-        prec, rec, thresholds = precision_recall_curve(truth, score)
-        tables["precision_recall"] = [[float(r), float(p), float(t)] for r, p, t in
-                                      zip(rec, prec, [*thresholds, 1.0], strict=True)]
-        metrics["test/average_precision"] = float(average_precision_score(truth, score))
-    else:
-        tables["roc"], tables["precision_recall"] = [], []
-    # accuracy per length bucket: the boundaries training's bucketing uses (training-length quantiles)
-    train_lengths = np.array([len(s) for s in prepared.splits["train"]])
-    bounds = [0, *data.bucket_boundaries(train_lengths, num_buckets), prepared.max_length + 1]
-    lengths = np.array([len(s) for s in prepared.splits["test"]])
-    rows = []
-    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
-        inside = (lengths >= lo) & (lengths < hi)
-        if inside.any():  # label: the bucket's token range, e.g. 0-24
-            rows.append([f"{lo}-{hi - 1}", int(inside.sum()), float((pred[inside] == y[inside]).mean())])
-    tables["length_buckets"] = rows
-    return metrics, tables
-
-
 def evaluate_stage(config: ExperimentConfig) -> None:
     from mlflow.entities import Metric, RunTag
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from bilstm_exp import tracking
+    from bilstm_exp.evaluation import detailed
+    from bilstm_exp.tracking import store
 
     train_metrics = TRAIN_REPORTS / "metrics.json"
     if not train_metrics.is_file():
@@ -371,16 +324,16 @@ def evaluate_stage(config: ExperimentConfig) -> None:
         raise DataError(f"{train_metrics}: no mlflow_run_id. Fix: re-run training with `dvc repro -f train`")
     classifier = load_classifier(MODEL)
     prepared = _load_prepared()
-    metrics, tables = evaluation(classifier, prepared, config.data.num_buckets)
+    metrics, tables = detailed(classifier, prepared, config.data.num_buckets)
 
     root = _tracking_root()
-    tracking.setup(config.tracking, root)
+    store.setup(config.tracking, root)
     client = MlflowClient()
     try:
         client.get_run(run_id)
     except MlflowException:
         raise TrackingError(f"MLflow run {run_id} (from {train_metrics}) is not in the tracking store "
-                            f"{tracking.redact(tracking.resolve_uri(config.tracking, root))}. Fix: re-train into this "
+                            f"{store.redact(store.resolve_uri(config.tracking, root))}. Fix: re-train into this "
                             "store with `dvc repro -f train`, or set tracking to the store that holds it") from None
 
     out = {"mlflow_run_id": run_id, **metrics}
@@ -408,17 +361,8 @@ def evaluate_stage(config: ExperimentConfig) -> None:
 STAGES = {"prepare": prepare_stage, "train": train_stage, "evaluate": evaluate_stage}
 
 
-def _fail(error: object) -> None:
-    print(f"bilstm-exp: error: {error}", file=sys.stderr)
-    raise SystemExit(2)
-
-
 def run_stage(name: str, params: str) -> None:
-    try:
-        config = load_params(Path(params))
-        STAGES[name](config)
-    except UserError as error:
-        _fail(error)
+    STAGES[name](load_params(Path(params)))
 
 
 def add_train_params_option(train_parser: argparse.ArgumentParser) -> None:
@@ -432,8 +376,9 @@ def add_train_params_option(train_parser: argparse.ArgumentParser) -> None:
         if args.params is None:
             return plain(args)
         if args.overrides:
-            _fail("train --params reads every value from the params file, so overrides are not allowed. Fix: "
-                  f"`bilstm-exp compose-params {' '.join(args.overrides)}` or `dvc exp run -S ...`")
+            raise ConfigError("train --params reads every value from the params file, so overrides are not "
+                              f"allowed. Fix: `bilstm-exp compose-params {' '.join(args.overrides)}` "
+                              "or `dvc exp run -S ...`")
         run_stage("train", args.params)
 
     train_parser.set_defaults(func=command)
@@ -453,8 +398,5 @@ def add_commands(sub) -> None:
 
 
 def _compose_command(args: argparse.Namespace) -> None:
-    try:
-        path = compose_params(Path.cwd(), list(args.overrides))
-    except UserError as error:
-        _fail(error)
+    path = compose_params(Path.cwd(), list(args.overrides))
     print(f"wrote {path.name} from conf/{' with ' + ' '.join(args.overrides) if args.overrides else ''}")
