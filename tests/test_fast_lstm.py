@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from bilstm_exp.fast_lstm import FastLSTM, recurrent_layer  # noqa: E402
+from bilstm_exp.fast_lstm import FastLSTM, recurrent_layer, xla_apply  # noqa: E402
 
 B, T, D, H = 4, 7, 5, 3
 VOCAB = 30
@@ -212,3 +212,29 @@ def test_layers_module_reexports_fast_lstm():
 
     assert layers.FastLSTM is FastLSTM
     assert keras.saving.get_registered_object("bilstm_exp>FastLSTM") is FastLSTM
+
+
+class _XlaOptimizerModel(keras.Model):
+    """A custom train_step whose optimizer update runs through xla_apply."""
+
+    def train_step(self, data):
+        x, y = data[0], data[1]
+        with tf.GradientTape() as tape:
+            loss = self.compute_loss(x=x, y=y, y_pred=self(x, training=True), training=True)
+        xla_apply(self.optimizer, tape.gradient(loss, self.trainable_variables), self.trainable_variables)
+        return {}
+
+
+def test_xla_optimizer_step_gives_the_same_weights():
+    keras.utils.set_random_seed(0)
+    plain = _model(FastLSTM, False)
+    jitted = _XlaOptimizerModel(plain.inputs, plain.outputs, name="xla_optimizer_model")
+    reference = _model(FastLSTM, False)
+    reference.set_weights(plain.get_weights())
+    x, y = _tokens(2)
+    for model in (reference, jitted):
+        model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="binary_crossentropy")
+        for _ in range(3):
+            model.train_on_batch(x, y)
+    assert int(jitted.optimizer.iterations) == 3
+    assert _max_diff(jitted.get_weights(), reference.get_weights()) < 1e-6
