@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import yaml
 from omegaconf import OmegaConf
 
 from bilstm_exp import config as cfg_mod
-from bilstm_exp.cli import CONF_DIR, compose
-from bilstm_exp.config import ConfigError, validate
+from bilstm_exp.compose import CONF_DIR, compose
+from bilstm_exp.config import SCHEMAS, ConfigError, schema_defaults, validate
 
 GROUPS = ["data", "model", "optimizer", "clipping", "training", "tracking", "profiling"]
 
@@ -71,6 +75,8 @@ BAD = [
     (["seed=-1"], "seed", "non-negative"),
     (["optimizer.learning_rate=inf"], "optimizer.learning_rate", "finite"),
     (["tracking.registered_model_name=team/model"], "tracking.registered_model_name", "without '/'"),
+    (["clipping.name=clipnorm"], "clipping.name", "none, norm, value, global_norm"),
+    (["model=transformer"], "cannot compose conf/ with model=transformer", "available: attention, basic"),
 ]
 
 
@@ -92,8 +98,62 @@ def test_unknown_top_level_key_is_refused():
 
 
 def test_validation_does_not_import_tensorflow():
-    code = ("import sys; from bilstm_exp.cli import compose; from bilstm_exp.config import validate; "
+    code = ("import sys; from bilstm_exp.compose import compose; from bilstm_exp.config import validate; "
             "validate(compose(['model=attention'])); "
             "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# --------------------------------------------------------------------------- schema-first conf/
+
+
+def test_options_are_the_schemas_and_each_schema_names_its_option():
+    for group in GROUPS:
+        assert options(group) == sorted(SCHEMAS[group]), f"conf/{group}/ and config.SCHEMAS disagree"
+        if len(set(SCHEMAS[group].values())) > 1:  # one schema per option: its default name is the option
+            assert all(schema_defaults(group, o)["name"] == o for o in SCHEMAS[group]), group
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_each_yaml_extends_its_schema_and_holds_only_what_differs(group, option):
+    """A default lives in one place: the dataclass. A YAML may not repeat it."""
+    own = yaml.safe_load((CONF_DIR / group / f"{option}.yaml").read_text()) or {}
+    assert own.pop("defaults") == [f"/schema/{group}/{option}@_here_"]
+    defaults = schema_defaults(group, option)
+    repeated = sorted(key for key, value in own.items() if defaults.get(key, object()) == value)
+    unknown = sorted(set(own) - set(defaults))
+    assert not repeated and not unknown, f"conf/{group}/{option}.yaml: repeats {repeated}, unknown {unknown}"
+    composed = OmegaConf.to_container(compose([f"{group}={option}"])[group])
+    assert composed == {**defaults, **own}
+
+
+def test_dvc_exp_run_composes_a_full_params_yaml_from_the_schemas(tmp_path):
+    """DVC composes conf/ itself (hydra.enabled), without importing bilstm_exp: the schemas reach it
+    through the Hydra plugin module hydra_plugins.bilstm_exp_schemas."""
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+
+    def sh(*args):
+        return subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
+
+    shutil.copytree(CONF_DIR, tmp_path / "conf")
+    sh("git", "init", "-q")
+    sh("git", "config", "user.email", "tests@example.com")
+    sh("git", "config", "user.name", "tests")
+    dvc = str(bin_dir / "dvc")
+    sh(dvc, "init", "-q")
+    sh(dvc, "config", "hydra.enabled", "true")
+    stage = "import yaml; open('model.txt', 'w').write(yaml.safe_load(open('params.yaml'))['model']['name'])"
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(
+        {"stages": {"show": {"cmd": f'python -c "{stage}"', "params": ["model"], "outs": ["model.txt"]}}}))
+    (tmp_path / "params.yaml").write_text(OmegaConf.to_yaml(compose([])))
+    sh("git", "add", "-A")
+    sh("git", "commit", "-q", "-m", "conf")
+    sh(dvc, "exp", "run", "-S", "model=attention", "-S", "clipping=norm")
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    expected = compose(["model=attention", "clipping=norm"])
+    assert params == OmegaConf.to_container(expected, resolve=True)
+    assert params["model"]["attention_units"] == 64 and params["clipping"]["threshold"] == 1.0
+    assert (tmp_path / "model.txt").read_text() == "attention"
+    validate(params)

@@ -1,16 +1,30 @@
 """Config schema and validation.
 
-Hydra composes `conf/` into a DictConfig; :func:`validate` turns it into typed dataclasses.
-OmegaConf's structured configs catch unknown keys and wrong types; each dataclass's
-``__post_init__`` checks value ranges. Every problem becomes a :class:`ConfigError` whose
-message names the dotted key, what is allowed, and how to fix it.
+The dataclasses below are the schema of every config group and hold every default value.
+:func:`register_schemas` stores each option's defaults in Hydra's ConfigStore as
+``schema/<group>/<option>``; each YAML in ``conf/<group>/`` extends its schema through its defaults
+list (``- /schema/<group>/<option>@_here_``) and keeps only what differs, so a default lives in one
+place. The stored nodes are plain (untyped) copies of the defaults on purpose: a typed node would
+make Hydra reject a wrong type or a misspelt key while composing, inside ``@hydra.main``, with its
+own message and exit code 1; instead :func:`validate` checks the composed config and answers with
+the dotted key, what is allowed and the fix (exit 2 at the command line).
 
-This module must not import TensorFlow: bad input is refused in about a second.
+:func:`validate` turns the composed DictConfig into typed dataclasses: OmegaConf's structured
+configs catch unknown keys and wrong types; each dataclass's ``__post_init__`` checks value ranges.
+Every problem becomes a :class:`ConfigError`.
+
+``SCHEMAS`` (group -> option -> dataclass) is the table of options; the builders that read them are
+registries keyed by the same names (``architectures.REGISTRY``, ``optim.OPTIMIZERS``,
+``data.SOURCES``) and check at import that each name has its schema here.
+
+This module must not import TensorFlow (nor Hydra at import): bad input is refused in about a second.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,15 +63,15 @@ def _choice(value: str, allowed: tuple[str, ...], key: str) -> None:
 
 @dataclass
 class DataConfig:
-    name: str = "synthetic"
+    name: str = "synthetic"  # the source: an option of conf/data/ (data.SOURCES)
     max_samples: int | None = None  # cap on examples used, for any source (None: all)
-    vocab_size: int = 20000  # vocabulary size incl. padding (0) and out-of-vocabulary (1)
+    vocab_size: int = 20000  # vocabulary incl. padding (id 0) and out-of-vocabulary (id 1), fitted on train only
     max_length: int = 400  # tokens kept per text
-    truncating: str = "post"  # "post" drops tokens past max_length, "pre" drops from the start
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
-    padding: str = "bucket"  # "bucket": length-bucketed batches; "max": pad all to max_length
-    num_buckets: int = 8  # bucket boundaries at training-length quantiles
+    truncating: str = "post"  # post: drop tokens past max_length; pre: drop from the start
+    val_fraction: float = 0.1  # share of examples for validation (stratified, seeded split)
+    test_fraction: float = 0.1  # share of examples for the test split
+    padding: str = "bucket"  # bucket: length-bucketed batches (fast); max: pad every batch to max_length
+    num_buckets: int = 8  # bucket boundaries at quantiles of the training lengths
 
     def __post_init__(self) -> None:
         if self.max_samples is not None:
@@ -76,8 +90,9 @@ class DataConfig:
 
 @dataclass
 class SyntheticDataConfig(DataConfig):
+    name: str = "synthetic"
     num_samples: int = 2000  # examples generated
-    num_classes: int = 2
+    num_classes: int = 2  # 2: sigmoid + binary cross-entropy; more: softmax + sparse categorical
     median_length: int = 150  # tokens; lengths are log-normal with a long tail
     length_sigma: float = 0.6  # log-normal spread; 0.6 puts ~1% of texts past 600 tokens
     label_noise: float = 0.02  # share of labels flipped at random
@@ -94,10 +109,11 @@ class SyntheticDataConfig(DataConfig):
 
 @dataclass
 class FileDataConfig(DataConfig):
-    path: str = ""  # csv, tsv, parquet or jsonl file
+    name: str = "file"
+    path: str = ""  # the csv, tsv, parquet or jsonl file; required
     format: str = "auto"  # auto (from the suffix), csv, tsv, parquet, jsonl
-    text_column: str = "text"
-    label_column: str = "label"
+    text_column: str = "text"  # column holding the text
+    label_column: str = "label"  # column holding the label: integers or strings (mapped to ids, sorted)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -108,6 +124,7 @@ class FileDataConfig(DataConfig):
 
 @dataclass
 class TweetsDataConfig(DataConfig):
+    name: str = "tweets"
     min_confidence: float = 0.6  # keep tweets whose annotators agreed at least this much
 
     def __post_init__(self) -> None:
@@ -117,7 +134,7 @@ class TweetsDataConfig(DataConfig):
 
 @dataclass
 class ImdbDataConfig(DataConfig):
-    pass
+    name: str = "imdb"
 
 
 # --------------------------------------------------------------------------- model
@@ -128,11 +145,13 @@ MERGE_MODES = ("concat", "sum", "ave", "mul")
 
 @dataclass
 class ModelConfig:
-    name: str = "basic"
+    """Keys every architecture has; an architecture's schema subclasses it (architectures/)."""
+
+    name: str = "basic"  # the architecture: an option of conf/model/ (architectures.REGISTRY)
     embedding_dim: int = 64  # embedding vector size
     cell: str = "lstm"  # recurrent cell: lstm or gru
-    dropout: float = 0.0  # dropout on the recurrent layer's inputs
-    recurrent_dropout: float = 0.0  # non-zero disables the cuDNN kernel on a GPU
+    dropout: float = 0.0  # dropout on the recurrent layer's inputs, in [0, 1)
+    recurrent_dropout: float = 0.0  # in [0, 1); non-zero disables the cuDNN kernel on a GPU (much slower)
 
     def __post_init__(self) -> None:
         _positive(self.embedding_dim, "model.embedding_dim", 64)
@@ -155,7 +174,7 @@ class UnidirectionalModelConfig(ModelConfig):
 class BasicModelConfig(UnidirectionalModelConfig):
     name: str = "basic"
     lstm_units: int = 64  # units per direction
-    merge_mode: str = "concat"  # how the two directions combine
+    merge_mode: str = "concat"  # how the two directions combine: concat, sum, ave, mul
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -165,7 +184,7 @@ class BasicModelConfig(UnidirectionalModelConfig):
 @dataclass
 class AttentionModelConfig(BasicModelConfig):
     name: str = "attention"
-    attention_units: int = 64  # width of the additive-attention scoring layer
+    attention_units: int = 64  # width of the scoring layer: score_t = V tanh(W1 h_t + W2 q)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -175,8 +194,8 @@ class AttentionModelConfig(BasicModelConfig):
 @dataclass
 class StackedModelConfig(ModelConfig):
     name: str = "stacked"
-    layer_sizes: list[int] = field(default_factory=lambda: [64, 32])  # units per direction, per layer
-    merge_mode: str = "concat"
+    layer_sizes: list[int] = field(default_factory=lambda: [64, 32])  # units per direction, per layer, bottom first
+    merge_mode: str = "concat"  # how the two directions combine: concat, sum, ave, mul
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -193,9 +212,9 @@ class StackedModelConfig(ModelConfig):
 @dataclass
 class ScheduleConfig:
     name: str = "constant"  # constant, cosine or exponential
-    warmup_epochs: float = 0.0  # linear warm-up from 0 to learning_rate
-    decay_rate: float = 0.5  # exponential: factor per epoch
-    min_fraction: float = 0.0  # cosine: final learning rate as a fraction of the initial one
+    warmup_epochs: float = 0.0  # linear warm-up from 0 to learning_rate over this many epochs
+    decay_rate: float = 0.5  # exponential: learning-rate factor per epoch
+    min_fraction: float = 0.0  # cosine: final learning rate as a fraction of learning_rate
 
     def __post_init__(self) -> None:
         _choice(self.name, ("constant", "cosine", "exponential"), "optimizer.schedule.name")
@@ -208,8 +227,8 @@ class ScheduleConfig:
 
 @dataclass
 class OptimizerConfig:
-    name: str = "adam"
-    learning_rate: float = 1e-3
+    name: str = "adam"  # an option of conf/optimizer/ (optim.OPTIMIZERS)
+    learning_rate: float = 1e-3  # initial step size
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 
     def __post_init__(self) -> None:
@@ -220,7 +239,7 @@ class OptimizerConfig:
 @dataclass
 class AdamWOptimizerConfig(OptimizerConfig):
     name: str = "adamw"
-    weight_decay: float = 0.004
+    weight_decay: float = 0.004  # decoupled weight decay
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -232,8 +251,8 @@ class AdamWOptimizerConfig(OptimizerConfig):
 class SGDOptimizerConfig(OptimizerConfig):
     name: str = "sgd"
     learning_rate: float = 0.05
-    momentum: float = 0.9
-    nesterov: bool = True
+    momentum: float = 0.9  # in [0, 1)
+    nesterov: bool = True  # Nesterov momentum
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -243,8 +262,8 @@ class SGDOptimizerConfig(OptimizerConfig):
 @dataclass
 class RMSpropOptimizerConfig(OptimizerConfig):
     name: str = "rmsprop"
-    rho: float = 0.9
-    momentum: float = 0.0
+    rho: float = 0.9  # moving-average factor of squared gradients
+    momentum: float = 0.0  # in [0, 1)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -255,12 +274,16 @@ class RMSpropOptimizerConfig(OptimizerConfig):
 # --------------------------------------------------------------------------- clipping
 
 
+CLIPPING_MODES = ("none", "norm", "value", "global_norm")
+
+
 @dataclass
 class ClippingConfig:
     name: str = "none"  # none, norm (clipnorm), value (clipvalue), global_norm (global_clipnorm)
-    threshold: float | None = None
+    threshold: float | None = None  # norm: max L2 norm per variable; value: max |element|; global_norm: global L2
 
     def __post_init__(self) -> None:
+        _choice(self.name, CLIPPING_MODES, "clipping.name")
         if self.name == "none":
             _check(self.threshold is None, "clipping.threshold",
                    f"must be null with clipping=none, got {self.threshold}",
@@ -276,7 +299,7 @@ class ClippingConfig:
 
 @dataclass
 class EarlyStoppingConfig:
-    enabled: bool = True
+    enabled: bool = True  # stop when the monitored metric stops improving
     monitor: str = "val_loss"  # a Keras log key: val_loss or val_accuracy
     patience: int = 2  # epochs without improvement before stopping
 
@@ -288,11 +311,11 @@ class EarlyStoppingConfig:
 
 @dataclass
 class TrainingConfig:
-    epochs: int = 3
-    batch_size: int = 32
+    epochs: int = 3  # passes over the training split
+    batch_size: int = 32  # examples per step (bucketing keeps it per bucket)
     deterministic: bool = False  # enable_op_determinism: identical metrics for a seed, slower
-    steps_per_execution: int = 1  # train steps per tf.function call
-    mixed_precision: bool = False  # float16 compute on a GPU; leave off on a CPU
+    steps_per_execution: int = 1  # train steps per tf.function call; >1 cuts Python overhead
+    mixed_precision: bool = False  # float16 compute with float32 output on a GPU; leave off on a CPU
     verbose: str = "auto"  # Keras progress: auto, 0, 1 or 2
     resume: bool = False  # continue an interrupted run from its last checkpointed epoch (checkpoints/<run_id>/)
     resume_run_id: str | None = None  # the run to resume; null: the newest checkpoint of this config
@@ -315,9 +338,9 @@ class TrainingConfig:
 class TrackingConfig:
     name: str = "local"  # local (sqlite file in the working directory) or server
     tracking_uri: str | None = None  # local: sqlite:///mlflow.db; server: this or MLFLOW_TRACKING_URI
-    experiment_name: str = "bilstm-exp"
-    registered_model_name: str = "bilstm-sentiment"
-    register_model: bool = True
+    experiment_name: str = "bilstm-exp"  # MLflow experiment the runs go to
+    registered_model_name: str = "bilstm-sentiment"  # model registry name each run registers a version under
+    register_model: bool = True  # register the trained model as a new version
     champion_metric: str = "val/accuracy"  # the alias `champion` moves to a version that beats it
     champion_greater_is_better: bool = True  # false for losses
 
@@ -334,8 +357,8 @@ class TrackingConfig:
 
 @dataclass
 class ProfilingConfig:
-    name: str = "standard"
-    latency_samples: int = 50  # single-text predictions timed for latency/predict_p50_ms
+    name: str = "standard"  # standard: timings and throughput; trace: plus a TensorFlow profiler trace
+    latency_samples: int = 50  # single-text predictions timed for latency/predict_p50_ms (0: skip)
     trace_start_step: int = 5  # profiling=trace: training steps skipped before the trace (tracing, warm-up)
     trace_steps: int = 10  # profiling=trace: training steps recorded by the TensorFlow profiler
 
@@ -367,11 +390,41 @@ SCHEMAS: dict[str, dict[str, type]] = {
               "stacked": StackedModelConfig, "unidirectional": UnidirectionalModelConfig},
     "optimizer": {"adam": OptimizerConfig, "adamw": AdamWOptimizerConfig,
                   "sgd": SGDOptimizerConfig, "rmsprop": RMSpropOptimizerConfig},
-    "clipping": {name: ClippingConfig for name in ("none", "norm", "value", "global_norm")},
+    "clipping": {name: ClippingConfig for name in CLIPPING_MODES},
     "training": {"default": TrainingConfig},
     "tracking": {"local": TrackingConfig, "server": TrackingConfig},
     "profiling": {"standard": ProfilingConfig, "trace": ProfilingConfig},
 }
+SCHEMA_GROUP = "schema"  # conf/<group>/<option>.yaml extends /schema/<group>/<option> from the ConfigStore
+
+
+def schema_defaults(group: str, option: str) -> dict[str, Any]:
+    """The defaults of one option's schema as plain data: what its YAML extends."""
+    return OmegaConf.to_container(OmegaConf.structured(SCHEMAS[group][option]))
+
+
+def register_schemas() -> None:
+    """Store every option's defaults in Hydra's ConfigStore as ``schema/<group>/<option>``.
+
+    Call it before Hydra composes conf/ (storing again is harmless). Besides the package's own entry
+    points (``compose.compose``, ``python -m bilstm_exp``), the Hydra plugin module
+    ``hydra_plugins.bilstm_exp_schemas`` calls it whenever Hydra scans its plugins, which is how DVC's
+    own composition (``dvc exp run -S ...``) sees the schemas without importing this package itself.
+    """
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    for group, options in SCHEMAS.items():
+        for option in options:
+            store.store(group=f"{SCHEMA_GROUP}/{group}", name=option, node=schema_defaults(group, option),
+                        provider="bilstm_exp")
+
+
+def schema_digest() -> str:
+    """md5 of every registered default: changes whenever a default in this module does (for drift checks)."""
+    tree = {group: {option: schema_defaults(group, option) for option in options}
+            for group, options in SCHEMAS.items()}
+    return hashlib.md5(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _schema_for(group: str, node: Any) -> type:
@@ -393,7 +446,8 @@ def _explain(group: str, schema: type, error: OmegaConfBaseException) -> ConfigE
                            "Fix: remove it or correct its spelling")
     if isinstance(error, MissingMandatoryValue):
         return ConfigError(f"{key}: is required and has no value. Fix: pass it, e.g. {key}=...")
-    return ConfigError(f"{key}: {text}. Fix: give a value of the type in conf/{group}/")
+    return ConfigError(f"{key}: {text}. Fix: give a value of the type that {schema.__name__} declares "
+                       "(src/bilstm_exp/config.py)")
 
 
 def validate(cfg: DictConfig | dict) -> ExperimentConfig:
