@@ -21,6 +21,7 @@ from bilstm_exp.fast_lstm import FastLSTM, recurrent_layer, xla_apply  # noqa: E
 
 B, T, D, H = 4, 7, 5, 3
 VOCAB = 30
+ON_CPU = not tf.config.list_logical_devices("GPU")  # with a GPU visible, FastLSTM is Keras's (cuDNN) path
 
 
 def _masks():
@@ -65,7 +66,7 @@ def test_outputs_and_gradients_match_keras(go_backwards, return_sequences, retur
     # zero_output_for_mask: masked steps output zeros (Bidirectional sets it when returning sequences)
     ref, fast = _pair(go_backwards=go_backwards, return_sequences=return_sequences, return_state=return_state,
                       zero_output_for_mask=zero_output)
-    assert fast.uses_fast_path
+    assert fast.uses_fast_path == ON_CPU
     x = tf.constant(np.random.default_rng(0).normal(size=(B, T, D)).astype("float32"))
     for name, mask in _masks().items():
         ref_out, ref_grads = _outputs_and_grads(ref, x, mask)
@@ -77,7 +78,7 @@ def test_outputs_and_gradients_match_keras(go_backwards, return_sequences, retur
 
 def test_input_dropout_uses_the_same_mask_as_keras():
     ref, fast = _pair(dropout=0.5, seed=3, return_sequences=True)
-    assert fast.uses_fast_path
+    assert fast.uses_fast_path == ON_CPU
     x = tf.constant(np.random.default_rng(1).normal(size=(B, T, D)).astype("float32"))
     mask = _masks()["right_padding"]
     ref_out, ref_grads = _outputs_and_grads(ref, x, mask, training=True)
@@ -117,7 +118,7 @@ def test_bidirectional_training_matches_keras(sequences):
     fast = _model(FastLSTM, sequences)
     fast.set_weights(ref.get_weights())
     assert [v.path for v in fast.weights] == [v.path for v in ref.weights]
-    assert all(layer.uses_fast_path for layer in
+    assert all(layer.uses_fast_path == ON_CPU for layer in
                (fast.get_layer("bidirectional").forward_layer, fast.get_layer("bidirectional").backward_layer))
     x, y = _tokens()
 
@@ -147,7 +148,7 @@ def test_keras_files_load_both_ways(tmp_path):
 
     loaded = keras.models.load_model(tmp_path / "fast_lstm.keras")  # registered: no custom_objects
     layer = loaded.get_layer("bidirectional").forward_layer
-    assert type(layer) is FastLSTM and layer.uses_fast_path
+    assert type(layer) is FastLSTM and layer.uses_fast_path == ON_CPU
     np.testing.assert_allclose(loaded.predict(x, verbose=0), fast.predict(x, verbose=0), atol=1e-6)
 
     fast.load_weights(tmp_path / "keras_lstm.keras")  # Keras LSTM weights -> FastLSTM model
@@ -163,7 +164,7 @@ def test_mixed_precision_computes_in_float32_and_returns_the_compute_dtype():
     mixed.build((None, None, D))
     for m, r in zip(mixed.weights, ref.weights):
         m.assign(r)
-    assert mixed.uses_fast_path and mixed.cell.kernel.dtype == "float32"
+    assert mixed.uses_fast_path == ON_CPU and mixed.cell.kernel.dtype == "float32"
     x = np.random.default_rng(2).normal(size=(B, T, D)).astype("float16")
     mask = _masks()["right_padding"]
     out, grads = _outputs_and_grads(mixed, tf.constant(x), mask)
@@ -189,7 +190,7 @@ def test_fallbacks_compute_what_keras_computes():
     assert not fast.uses_fast_path
     assert _max_diff([fast(x)], [ref(x)]) < 1e-6
     ref, fast = _pair(return_state=True)  # an initial state: Keras's path, same result
-    assert fast.uses_fast_path
+    assert fast.uses_fast_path == ON_CPU
     state = [tf.ones((B, H)) * 0.1, tf.ones((B, H)) * -0.2]
     assert _max_diff(fast(x, initial_state=state), ref(x, initial_state=state)) < 1e-6
     stateful = FastLSTM(H, stateful=True)
