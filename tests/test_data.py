@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bilstm_exp import data
-from bilstm_exp.cli import compose
+from bilstm_exp.compose import compose
 from bilstm_exp.config import validate
 from bilstm_exp.errors import DataError
 

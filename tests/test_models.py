@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
+from dataclasses import dataclass
+
 import keras
 import numpy as np
 import pytest
 
-from bilstm_exp import models, optim
-from bilstm_exp.cli import compose
-from bilstm_exp.config import validate
+from bilstm_exp import architectures, data, models, optim, profiling
+from bilstm_exp.compose import CONF_DIR, compose
+from bilstm_exp.config import CLIPPING_MODES, SCHEMAS, ModelConfig, validate
 from tests.conftest import tiny
 
 ARCHITECTURES = ["basic", "attention", "stacked", "unidirectional"]
@@ -116,3 +119,47 @@ def test_schedules_warm_up_and_decay():
     schedule = optim.learning_rate(config.optimizer, steps_per_epoch=10, epochs=3)
     assert float(schedule(10)) == pytest.approx(5e-4)
     assert optim.learning_rate(validate(compose([])).optimizer, 10, 3) == 1e-3
+
+
+# --------------------------------------------------------------------------- registries
+
+
+def test_registries_agree_with_the_schemas():
+    """Every option of conf/model, conf/optimizer and conf/data has a builder, registered with its schema."""
+    assert {n: a.schema for n, a in architectures.REGISTRY.items()} == SCHEMAS["model"]
+    assert {n: o.schema for n, o in optim.OPTIMIZERS.items()} == SCHEMAS["optimizer"]
+    assert {n: s.schema for n, s in data.SOURCES.items()} == SCHEMAS["data"]
+    assert set(optim.CLIP_ARGUMENT) | {"none"} == set(CLIPPING_MODES)
+    with pytest.raises(ValueError, match="has no schema"):
+        architectures.register("transformer", flops=lambda cfg: None)(lambda *args: None)
+
+
+@dataclass
+class MeanModelConfig(ModelConfig):
+    name: str = "mean"  # bag of embeddings: the masked mean of the token vectors
+
+
+def test_a_new_architecture_is_a_schema_a_registered_builder_and_a_yaml(tmp_path, monkeypatch):
+    """The README's recipe, end to end: compose with its YAML, validate, build, train a step, count FLOPs."""
+    monkeypatch.setitem(SCHEMAS["model"], "mean", MeanModelConfig)
+    monkeypatch.setitem(architectures.REGISTRY, "mean", None)  # removed again after the test
+
+    def flops(cfg):
+        width = cfg.embedding_dim
+        return architectures.Flops(per_token=width, per_sample=width, features=width)
+
+    @architectures.register("mean", flops=flops)
+    def build(cfg, tokens, embedded, recurrent):
+        return keras.layers.GlobalAveragePooling1D(name="mean")(embedded)
+
+    shutil.copytree(CONF_DIR, tmp_path / "conf")
+    (tmp_path / "conf" / "model" / "mean.yaml").write_text("defaults:\n  - /schema/model/mean@_here_\n")
+    config = validate(compose(["model=mean", "model.embedding_dim=8"], conf_dir=tmp_path / "conf"))
+    assert isinstance(config.model, MeanModelConfig)
+    model = models.build(config.model, vocab_size=30, num_classes=2)
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    x, y = batch()
+    assert np.isfinite(model.train_on_batch(x, y, return_dict=True)["loss"])
+    assert model.get_layer("mean").output.shape[-1] == 8
+    # 8 adds per token; per text: 8 for the mean and 2 x 8 x 1 for the sigmoid head, over 10 tokens
+    assert profiling.train_flops_per_token(config.model, 2, 10) == pytest.approx(3 * (8 + 24 / 10))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from bilstm_exp.cli import compose
+from bilstm_exp.compose import compose
 from bilstm_exp.config import validate
 from tests.conftest import run_module, tiny
 

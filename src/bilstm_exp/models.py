@@ -1,8 +1,9 @@
 """Model builders: ``build(model_cfg, vocab_size, num_classes)`` -> a Functional Keras model.
 
-Architectures (``model.name``): ``basic`` (Embedding -> Bidirectional(LSTM) -> Dense),
-``attention`` (BiLSTM sequence -> additive attention -> Dense), ``stacked`` (several BiLSTMs),
-``unidirectional`` (one forward LSTM, the baseline).
+``build`` wraps the architecture named by ``model.name`` (a registry: ``bilstm_exp.architectures``,
+one module per architecture: ``basic``, ``attention``, ``stacked``, ``unidirectional``) in the parts
+every model shares: the token-id input, the masked embedding, the recurrent-layer factory
+:func:`_recurrent` and the classification head, inside a :class:`TelemetryModel`.
 
 GPU note: the recurrent layers keep Keras's cuDNN-compatible defaults (tanh/sigmoid, bias,
 no unrolling) and the inputs are right-padded with a mask from ``Embedding(mask_zero=True)``,
@@ -12,17 +13,13 @@ out and training falls back to the generic (several times slower) one.
 
 from __future__ import annotations
 
+import functools
+
 import keras
 import tensorflow as tf
 
-from bilstm_exp.config import (
-    AttentionModelConfig,
-    BasicModelConfig,
-    ModelConfig,
-    StackedModelConfig,
-    UnidirectionalModelConfig,
-)
-from bilstm_exp.layers import AdditiveAttention
+from bilstm_exp import architectures
+from bilstm_exp.config import ModelConfig
 
 
 class RunningMax(keras.metrics.Metric):
@@ -99,6 +96,7 @@ class TelemetryModel(keras.Model):
 
 
 def _recurrent(cfg: ModelConfig, units: int, name: str, **kwargs) -> keras.layers.Layer:
+    """The one recurrent-layer factory every architecture builds its layers with."""
     cell = keras.layers.LSTM if cfg.cell == "lstm" else keras.layers.GRU
     return cell(units, dropout=cfg.dropout, recurrent_dropout=cfg.recurrent_dropout, name=name, **kwargs)
 
@@ -113,34 +111,10 @@ def build(cfg: ModelConfig, vocab_size: int, num_classes: int) -> TelemetryModel
     """Build the configured architecture (uncompiled). Inputs: int32 token ids, 0 = padding."""
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    architecture = architectures.get(cfg)
     tokens = keras.Input(shape=(None,), dtype="int32", name="token_ids")
     x = keras.layers.Embedding(vocab_size, cfg.embedding_dim, mask_zero=True, name="embedding")(tokens)
-
-    if isinstance(cfg, AttentionModelConfig):
-        rnn = keras.layers.Bidirectional(
-            _recurrent(cfg, cfg.lstm_units, "lstm", return_sequences=True, return_state=True),
-            merge_mode=cfg.merge_mode, name="bidirectional")
-        outputs = rnn(x)
-        sequence, states = outputs[0], outputs[1:]
-        half = len(states) // 2  # LSTM: (h, c) per direction; GRU: (h,)
-        query = keras.layers.Concatenate(name="query")([states[0], states[half]])
-        token_mask = keras.ops.not_equal(tokens, 0)
-        features, _ = AdditiveAttention(cfg.attention_units, name="attention")(sequence, query, mask=token_mask)
-    elif isinstance(cfg, StackedModelConfig):
-        for i, units in enumerate(cfg.layer_sizes):
-            last = i == len(cfg.layer_sizes) - 1
-            x = keras.layers.Bidirectional(
-                _recurrent(cfg, units, f"lstm_{i}", return_sequences=not last),
-                merge_mode=cfg.merge_mode, name=f"bidirectional_{i}")(x)
-        features = x
-    elif isinstance(cfg, BasicModelConfig):
-        features = keras.layers.Bidirectional(
-            _recurrent(cfg, cfg.lstm_units, "lstm"), merge_mode=cfg.merge_mode, name="bidirectional")(x)
-    elif isinstance(cfg, UnidirectionalModelConfig):
-        features = _recurrent(cfg, cfg.lstm_units, "lstm")(x)
-    else:
-        raise ValueError(f"unknown architecture {cfg.name!r}; use basic, attention, stacked or unidirectional")
-
+    features = architecture.build(cfg, tokens, x, functools.partial(_recurrent, cfg))
     return TelemetryModel(tokens, _head(features, num_classes), name=cfg.name)
 
 

@@ -4,13 +4,23 @@ Clipping maps to Keras's own optimizer arguments (Keras allows one per optimizer
 ``clipping=norm`` -> ``clipnorm`` (each variable's gradient rescaled to that L2 norm),
 ``clipping=value`` -> ``clipvalue`` (element-wise), ``clipping=global_norm`` ->
 ``global_clipnorm`` (all gradients rescaled together, which keeps their direction).
+
+Optimizers are a registry, ``OPTIMIZERS``: ``optimizer.name`` -> schema (``config.SCHEMAS``) and a
+builder that makes the Keras optimizer from the config and the common arguments (learning rate or
+schedule, clipping). A new optimizer is one registered function here, its schema dataclass in
+config.py and its YAML in conf/optimizer/.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
 import keras
 
 from bilstm_exp.config import (
+    SCHEMAS,
     AdamWOptimizerConfig,
     ClippingConfig,
     OptimizerConfig,
@@ -18,7 +28,51 @@ from bilstm_exp.config import (
     SGDOptimizerConfig,
 )
 
+# clipping.name (config.CLIPPING_MODES, all but none) -> the Keras optimizer argument
 CLIP_ARGUMENT = {"norm": "clipnorm", "value": "clipvalue", "global_norm": "global_clipnorm"}
+
+
+@dataclass(frozen=True)
+class Optimizer:
+    name: str
+    schema: type[OptimizerConfig]
+    build: Callable[..., keras.optimizers.Optimizer]  # (cfg, **common) -> optimizer
+
+
+OPTIMIZERS: dict[str, Optimizer] = {}
+
+
+def register(name: str) -> Callable:
+    """Decorator: register ``build(cfg, **common)`` as optimizer ``name`` (schema: ``config.SCHEMAS``)."""
+
+    def add(build: Callable[..., keras.optimizers.Optimizer]) -> Callable[..., keras.optimizers.Optimizer]:
+        schema = SCHEMAS["optimizer"].get(name)
+        if schema is None:
+            raise ValueError(f"optimizer {name!r} has no schema: add its dataclass to config.SCHEMAS['optimizer']")
+        OPTIMIZERS[name] = Optimizer(name, schema, build)
+        return build
+
+    return add
+
+
+@register("adam")
+def _adam(cfg: OptimizerConfig, **common: Any) -> keras.optimizers.Optimizer:
+    return keras.optimizers.Adam(**common)
+
+
+@register("adamw")
+def _adamw(cfg: AdamWOptimizerConfig, **common: Any) -> keras.optimizers.Optimizer:
+    return keras.optimizers.AdamW(weight_decay=cfg.weight_decay, **common)
+
+
+@register("sgd")
+def _sgd(cfg: SGDOptimizerConfig, **common: Any) -> keras.optimizers.Optimizer:
+    return keras.optimizers.SGD(momentum=cfg.momentum, nesterov=cfg.nesterov, **common)
+
+
+@register("rmsprop")
+def _rmsprop(cfg: RMSpropOptimizerConfig, **common: Any) -> keras.optimizers.Optimizer:
+    return keras.optimizers.RMSprop(rho=cfg.rho, momentum=cfg.momentum, **common)
 
 
 @keras.saving.register_keras_serializable(package="bilstm_exp")
@@ -73,10 +127,8 @@ def build(cfg: OptimizerConfig, clipping: ClippingConfig, steps_per_epoch: int,
     kwargs = {"learning_rate": learning_rate(cfg, steps_per_epoch, epochs)}
     if clipping.name != "none":
         kwargs[CLIP_ARGUMENT[clipping.name]] = clipping.threshold
-    if isinstance(cfg, AdamWOptimizerConfig):
-        return keras.optimizers.AdamW(weight_decay=cfg.weight_decay, **kwargs)
-    if isinstance(cfg, SGDOptimizerConfig):
-        return keras.optimizers.SGD(momentum=cfg.momentum, nesterov=cfg.nesterov, **kwargs)
-    if isinstance(cfg, RMSpropOptimizerConfig):
-        return keras.optimizers.RMSprop(rho=cfg.rho, momentum=cfg.momentum, **kwargs)
-    return keras.optimizers.Adam(**kwargs)
+    entry = OPTIMIZERS.get(cfg.name)
+    if entry is None or not isinstance(cfg, entry.schema):
+        raise ValueError(f"unknown optimizer {cfg.name!r} for a {type(cfg).__name__}; "
+                         f"use one of {', '.join(OPTIMIZERS)}")
+    return entry.build(cfg, **kwargs)

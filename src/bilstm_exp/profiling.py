@@ -26,6 +26,9 @@ from typing import Any
 import keras
 import numpy as np
 
+from bilstm_exp import architectures
+from bilstm_exp.architectures import recurrent_flops  # noqa: F401  (the per-direction count, re-exported)
+
 
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far (ru_maxrss is KiB on Linux, bytes on macOS)."""
@@ -100,62 +103,21 @@ def model_size_mb(model: keras.Model) -> float:
 
 # --------------------------------------------------------------------------- compute cost
 
-LSTM_GATES, GRU_GATES = 4, 3
-# Element-wise FLOPs per unit per time step, beyond the matmuls. LSTM: 4 bias adds, 5 activations
-# (3 sigmoid gates, tanh candidate, tanh of the cell), c = f*c + i*g (3), h = o*tanh(c) (1) -> 13.
-# GRU (reset_after, Keras's default): 6 bias adds, 3 activations, r*(W_h h) (1), the new h as
-# z*h + (1-z)*candidate (3) -> 13.
-LSTM_ELEMENTWISE, GRU_ELEMENTWISE = 13, 13
 TRAIN_OVER_FORWARD = 3.0  # backward ~ 2x forward (gradients w.r.t. inputs and weights)
-
-
-def recurrent_flops(d_in: int, units: int, cell: str = "lstm") -> float:
-    """Forward FLOPs of one recurrent direction for one token: ``2*G*(d_in+h)*h + E*h``.
-
-    ``G`` gates (LSTM 4, GRU 3), each an input and a recurrent matmul (a multiply-add is 2 FLOPs),
-    plus ``E`` element-wise FLOPs per unit (see ``LSTM_ELEMENTWISE``).
-    """
-    gates, elementwise = (LSTM_GATES, LSTM_ELEMENTWISE) if cell == "lstm" else (GRU_GATES, GRU_ELEMENTWISE)
-    return 2.0 * gates * (d_in + units) * units + elementwise * units
-
-
-def _merged(units: int, merge_mode: str) -> int:
-    return 2 * units if merge_mode == "concat" else units
 
 
 def forward_flops(model_cfg, num_classes: int) -> tuple[float, float]:
     """(per-token, per-sample) forward FLOPs of an architecture built by ``models.build``.
 
     * Embedding: a lookup, 0 FLOPs.
-    * Recurrent layer: :func:`recurrent_flops` per token and direction (x2 when bidirectional).
-      Stacked layers take the previous layer's merged width as ``d_in``.
-    * Attention (``D`` = merged width, ``a`` = attention units): per token
-      ``2*D*a`` (W1 h_t) + ``2*a`` (add W2 q, tanh) + ``2*a`` (v) + ``3`` (softmax) + ``2*D`` (weighted
-      sum); per sample ``2*(2h)*a`` (W2 q; the query is both directions' final ``h``).
+    * The architecture's body: its own count, next to its builder (``architectures/<name>.py``,
+      from :func:`~bilstm_exp.architectures.recurrent_flops` per token and direction).
     * Head: per sample ``2*F*k`` with ``F`` features and ``k`` outputs (1 for two classes).
     Masked (padded) positions are not counted: these are FLOPs per real token.
     """
-    cell = model_cfg.cell
-    dim = model_cfg.embedding_dim
+    body = architectures.get(model_cfg).flops(model_cfg)
     outputs = 1 if num_classes == 2 else num_classes
-    merge = getattr(model_cfg, "merge_mode", "concat")
-    per_token = per_sample = 0.0
-    if model_cfg.name == "stacked":
-        for units in model_cfg.layer_sizes:
-            per_token += 2 * recurrent_flops(dim, units, cell)
-            dim = _merged(units, merge)
-    elif model_cfg.name == "unidirectional":
-        per_token += recurrent_flops(dim, model_cfg.lstm_units, cell)
-        dim = model_cfg.lstm_units
-    else:  # basic, attention
-        per_token += 2 * recurrent_flops(dim, model_cfg.lstm_units, cell)
-        dim = _merged(model_cfg.lstm_units, merge)
-        if model_cfg.name == "attention":
-            a = model_cfg.attention_units
-            per_token += 2 * dim * a + 4 * a + 3 + 2 * dim
-            per_sample += 2 * (2 * model_cfg.lstm_units) * a
-    per_sample += 2 * dim * outputs
-    return per_token, per_sample
+    return body.per_token, body.per_sample + 2 * body.features * outputs
 
 
 def train_flops_per_token(model_cfg, num_classes: int, mean_length: float) -> float:
