@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test lint ui clean browser screenshot
+.PHONY: help install run test lint ui clean browser screenshot plots-screenshot plots-template
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -29,6 +29,12 @@ browser: ## Debian's chromium for the UI test (apt-get install when /usr/bin/chr
 
 screenshot: $(STAMP) browser ## re-record docs/mlflow-compare.png (the README's run comparison)
 	UPDATE_SCREENSHOTS=1 $(PY) -m pytest tests/test_ui.py
+
+plots-screenshot: $(STAMP) browser ## re-record docs/dvc-plots.png (the offline `dvc plots show` page)
+	UPDATE_SCREENSHOTS=1 $(PY) -m pytest tests/test_dvc.py -k plots_page
+
+plots-template: ## rebuild dvc_plots_template/index.html from the pinned vega releases (needs npm)
+	$(PY) dvc_plots_template/build.py
 
 lint: $(STAMP) ## ruff
 	$(VENV)/bin/ruff check src tests

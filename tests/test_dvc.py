@@ -2,6 +2,11 @@
 
 The copy gets tiny params (a few hundred synthetic examples, one epoch, 8 units) composed from its
 own conf/ by `bilstm-exp compose-params`, and its own MLflow store (mlflow.db in the copy).
+
+The page `dvc plots show` writes is opened in headless Debian Chromium (Playwright) with every
+request that is not a local file aborted, as tests/test_ui.py does with the MLflow UI; it skips when
+/usr/bin/chromium is missing (`make browser`). `make plots-screenshot` (UPDATE_SCREENSHOTS=1)
+re-records docs/dvc-plots.png.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -22,6 +28,14 @@ from tests.conftest import ROOT, TINY
 
 BIN = Path(sys.executable).parent  # dvc and bilstm-exp of this environment
 TINY_PARAMS = [*TINY, "model.lstm_units=8"]
+# The first repro of the shared pipeline: a few epochs that learn something, so the plots have curves.
+REPRO_PARAMS = [*(o for o in TINY_PARAMS if not o.startswith("training.epochs=")), "training.epochs=4",
+                "training.early_stopping.enabled=false", "optimizer.learning_rate=0.004"]
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+PLOTS_SCREENSHOT = ROOT / "docs" / "dvc-plots.png"
 
 
 def env_for(repo: Path) -> dict[str, str]:
@@ -103,6 +117,10 @@ def running_runs(db: Path) -> int:
         return 0
 
 
+def git_ignores(repo: Path, path: str) -> bool:
+    return sh(repo, "git", "check-ignore", "-q", path, check=False).returncode == 0
+
+
 def lock_md5(repo: Path, stage: str, path: str, section: str = "deps") -> str:
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     return next(e["md5"] for e in lock["stages"][stage][section] if e["path"] == path)
@@ -176,12 +194,92 @@ def test_outputs_appear_only_when_the_stage_succeeds(tmp_path):
 # --------------------------------------------------------------------------- the pipeline
 
 
+@dataclass
+class Reproduced:
+    repo: Path
+    first: subprocess.CompletedProcess  # the output of its first `dvc repro`
+
+
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory) -> Reproduced:
+    """A project copy after its first `dvc repro`, shared by the tests below (the plots test only reads it,
+    and runs first; the repro test goes on to change it)."""
+    repo = project_copy(tmp_path_factory.mktemp("reproduced"), *REPRO_PARAMS)
+    return Reproduced(repo, dvc(repo, "repro"))
+
+
+COLOURED_PIXELS = """canvas => {  // pixels of the marks (lines, bars, cells): coloured, unlike the grey axes and text
+    const pixels = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+    let coloured = 0;
+    for (let i = 0; i < pixels.length; i += 4) {
+        const [r, g, b, a] = pixels.slice(i, i + 4);
+        if (a > 0 && Math.max(r, g, b) - Math.min(r, g, b) > 60) coloured++;
+    }
+    return coloured;
+}"""
+
+
 @pytest.mark.slow
-def test_repro_reruns_what_changed_and_links_dvc_and_mlflow(tmp_path):
-    repo = project_copy(tmp_path, *TINY_PARAMS)
+def test_plots_page_renders_offline_in_chromium(reproduced, tmp_path):
+    repo = reproduced.repo
+    assert ran(reproduced.first) == {"prepare", "train", "evaluate"}
+    shown = dvc(repo, "plots", "show")
+    page_file = repo / "dvc_plots" / "index.html"
+    assert page_file.as_uri() in shown.stdout
+    html = page_file.read_text(encoding="utf-8")
+    assert not re.search(r"<script[^>]*\ssrc=", html), "the page must load no script file (DVC's own page uses a CDN)"
+    assert "cdn.jsdelivr.net" not in html
+    names = [next(iter(plot)) for plot in yaml.safe_load((repo / "dvc.yaml").read_text())["plots"]]
+    assert git_ignores(repo, "dvc_plots/index.html")
+
+    if not CHROMIUM.exists():
+        pytest.skip("the page was written offline, but Debian's chromium is not installed at /usr/bin/chromium to "
+                    "render it: run `make browser` as root (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e .[dev])")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 900})
+            outside, failed, errors = [], [], []
+
+            def local_only(route):  # the page must need nothing but itself: every other request is aborted
+                if route.request.url.startswith("file://"):
+                    route.continue_()
+                else:
+                    outside.append(route.request.url)
+                    route.abort()
+
+            page.route("**/*", local_only)
+            page.on("requestfailed", lambda request: failed.append(request.url))
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+            page.goto(page_file.as_uri())
+            for name in names:  # vega-embed draws each plot's chart on a canvas inside the plot's div
+                page.locator(f'[id="{name}"] canvas').wait_for(timeout=30_000)
+            page.wait_for_timeout(500)  # let the last charts finish drawing
+            for name in names:
+                canvas = page.locator(f'[id="{name}"] canvas')
+                box = canvas.bounding_box()
+                assert box and box["width"] > 100 and box["height"] > 100, (name, box)
+                assert canvas.evaluate(COLOURED_PIXELS) > 200, f"{name}: the chart has axes but no data drawn"
+            assert outside == [] and failed == [] and errors == [], (outside, failed, errors)
+
+            shot = tmp_path / "dvc-plots.png"
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    if os.environ.get("UPDATE_SCREENSHOTS") == "1":
+        PLOTS_SCREENSHOT.parent.mkdir(exist_ok=True)
+        shutil.copyfile(shot, PLOTS_SCREENSHOT)
+
+
+@pytest.mark.slow
+def test_repro_reruns_what_changed_and_links_dvc_and_mlflow(reproduced):
+    repo = reproduced.repo
 
     # a fresh clone: all three stages run
-    first = dvc(repo, "repro")
+    first = reproduced.first
     assert ran(first) == {"prepare", "train", "evaluate"}
     assert (repo / "data/prepared/splits.npz").is_file() and (repo / "artifacts/model/model.keras").is_file()
     stats = read_json(repo / "reports/prepare/stats.json")
@@ -240,8 +338,13 @@ def test_repro_reruns_what_changed_and_links_dvc_and_mlflow(tmp_path):
     overrides = [*TINY_PARAMS, "data.num_samples=200", "model=attention", "model.attention_units=8"]
     experiment = dvc(repo, "exp", "run", "-n", "tiny-attention", *(a for o in overrides for a in ("-S", o)))
     assert ran(experiment) == {"prepare", "train", "evaluate"}
-    params = yaml.safe_load((repo / "params.yaml").read_text())
+    text = (repo / "params.yaml").read_text()
+    params = yaml.safe_load(text)
     assert params["model"]["name"] == "attention" and params["data"]["num_samples"] == 200
+    # DVC wrote the bare composition; the first stage put the header back, with the conf/ it came from
+    assert text.startswith(pipeline.HEADER) and "# composed by: dvc exp run (tiny-attention)" in text
+    conf = repo / "conf"
+    assert pipeline.read_stamp(text) == pipeline.conf_md5(conf, pipeline.composed_groups(conf, params))
     exp_run_id = read_json(repo / "reports/train/metrics.json")["mlflow_run_id"]
     tags = client.get_run(exp_run_id).data.tags
     assert tags["dvc_exp_name"] == "tiny-attention" and tags["architecture"] == "attention"
