@@ -1,7 +1,10 @@
-"""Shared fixtures: tiny configs, a temporary MLflow store, and the CLI as a subprocess.
+"""Shared fixtures: tiny configs, a temporary MLflow store, runs trained once per session, and the
+CLI as a subprocess.
 
 Everything is real: Hydra composes conf/, MLflow writes a sqlite store in a temporary folder,
-TensorFlow trains tiny models on a few hundred synthetic examples.
+TensorFlow trains tiny models on a few hundred synthetic examples. Tests that only read what a run
+recorded use :func:`trained` (one basic and one attention run, trained once for the whole session)
+instead of training their own.
 """
 
 from __future__ import annotations
@@ -9,7 +12,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,6 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
+# Caches (the matmul peak) go to a temporary folder, never into the user's home.
+os.environ["BILSTM_EXP_CACHE_DIR"] = tempfile.mkdtemp(prefix="bilstm-exp-test-cache-")
 
 # Small enough that one epoch of any architecture takes a second or two on a CPU.
 TINY = [
@@ -42,6 +50,48 @@ def workdir(tmp_path, monkeypatch) -> Path:
     if mlflow.active_run():
         mlflow.end_run()
     mlflow.set_tracking_uri(None)
+
+
+@dataclass
+class Trained:
+    """A project folder whose default store (mlflow.db, mlartifacts/) holds two finished runs:
+    ``basic`` (registered as version 1 of bilstm-sentiment, profiling=trace) and ``attention``
+    (version 2), each trained for 2 epochs without early stopping. Read it, never write to it."""
+
+    folder: Path
+    uri: str
+    basic: Any  # training.RunResult
+    attention: Any
+    basic_overrides: list[str]
+    attention_overrides: list[str]
+
+    def client(self):
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(self.uri)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> Trained:
+    import mlflow
+
+    from bilstm_exp import training
+    from bilstm_exp.compose import compose
+    from bilstm_exp.config import validate
+
+    folder = tmp_path_factory.mktemp("trained")
+    common = ["training.epochs=2", "training.early_stopping.enabled=false"]
+    basic = tiny("basic", *common, "profiling=trace", "profiling.trace_start_step=1", "profiling.trace_steps=2")
+    attention = tiny("attention", *common)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        try:
+            results = [training.run(validate(compose(o)), root=folder, overrides=o) for o in (basic, attention)]
+        finally:
+            if mlflow.active_run():
+                mlflow.end_run()
+            mlflow.set_tracking_uri(None)
+    return Trained(folder, f"sqlite:///{folder / 'mlflow.db'}", *results, basic, attention)
 
 
 def run_module(args: list[str], cwd: Path, timeout: float = 300, env: dict | None = None,

@@ -22,12 +22,6 @@ POSITIVE = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def peak_cache(tmp_path, monkeypatch):
-    """Keep the matmul-peak cache out of the user's home."""
-    monkeypatch.setenv("BILSTM_EXP_CACHE_DIR", str(tmp_path / "cache"))
-
-
 def _train(*overrides: str):
     from bilstm_exp import training
 
@@ -81,11 +75,9 @@ def test_matmul_peak_is_measured_once_and_cached(tmp_path):
 # --------------------------------------------------------------------------- tracked runs
 
 
-@pytest.mark.slow
-def test_every_cost_metric_is_recorded_and_sane(workdir):
-    result = _train("basic", "training.epochs=2", "profiling=trace", "profiling.trace_start_step=1",
-                    "profiling.trace_steps=2")
-    client = MlflowClient()
+def test_every_cost_metric_is_recorded_and_sane(trained, tmp_path):
+    result = trained.basic  # profiling=trace, 2 epochs
+    client = trained.client()
     metrics = client.get_run(result.run_id).data.metrics
     for key in POSITIVE:
         assert key in metrics, key
@@ -101,7 +93,7 @@ def test_every_cost_metric_is_recorded_and_sane(workdir):
     assert _history(client, result.run_id, "grad/clip_fraction") == [0.0, 0.0]
     assert all(v > 0 for v in _history(client, result.run_id, "grad/global_norm_max"))
     # profiling=trace: a TensorBoard-readable profiler trace under the artifact folder profile/
-    local = client.download_artifacts(result.run_id, "profile", str(workdir / "downloaded"))
+    local = client.download_artifacts(result.run_id, "profile", str(tmp_path))
     traces = list(Path(local).glob("plugins/profile/*/*.xplane.pb"))
     assert traces and traces[0].stat().st_size > 0
 

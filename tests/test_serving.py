@@ -15,10 +15,6 @@ import pandas as pd
 import pytest
 import requests
 
-from bilstm_exp import training
-from bilstm_exp.cli import compose
-from bilstm_exp.config import validate
-from tests.conftest import tiny
 from tests.servers import model_server
 
 pytestmark = pytest.mark.slow
@@ -28,17 +24,10 @@ MODEL = "models:/bilstm-sentiment/1"
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """A project folder whose default store (mlflow.db) holds version 1 of bilstm-sentiment."""
-    folder = tmp_path_factory.mktemp("serving-store")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(folder)
-        try:
-            result = training.run(validate(compose(tiny("basic"))), root=folder)
-        finally:
-            mlflow.set_tracking_uri(None)
-    expected = result.classifier.predict(None, TEXTS)  # the trained model in memory
-    return {"folder": folder, "uri": f"sqlite:///{folder / 'mlflow.db'}", "expected": expected}
+def store(trained):
+    """The session's trained project folder: its mlflow.db holds version 1 (the basic run) of bilstm-sentiment."""
+    expected = trained.basic.classifier.predict(None, TEXTS)  # the trained model in memory
+    return {"folder": trained.folder, "uri": trained.uri, "expected": expected}
 
 
 def _check(predictions: pd.DataFrame, expected: pd.DataFrame) -> None:

@@ -15,11 +15,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from bilstm_exp import context, training
+from bilstm_exp.cli import compose
+from bilstm_exp.config import validate
 from bilstm_exp.tracking import registry, store
 from bilstm_exp.tracking.callback import MLflowLogger, metric_name
 from bilstm_exp.tracking.session import Session
-from bilstm_exp.cli import compose
-from bilstm_exp.config import validate
 from tests.conftest import ROOT, tiny
 
 slow = pytest.mark.slow
@@ -36,45 +36,45 @@ def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -
     return found
 
 
-@slow
-def test_attention_run_records_params_tags_metrics_and_artifacts(workdir):
-    config = validate(compose(tiny("attention", "training.epochs=2", "training.early_stopping.enabled=false")))
-    result = training.run(config, root=workdir, overrides=["model=attention", "training.epochs=2"])
-    client = client_for(workdir)
+def test_attention_run_records_params_tags_metrics_and_artifacts(trained):
+    result = trained.attention
+    client = trained.client()
     run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
 
     params = run.data.params
     assert params["model.attention_units"] == "8" and params["model.name"] == "attention"
+    assert params["training.epochs"] == "2" and params["optimizer.learning_rate"] == "0.001"
     assert int(params["derived.vocab_size"]) > 10 and int(params["derived.trainable_params"]) > 100
     assert int(params["derived.max_length"]) <= 48
 
     tags = run.data.tags
     assert tags["architecture"] == "attention"
-    assert tags["hydra_overrides"] == "model=attention training.epochs=2"
+    assert tags["hydra_overrides"] == " ".join(trained.attention_overrides)
     assert tags["data_md5"] == result.prepared.md5()
     assert "attention" in tags["mlflow.note.content"]
 
-    for key in ("train/loss", "val/accuracy", "val/auc", "lr", "attention/entropy", "grad/global_norm_mean",
-                "time/epoch_s"):
+    for key in ("train/loss", "train/accuracy", "val/loss", "val/accuracy", "val/auc", "lr", "attention/entropy",
+                "grad/global_norm_mean", "time/epoch_s"):
         assert [m.step for m in client.get_metric_history(result.run_id, key)] == [0, 1], key
+    for key in ("test/loss", "test/accuracy", "test/auc"):
+        assert 0 <= run.data.metrics[key] <= (1 if key != "test/loss" else 100)
     entropy = client.get_metric_history(result.run_id, "attention/entropy")[-1].value
-    assert 0 < entropy <= np.log(48)
-
+    assert 0 < entropy <= np.log(48)  # nats over at most 48 tokens
     files = artifact_paths(client, result.run_id)
     assert {"config.yaml", "overrides.yaml", "reports/training_curves.png", "reports/confusion_matrix.png",
             "reports/classification_report.txt", "reports/vocab.json", "attention/attention.png",
             "attention/attention.json"} <= files
-    heatmap = json.loads(open(client.download_artifacts(result.run_id, "attention/attention.json")).read())
+    heatmap = json.loads(open(client.download_artifacts(result.run_id, "attention/attention.json",
+                                                        str(trained.folder / "downloads"))).read())
     assert len(heatmap) == 4
     for example in heatmap:
         assert len(example["tokens"]) == len(example["weights"])
         assert sum(example["weights"]) == pytest.approx(1.0, abs=1e-3)
 
 
-@slow
-def test_basic_run_has_no_attention_artifacts(workdir):
-    result = training.run(validate(compose(tiny("basic"))), root=workdir)
-    files = artifact_paths(client_for(workdir), result.run_id)
+def test_basic_run_has_no_attention_artifacts(trained):
+    files = artifact_paths(trained.client(), trained.basic.run_id)
     assert "reports/confusion_matrix.png" in files and not any(f.startswith("attention/") for f in files)
 
 
@@ -103,16 +103,22 @@ def test_champion_moves_only_to_a_better_version(workdir):
     assert all(d["run_id"] for d in decisions)
 
 
-@slow
-def test_every_run_registers_a_version_and_the_first_becomes_champion(workdir):
-    result = training.run(validate(compose(tiny("basic"))), root=workdir)
-    client = client_for(workdir)
+def test_every_run_registers_a_version_and_the_first_becomes_champion(trained):
+    client = trained.client()
+    versions = {v.run_id: v for v in client.search_model_versions("name='bilstm-sentiment'")}
+    assert set(versions) == {trained.basic.run_id, trained.attention.run_id}
+    first = versions[trained.basic.run_id]
+    assert str(first.version) == "1" and first.tags["champion.decision"] == "promoted"
+    assert versions[trained.attention.run_id].tags["champion.decision"] in ("promoted", "kept")
     champion = client.get_model_version_by_alias("bilstm-sentiment", "champion")
-    assert champion.run_id == result.run_id
-    assert champion.tags["champion.decision"] == "promoted"
-    loaded = mlflow.pyfunc.load_model("models:/bilstm-sentiment@champion")
+    mlflow.set_tracking_uri(trained.uri)
+    try:
+        loaded = mlflow.pyfunc.load_model("models:/bilstm-sentiment@champion")
+    finally:
+        mlflow.set_tracking_uri(None)
     out = loaded.predict(["great superb brilliant", "awful dull boring"])
     assert len(out) == 2 and set(out["label"]) <= {"negative", "positive"}
+    assert champion.run_id in versions
 
 
 @slow

@@ -92,7 +92,7 @@ def _log(message: str) -> None:
 
 
 def _config(overrides: list[str]):
-    from bilstm_exp.cli import compose
+    from bilstm_exp.compose import compose
     from bilstm_exp.config import validate
 
     return validate(compose(["training.verbose=0", "training.early_stopping.enabled=false", *overrides]))

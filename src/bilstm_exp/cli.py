@@ -19,24 +19,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from bilstm_exp.compose import CONF_DIR, compose  # noqa: F401  (CONF_DIR, compose: also used by the tests)
 from bilstm_exp.config import ExperimentConfig, validate
-from bilstm_exp.errors import ConfigError, exit_on_user_error, fail
+from bilstm_exp.errors import exit_on_user_error, fail
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 INTERRUPTED = ("the run ended KILLED; its last finished epoch is checkpointed in checkpoints/<run_id>/. "
                "Continue it with the same overrides plus training.resume=true")
-
-
-def compose(overrides: list[str]) -> DictConfig:
-    """Compose conf/ with Hydra overrides, outside of @hydra.main; Hydra's errors become ConfigError."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return hydra_compose(config_name="config", overrides=overrides)
-    except Exception as error:  # Hydra: unknown group option, bad override syntax
-        raise ConfigError(f"{error}".strip()) from None
 
 
 def train(config: ExperimentConfig, overrides: list[str], **run_kwargs):

@@ -152,10 +152,12 @@ class ModelConfig:
     cell: str = "lstm"  # recurrent cell: lstm or gru
     dropout: float = 0.0  # dropout on the recurrent layer's inputs, in [0, 1)
     recurrent_dropout: float = 0.0  # in [0, 1); non-zero disables the cuDNN kernel on a GPU (much slower)
+    kernel: str = "fast"  # fast: the CPU fast path (FastLSTM + an XLA optimizer step), cuDNN on a GPU; keras
 
     def __post_init__(self) -> None:
         _positive(self.embedding_dim, "model.embedding_dim", 64)
         _choice(self.cell, CELLS, "model.cell")
+        _choice(self.kernel, ("fast", "keras"), "model.kernel")
         _fraction(self.dropout, "model.dropout", 0.2)
         _fraction(self.recurrent_dropout, "model.recurrent_dropout", 0.0)
 

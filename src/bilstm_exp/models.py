@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from bilstm_exp import architectures
 from bilstm_exp.config import ModelConfig
+from bilstm_exp.fast_lstm import recurrent_layer, xla_apply
 
 
 class RunningMax(keras.metrics.Metric):
@@ -56,6 +57,7 @@ class TelemetryModel(keras.Model):
         self.grad_norm_mean = keras.metrics.Mean(name="grad_norm_mean")
         self.grad_norm_max = RunningMax(name="grad_norm_max")
         self.grad_clip_fraction = keras.metrics.Mean(name="grad_clip_fraction")
+        self.xla_optimizer_step = False  # the optimizer update as one XLA cluster (set by training on a CPU)
 
     def _clipped(self, grads, global_norm):
         opt = getattr(self.optimizer, "inner_optimizer", self.optimizer)
@@ -79,7 +81,10 @@ class TelemetryModel(keras.Model):
         if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
             norm = norm / tf.cast(self.optimizer.dynamic_scale, norm.dtype)
         clipped = self._clipped(grads, norm)
-        self.optimizer.apply(grads, self.trainable_variables)
+        if self.xla_optimizer_step:
+            xla_apply(self.optimizer, grads, self.trainable_variables)
+        else:
+            self.optimizer.apply(grads, self.trainable_variables)
         self.grad_norm_mean.update_state(norm)
         self.grad_norm_max.update_state(norm)
         self.grad_clip_fraction.update_state(tf.cast(clipped, "float32"))
@@ -96,9 +101,10 @@ class TelemetryModel(keras.Model):
 
 
 def _recurrent(cfg: ModelConfig, units: int, name: str, **kwargs) -> keras.layers.Layer:
-    """The one recurrent-layer factory every architecture builds its layers with."""
-    cell = keras.layers.LSTM if cfg.cell == "lstm" else keras.layers.GRU
-    return cell(units, dropout=cfg.dropout, recurrent_dropout=cfg.recurrent_dropout, name=name, **kwargs)
+    """The one recurrent-layer factory every architecture builds its layers with (``model.kernel``:
+    FastLSTM's CPU fast path or Keras's LSTM; GRU is always Keras's)."""
+    return recurrent_layer(cfg.cell, units, kernel=cfg.kernel, dropout=cfg.dropout,
+                           recurrent_dropout=cfg.recurrent_dropout, name=name, **kwargs)
 
 
 def _head(features, num_classes: int):

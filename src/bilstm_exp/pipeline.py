@@ -61,11 +61,14 @@ RECOMPOSE = ("run `dvc exp run` (it recomposes conf/ into params.yaml; add -S KE
 def conf_md5(conf_dir: Path, groups: list[str]) -> str:
     """Hash of what conf/config.yaml and the given groups' folders say: each YAML file's relative
     path and parsed content (comments and formatting do not count). config.yaml's ``hydra:`` section
-    (output folders, callbacks) never reaches params.yaml, so it does not count either."""
+    (output folders, callbacks) never reaches params.yaml, so it does not count either. The defaults
+    the YAML files extend (the schemas in config.py) count too."""
+    from bilstm_exp.config import schema_digest
+
     files = [conf_dir / "config.yaml"]
     for group in sorted(groups):
         files += sorted(p for p in (conf_dir / group).rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
-    digest = hashlib.md5()
+    digest = hashlib.md5(schema_digest().encode())
     for path in files:
         if not path.is_file():
             continue
@@ -87,19 +90,11 @@ def composed_groups(conf_dir: Path, params: dict[str, Any]) -> list[str]:
 
 def compose(root: Path, overrides: list[str]) -> str:
     """conf/ composed with Hydra overrides, as YAML text exactly as `dvc exp run` writes it."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
     from omegaconf import OmegaConf
 
-    conf_dir = (root / CONF).resolve()
-    if not (conf_dir / "config.yaml").is_file():
-        raise ConfigError(f"{conf_dir}: no config.yaml. Fix: run this in the project root (where conf/ is)")
-    try:
-        with initialize_config_dir(config_dir=str(conf_dir), version_base=None):
-            cfg = hydra_compose(config_name="config", overrides=overrides)
-    except Exception as error:  # Hydra: unknown group option, bad override syntax
-        raise ConfigError(f"cannot compose conf/ with {' '.join(overrides) or 'no overrides'}: "
-                          f"{str(error).strip().splitlines()[0]}. Fix: correct the override") from None
+    from bilstm_exp.compose import compose as hydra_compose
+
+    cfg = hydra_compose(overrides, conf_dir=root / CONF)
     OmegaConf.resolve(cfg)
     return OmegaConf.to_yaml(cfg)
 

@@ -69,6 +69,9 @@ def compile_model(config: ExperimentConfig, prepared: data_mod.PreparedData, ste
         loss, metrics = "sparse_categorical_crossentropy", [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics,
                   steps_per_execution=config.training.steps_per_execution)
+    if isinstance(model, models.TelemetryModel):  # model.kernel=fast on a CPU: one XLA launch per update
+        model.xla_optimizer_step = (config.model.kernel == "fast" and not config.training.mixed_precision
+                                    and not tf.config.list_physical_devices("GPU"))
     return model
 
 
