@@ -147,8 +147,9 @@ class RunAs:
         return self.uid == os.geteuid()
 
     def run(self, args: list[str], *, timeout: float = 120, env: dict[str, str] | None = None,
-            check: bool = True) -> subprocess.CompletedProcess:
+            check: bool = True, new_session: bool = False) -> subprocess.CompletedProcess:
         kwargs = {} if self.is_self else {"user": self.uid, "group": self.gid, "extra_groups": []}
+        kwargs["start_new_session"] = new_session  # a daemon outside our process group: Ctrl-C reaches us first
         full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8",
                     "HOME": self.home if not self.is_self else os.environ.get("HOME", self.home), **(env or {})}
         result = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=full_env,
@@ -198,8 +199,9 @@ class Postgres:
         """SQLAlchemy URL without a password: libpq reads it from PGPASSFILE."""
         return f"postgresql://{DB_ROLE}@{HOST}:{self.port}/{database}"
 
-    def pg_ctl(self, *args: str, timeout: float = 90) -> subprocess.CompletedProcess:
-        return self.run_as.run([str(self.bindir / "pg_ctl"), "-D", str(self.data), *args], timeout=timeout)
+    def pg_ctl(self, *args: str, timeout: float = 90, new_session: bool = False) -> subprocess.CompletedProcess:
+        return self.run_as.run([str(self.bindir / "pg_ctl"), "-D", str(self.data), *args], timeout=timeout,
+                               new_session=new_session)
 
     def psql(self, database: str, sql: str) -> str:
         """Run SQL through the trusted local socket (no password) as the cluster's superuser role."""
@@ -239,7 +241,7 @@ class Postgres:
             log.touch(mode=0o600)
             self.run_as.chown(log)
         try:
-            self.pg_ctl("-o", options, "-l", str(log), "-w", "-t", "60", "start", timeout=90)
+            self.pg_ctl("-o", options, "-l", str(log), "-w", "-t", "60", "start", timeout=90, new_session=True)
         except ServerError as error:
             raise ServerError(f"PostgreSQL did not start on port {self.port}: {error}\n{tail(log)}") from None
 
@@ -338,6 +340,9 @@ class TeamServer:
         if self.process is not None:
             stop_process(self.process)
             self.process = None
+            info_path = self.state_dir / "server.json"
+            with contextlib.suppress(OSError, ValueError):  # a later `stop` must not signal a reused pid
+                info_path.write_text(json.dumps({**json.loads(info_path.read_text()), "mlflow_pid": None}, indent=2))
         with contextlib.suppress(ServerError, subprocess.SubprocessError):
             self.postgres.stop()
         if remove:
@@ -427,7 +432,7 @@ def start(state_dir: Path | str = DEFAULT_DIR, *, port: int = 0, db_port: int = 
     port = port or free_port()
     tracking_uri = f"http://{HOST}:{port}"
     info = {"postgres_folder": str(pg_folder), "db_port": pg.port, "tracking_uri": tracking_uri,
-            "db_url_optuna": pg.url("optuna")}
+            "db_url_optuna": pg.url("optuna"), "mlflow_pid": None}
     info_path.write_text(json.dumps(info, indent=2))
     artifacts = state_dir / "artifacts"
     artifacts.mkdir(exist_ok=True)
@@ -447,6 +452,7 @@ def start(state_dir: Path | str = DEFAULT_DIR, *, port: int = 0, db_port: int = 
     with open(log, "ab") as out:
         process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=state_dir, env=env,
                                    start_new_session=True)
+    info_path.write_text(json.dumps({**info, "mlflow_pid": process.pid}, indent=2))
     server = TeamServer(state_dir, tracking_uri, pg, process)
     try:
         wait_healthy(f"{tracking_uri}/health", process, log, timeout_s)
@@ -460,6 +466,33 @@ def start(state_dir: Path | str = DEFAULT_DIR, *, port: int = 0, db_port: int = 
         f"PGPASSFILE={state_dir / 'pgpass'}\n",
     ]))
     return server
+
+
+def stop_dir(state_dir: Path | str) -> bool:
+    """Stop what a ``start`` on STATE_DIR left running (its foreground command was killed, say): the MLflow
+    server's process group and the PostgreSQL cluster. True when something was running."""
+    info_path = Path(state_dir) / "server.json"
+    if not info_path.is_file():
+        return False
+    info = json.loads(info_path.read_text())
+    stopped = False
+    pid = info.get("mlflow_pid")
+    if pid:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(int(pid), signal.SIGTERM)
+            stopped = True
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                os.killpg(int(pid), 0)
+                time.sleep(0.2)
+            os.killpg(int(pid), signal.SIGKILL)
+    folder = Path(info.get("postgres_folder", ""))
+    if (folder / "data").is_dir():
+        pg = Postgres(folder, int(info["db_port"]), RunAs.for_postgres(), pg_bindir())
+        if pg.running():
+            pg.stop()
+            stopped = True
+    return stopped
 
 
 @contextlib.contextmanager
@@ -485,12 +518,15 @@ def add_user(server: TeamServer, username: str, password: str | None = None) -> 
     return password
 
 
-def grant(server: TeamServer, username: str, experiment_id: str, permission: str) -> None:
-    """Give USERNAME PERMISSION (READ, EDIT, MANAGE, NO_PERMISSIONS) on an experiment (as the admin)."""
+def grant(server: TeamServer, username: str, resource_id: str, permission: str,
+          resource_type: str = "experiment") -> None:
+    """Give USERNAME PERMISSION (READ, EDIT, MANAGE, NO_PERMISSIONS) on an experiment (its id) or, with
+    resource_type="registered_model", a registered model (its name), as the admin."""
     from mlflow.server.auth.client import AuthServiceClient
 
     with admin_credentials(server):
-        AuthServiceClient(server.tracking_uri).create_experiment_permission(experiment_id, username, permission)
+        AuthServiceClient(server.tracking_uri).grant_user_permission(username, resource_type, resource_id,
+                                                                     permission)
 
 
 @contextlib.contextmanager
@@ -577,8 +613,9 @@ def optuna_storage(url: str, heartbeat_interval: int | None = None, grace_period
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", nargs="?", default="start", choices=["start"],
-                        help="start: run PostgreSQL and the MLflow server in the foreground until Ctrl-C")
+    parser.add_argument("action", nargs="?", default="start", choices=["start", "stop"],
+                        help="start: run PostgreSQL and the MLflow server in the foreground until Ctrl-C; "
+                             "stop: stop what a killed start left running")
     parser.add_argument("--dir", default=DEFAULT_DIR, help=f"state folder (default: {DEFAULT_DIR})")
     parser.add_argument("--port", type=int, default=5000, help="MLflow server port (0: a free one; default 5000)")
     parser.add_argument("--db-port", type=int, default=0, help="PostgreSQL port (0: a free one, kept on restart)")
@@ -603,6 +640,14 @@ def port_free(port: int) -> bool:
 
 
 def command(args: argparse.Namespace) -> None:
+    if args.action == "stop":
+        try:
+            print("bilstm-exp server: stopped" if stop_dir(args.dir) else
+                  f"bilstm-exp server: nothing was running for {args.dir}")
+        except ServerError as error:
+            print(f"bilstm-exp server: error: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
+        return
     if args.port and not port_free(args.port):
         print(f"bilstm-exp server: error: port {args.port} on {HOST} is in use. Fix: stop what listens there "
               "or pass --port 0 for a free port", file=sys.stderr)
