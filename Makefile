@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test lint ui clean browser screenshot plots-screenshot plots-template
+.PHONY: help install run test lint ui clean browser screenshot plots-screenshot plots-template server
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -38,6 +38,13 @@ plots-template: ## rebuild dvc_plots_template/index.html from the pinned vega re
 
 lint: $(STAMP) ## ruff
 	$(VENV)/bin/ruff check src tests
+
+server: $(STAMP) ## a local team tracking server: PostgreSQL + MLflow basic auth on http://127.0.0.1:5000 (Ctrl-C stops)
+	@test -x "$$(pg_config --bindir 2>/dev/null)/initdb" || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+		|| { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq \
+		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; } \
+		|| { echo "make server: PostgreSQL is not installed. Fix: apt-get install postgresql (as root)"; exit 2; }
+	$(PY) -m bilstm_exp.server start $(ARGS)
 
 ui: $(STAMP) ## the MLflow UI on the default store: http://127.0.0.1:5000
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
