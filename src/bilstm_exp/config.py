@@ -23,9 +23,11 @@ This module must not import TensorFlow (nor Hydra at import): bad input is refus
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -66,18 +68,23 @@ class DataConfig:
     name: str = "synthetic"  # the source: an option of conf/data/ (data.SOURCES)
     max_samples: int | None = None  # cap on examples used, for any source (None: all)
     vocab_size: int = 20000  # vocabulary incl. padding (id 0) and out-of-vocabulary (id 1), fitted on train only
+    min_token_frequency: int = 1  # words seen fewer times in the training split map to out-of-vocabulary
     max_length: int = 400  # tokens kept per text
     truncating: str = "post"  # post: drop tokens past max_length; pre: drop from the start
     val_fraction: float = 0.1  # share of examples for validation (stratified, seeded split)
     test_fraction: float = 0.1  # share of examples for the test split
     padding: str = "bucket"  # bucket: length-bucketed batches (fast); max: pad every batch to max_length
     num_buckets: int = 8  # bucket boundaries at quantiles of the training lengths
+    split_seed: int = 42  # seeds the data itself: generation (synthetic), max_samples subsample, split, folds
+    folds: int | None = None  # K >= 2: stratified K-fold cross-validation (one child run per fold); null: one split
 
     def __post_init__(self) -> None:
         if self.max_samples is not None:
             _positive(self.max_samples, "data.max_samples", 400)
         _check(self.vocab_size > 2, "data.vocab_size", f"must be > 2, got {self.vocab_size}",
                "e.g. data.vocab_size=20000")
+        _check(self.min_token_frequency >= 1, "data.min_token_frequency",
+               f"must be >= 1, got {self.min_token_frequency}", "e.g. data.min_token_frequency=2")
         _positive(self.max_length, "data.max_length", 400)
         _choice(self.truncating, ("post", "pre"), "data.truncating")
         _check(0 < self.val_fraction < 0.5, "data.val_fraction",
@@ -86,6 +93,13 @@ class DataConfig:
                f"must be in (0, 0.5), got {self.test_fraction}", "e.g. data.test_fraction=0.1")
         _choice(self.padding, ("bucket", "max"), "data.padding")
         _positive(self.num_buckets, "data.num_buckets", 8)
+        _check(self.split_seed >= 0, "data.split_seed", f"must be >= 0, got {self.split_seed}",
+               "e.g. data.split_seed=42")
+        if self.folds == 0:
+            self.folds = None  # 0 reads as "no cross-validation", like null
+        if self.folds is not None:
+            _check(self.folds >= 2, "data.folds", f"must be >= 2 (or null for one split), got {self.folds}",
+                   "e.g. data.folds=5")
 
 
 @dataclass
@@ -153,6 +167,11 @@ class ModelConfig:
     dropout: float = 0.0  # dropout on the recurrent layer's inputs, in [0, 1)
     recurrent_dropout: float = 0.0  # in [0, 1); non-zero disables the cuDNN kernel on a GPU (much slower)
     kernel: str = "fast"  # fast: the CPU fast path (FastLSTM + an XLA optimizer step), cuDNN on a GPU; keras
+    embedding_dropout: float = 0.0  # spatial dropout after the embedding: drops whole word-vector channels, [0, 1)
+    output_dropout: float = 0.0  # dropout on the features the output layer reads, in [0, 1)
+    pretrained_embeddings: str | None = None  # word-vector file to start the embedding from (null: random init)
+    pretrained_format: str = "auto"  # auto (from suffix/header), word2vec (text), word2vec_binary, glove (no header)
+    embeddings_trainable: bool = True  # false: pretrained vectors stay frozen during training
 
     def __post_init__(self) -> None:
         _positive(self.embedding_dim, "model.embedding_dim", 64)
@@ -160,6 +179,56 @@ class ModelConfig:
         _choice(self.kernel, ("fast", "keras"), "model.kernel")
         _fraction(self.dropout, "model.dropout", 0.2)
         _fraction(self.recurrent_dropout, "model.recurrent_dropout", 0.0)
+        _fraction(self.embedding_dropout, "model.embedding_dropout", 0.2)
+        _fraction(self.output_dropout, "model.output_dropout", 0.3)
+        _choice(self.pretrained_format, VECTOR_FORMATS, "model.pretrained_format")
+        if self.pretrained_embeddings is None:
+            _check(self.embeddings_trainable, "model.embeddings_trainable",
+                   "false freezes randomly initialised embeddings", "set model.pretrained_embeddings=PATH "
+                   "(a word2vec or GloVe file) or leave model.embeddings_trainable=true")
+            return
+        _, dim = probe_vectors(self.pretrained_embeddings, self.pretrained_format)  # readable, before TensorFlow
+        _check(dim == self.embedding_dim, "model.embedding_dim",
+               f"is {self.embedding_dim} but the vectors in {self.pretrained_embeddings} have {dim} dimensions",
+               f"set model.embedding_dim={dim}, or use {self.embedding_dim}-dimensional vectors")
+
+
+VECTOR_FORMATS = ("auto", "word2vec", "word2vec_binary", "glove")
+
+
+def probe_vectors(path: str, fmt: str = "auto") -> tuple[str, int]:
+    """(format, dimension) of a word-vector file from its first line only, or a ConfigError.
+
+    word2vec text and binary files (and fastText's .vec) start with a ``count dimension`` line; GloVe
+    text files start with the first word and its numbers. ``auto``: binary for a ``.bin`` suffix, else
+    word2vec when the first line is two integers, else glove. A ``.gz`` file is read compressed.
+    """
+    key, file = "model.pretrained_embeddings", Path(path).expanduser()
+    _check(bool(path.strip()) and file.is_file(), key, f"'{path}': no such file",
+           "point it at a word2vec or GloVe vector file (make one with `bilstm-exp pretrain-embeddings`), "
+           "or set it to null")
+    try:
+        with (gzip.open if file.suffix == ".gz" else open)(file, "rb") as handle:
+            first = handle.readline(1 << 20).decode("utf-8").split()
+    except (OSError, EOFError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{key}: cannot read '{path}' ({type(error).__name__}: {error}). Fix: check the file "
+                          "and its permissions; gzip files need a .gz suffix") from None
+    header = len(first) == 2 and all(token.isdigit() for token in first)
+    if fmt == "auto":
+        fmt = "word2vec_binary" if ".bin" in file.suffixes else "word2vec" if header else "glove"
+    fix = "set model.pretrained_format to word2vec, word2vec_binary or glove to match the file"
+    if fmt == "glove":
+        _check(not header and len(first) >= 2, key, f"'{path}' does not look like GloVe text (the first line "
+               "should be a word and its numbers)", fix)
+        try:
+            [float(value) for value in first[1:]]
+        except ValueError:
+            raise ConfigError(f"{key}: '{path}' does not look like GloVe text (non-numbers on the first line). "
+                              f"Fix: {fix}") from None
+        return fmt, len(first) - 1
+    _check(header and int(first[1]) > 0, key, f"'{path}' has no word2vec header line ('count dimension') "
+           f"as model.pretrained_format={fmt} expects", fix)
+    return fmt, int(first[1])
 
 
 @dataclass
@@ -299,14 +368,22 @@ class ClippingConfig:
 # --------------------------------------------------------------------------- training, tracking
 
 
+MONITORS = ("val/loss", "val/accuracy", "val/auc")  # per-epoch validation metrics (val/auc: two classes)
+# metrics every finished run logs (the kept weights' evaluation), usable as tracking.champion_metric
+RUN_METRICS = tuple(f"{split}/{name}" for split in ("val", "test") for name in ("loss", "accuracy", "auc", "macro_f1"))
+
+
+def metric_mode(metric: str) -> str:
+    """min for losses, max for everything else (accuracy, AUC, F1)."""
+    return "min" if metric.rsplit("/", 1)[-1].endswith("loss") else "max"
+
+
 @dataclass
 class EarlyStoppingConfig:
-    enabled: bool = True  # stop when the monitored metric stops improving
-    monitor: str = "val_loss"  # a Keras log key: val_loss or val_accuracy
+    enabled: bool = True  # stop when training.monitor stops improving
     patience: int = 2  # epochs without improvement before stopping
 
     def __post_init__(self) -> None:
-        _choice(self.monitor, ("val_loss", "val_accuracy"), "training.early_stopping.monitor")
         _check(self.patience >= 0, "training.early_stopping.patience",
                f"must be >= 0, got {self.patience}", "e.g. training.early_stopping.patience=2")
 
@@ -321,6 +398,9 @@ class TrainingConfig:
     verbose: str = "auto"  # Keras progress: auto, 0, 1 or 2
     resume: bool = False  # continue an interrupted run from its last checkpointed epoch (checkpoints/<run_id>/)
     resume_run_id: str | None = None  # the run to resume; null: the newest checkpoint of this config
+    monitor: str = "val/loss"  # THE selection metric: early stopping, kept weights, champion, sweep best, objective
+    monitor_mode: str | None = None  # min or max; null: min for losses, max otherwise
+    restore_best_weights: bool = True  # keep the best epoch's weights on training.monitor (false: the last epoch's)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
 
     def __post_init__(self) -> None:
@@ -328,6 +408,10 @@ class TrainingConfig:
         _positive(self.batch_size, "training.batch_size", 32)
         _positive(self.steps_per_execution, "training.steps_per_execution", 1)
         _choice(str(self.verbose), ("auto", "0", "1", "2"), "training.verbose")
+        _choice(self.monitor, MONITORS, "training.monitor")
+        if self.monitor_mode is None:
+            self.monitor_mode = metric_mode(self.monitor)
+        _choice(self.monitor_mode, ("min", "max"), "training.monitor_mode")
         if self.resume_run_id is not None:
             _check(self.resume, "training.resume_run_id", "is set but training.resume is false",
                    f"add training.resume=true to resume run {self.resume_run_id}")
@@ -342,9 +426,10 @@ class TrackingConfig:
     tracking_uri: str | None = None  # local: sqlite:///mlflow.db; server: this or MLFLOW_TRACKING_URI
     experiment_name: str = "bilstm-exp"  # MLflow experiment the runs go to
     registered_model_name: str = "bilstm-sentiment"  # model registry name each run registers a version under
-    register_model: bool = True  # register the trained model as a new version
-    champion_metric: str = "val/accuracy"  # the alias `champion` moves to a version that beats it
-    champion_greater_is_better: bool = True  # false for losses
+    register_model: Any = "auto"  # auto: register unless a smoke run (data.max_samples set); true; false
+    sweep_registers: str = "best"  # in a -m sweep: best (the best job's model only), all (every job), none
+    champion_metric: str | None = None  # the alias `champion` moves to a version that beats it; null: training.monitor
+    champion_greater_is_better: bool | None = None  # null: from training.monitor_mode (min for losses)
 
     def __post_init__(self) -> None:
         _choice(self.name, ("local", "server"), "tracking.name")
@@ -353,8 +438,13 @@ class TrackingConfig:
         _check(bool(self.registered_model_name.strip()) and not set("/:") & set(self.registered_model_name),
                "tracking.registered_model_name", f"must be non-empty without '/' or ':', got "
                f"'{self.registered_model_name}'", "e.g. tracking.registered_model_name=bilstm-sentiment")
-        _check(bool(self.champion_metric.strip()), "tracking.champion_metric", "must not be empty",
-               "e.g. tracking.champion_metric=val/accuracy")
+        if isinstance(self.register_model, str) and self.register_model.lower() in ("true", "false"):
+            self.register_model = self.register_model.lower() == "true"
+        _check(self.register_model in (True, False, "auto"), "tracking.register_model",
+               f"must be auto, true or false, got {self.register_model!r}", "e.g. tracking.register_model=auto")
+        _choice(self.sweep_registers, ("best", "all", "none"), "tracking.sweep_registers")
+        if self.champion_metric is not None:
+            _choice(self.champion_metric, RUN_METRICS, "tracking.champion_metric")
 
 
 @dataclass
@@ -382,6 +472,18 @@ class ExperimentConfig:
     training: TrainingConfig
     tracking: TrackingConfig
     profiling: ProfilingConfig
+
+    def __post_init__(self) -> None:
+        # one selection criterion: the champion follows training.monitor unless set
+        tracking, training = self.tracking, self.training
+        if tracking.champion_metric is None:
+            tracking.champion_metric = training.monitor
+        if tracking.champion_greater_is_better is None:
+            mode = training.monitor_mode if tracking.champion_metric == training.monitor else metric_mode(
+                tracking.champion_metric)
+            tracking.champion_greater_is_better = mode == "max"
+        _check(not (training.resume and self.data.folds), "training.resume",
+               "cannot resume a cross-validation (data.folds) run", "drop training.resume and start it again")
 
 
 # group -> option name -> schema; a group with a single schema maps every name to it

@@ -292,10 +292,12 @@ class Vocabulary:
     words: list[str]  # index i holds the word of id i + 2
 
     @classmethod
-    def fit(cls, texts: list[str], size: int) -> Vocabulary:
+    def fit(cls, texts: list[str], size: int, min_frequency: int = 1) -> Vocabulary:
+        """The ``size - 2`` most frequent words of ``texts`` seen at least ``min_frequency`` times
+        (ties in alphabetical order); rarer words map to the out-of-vocabulary id."""
         counts = Counter(token for text in texts for token in tokenize(text))
         ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-        return cls([word for word, _ in ranked[: size - 2]])
+        return cls([word for word, count in ranked[: size - 2] if count >= min_frequency])
 
     def __post_init__(self) -> None:
         self._index = {word: i + 2 for i, word in enumerate(self.words)}
@@ -390,7 +392,7 @@ def prepare(cfg: DataConfig, seed: int) -> PreparedData:
     raw = load_raw(cfg, seed)
     idx = stratified_split(raw.labels, cfg.val_fraction, cfg.test_fraction, seed)
     texts = {name: [raw.texts[i] for i in ids] for name, ids in idx.items()}
-    vocab = Vocabulary.fit(texts["train"], cfg.vocab_size)
+    vocab = Vocabulary.fit(texts["train"], cfg.vocab_size, cfg.min_token_frequency)
     splits = {name: vocab.encode_batch(t, cfg.max_length, cfg.truncating) for name, t in texts.items()}
     labels = {name: raw.labels[ids] for name, ids in idx.items()}
     lengths = np.array([len(s) for s in splits["train"]])
