@@ -277,11 +277,39 @@ def stratified_split(labels: np.ndarray, val_fraction: float, test_fraction: flo
         parts["test"].append(idx[:n_test])
         parts["val"].append(idx[n_test:n_test + n_val])
         parts["train"].append(idx[n_test + n_val:])
-    out = {name: np.sort(np.concatenate(chunks)) for name, chunks in parts.items()}
+    return _checked({name: np.sort(np.concatenate(chunks)) for name, chunks in parts.items()}, len(labels))
+
+
+def _checked(out: dict[str, np.ndarray], total: int) -> dict[str, np.ndarray]:
     for name, idx in out.items():
         if len(idx) == 0:
-            raise DataError(f"the {name} split is empty ({len(labels)} examples). "
+            raise DataError(f"the {name} split is empty ({total} examples). "
                             "Fix: use more data (data.max_samples) or larger split fractions")
+    return out
+
+
+def fold_splits(labels: np.ndarray, folds: int, val_fraction: float, seed: int) -> list[dict[str, np.ndarray]]:
+    """Stratified K-fold over all examples: fold k's test split is the k-th part of every class, so
+    each example is tested exactly once; its val split (``val_fraction`` of all examples, stratified)
+    is carved from the other K-1 parts and the rest trains. Seeded, disjoint, deterministic."""
+    rng = np.random.default_rng(seed)
+    chunks = []  # per class: its K test parts
+    for cls in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == cls))
+        if len(idx) < folds:
+            raise DataError(f"class {cls} has {len(idx)} examples, fewer than data.folds={folds}. "
+                            "Fix: use fewer folds or more data")
+        chunks.append((idx, np.array_split(idx, folds), int(round(len(idx) * val_fraction))))
+    out = []
+    for k in range(folds):
+        parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
+        for idx, parts_of_class, n_val in chunks:
+            test = parts_of_class[k]
+            rest = rng.permutation(np.setdiff1d(idx, test))
+            parts["test"].append(test)
+            parts["val"].append(rest[:n_val])
+            parts["train"].append(rest[n_val:])
+        out.append(_checked({name: np.sort(np.concatenate(c)) for name, c in parts.items()}, len(labels)))
     return out
 
 
@@ -336,10 +364,29 @@ class PreparedData:
     max_length: int
     truncating: str = "post"
     stats: dict[str, Any] = field(default_factory=dict)
+    fold: int | None = None  # cross-validation: this fold's index (0-based)
+    folds_fingerprint: str | None = None  # cross-validation: the fingerprint of the whole fold set
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def fingerprint(self) -> str:
+        """What a score was measured on, for "are these runs comparable?" (tag ``data.fingerprint``):
+        md5 of the validation and test texts with their labels and the class names. Unlike :meth:`md5`
+        it ignores the training split and the vocabulary, so runs differing in data.vocab_size or
+        data.max_length stay comparable, while another data set, data.split_seed, data.num_samples or
+        max_samples does not. A cross-validation fold carries its fold set's fingerprint."""
+        return self.folds_fingerprint or self.split_fingerprint()
+
+    def split_fingerprint(self) -> str:
+        digest = hashlib.md5(json.dumps(self.class_names).encode())
+        for name in ("val", "test"):
+            digest.update(f"|{name}|".encode())
+            for text in self.texts[name]:
+                digest.update(text.encode("utf-8", "replace") + b"\0")
+            digest.update(np.asarray(self.labels[name], dtype=np.int64).tobytes())
+        return digest.hexdigest()
 
     def md5(self) -> str:
         """Content hash of what the model sees: token ids, labels and vocabulary."""
@@ -387,10 +434,29 @@ def _histogram(lengths: np.ndarray, bins: int = 20) -> dict[str, int]:
     return {f"{edges[i]:.0f}-{edges[i + 1]:.0f}": int(c) for i, c in enumerate(counts)}
 
 
-def prepare(cfg: DataConfig, seed: int) -> PreparedData:
-    """Load, split (stratified, seeded), fit the vocabulary on train only, and encode."""
+def prepare(cfg: DataConfig, seed: int | None = None) -> PreparedData:
+    """Load, split (stratified), fit the vocabulary on train only, and encode. ``seed`` (the data's:
+    generation, subsample, split) defaults to ``data.split_seed``; the run's ``seed`` is for weights."""
+    seed = cfg.split_seed if seed is None else seed
     raw = load_raw(cfg, seed)
-    idx = stratified_split(raw.labels, cfg.val_fraction, cfg.test_fraction, seed)
+    return encode(cfg, raw, stratified_split(raw.labels, cfg.val_fraction, cfg.test_fraction, seed))
+
+
+def prepare_folds(cfg: DataConfig) -> list[PreparedData]:
+    """``data.folds`` prepared splits (:func:`fold_splits`), each with its own vocabulary, all tagged
+    with one fingerprint of the fold set."""
+    raw = load_raw(cfg, cfg.split_seed)
+    parts = [encode(cfg, raw, idx) for idx in fold_splits(raw.labels, cfg.folds, cfg.val_fraction, cfg.split_seed)]
+    digest = hashlib.md5(f"folds={len(parts)}".encode())
+    for part in parts:
+        digest.update(part.split_fingerprint().encode())
+    for k, part in enumerate(parts):
+        part.fold, part.folds_fingerprint = k, digest.hexdigest()
+    return parts
+
+
+def encode(cfg: DataConfig, raw: RawData, idx: dict[str, np.ndarray]) -> PreparedData:
+    """Split ``raw`` by ``idx``, fit the vocabulary on train only, encode, and collect stats."""
     texts = {name: [raw.texts[i] for i in ids] for name, ids in idx.items()}
     vocab = Vocabulary.fit(texts["train"], cfg.vocab_size, cfg.min_token_frequency)
     splits = {name: vocab.encode_batch(t, cfg.max_length, cfg.truncating) for name, t in texts.items()}
