@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test lint ui clean browser screenshot plots-screenshot plots-template server
+.PHONY: help install run test test-fast lint ui clean browser screenshot plots-screenshot plots-template server
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -19,8 +19,11 @@ install: $(STAMP) ## create .venv and install the pinned dependencies
 run: $(STAMP) ## the default experiment on built-in data, tracked in ./mlflow.db
 	$(PY) -m bilstm_exp $(ARGS)
 
-test: $(STAMP) browser ## the whole test suite
+test: $(STAMP) browser ## the whole test suite (CI runs this)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP) ## the inner loop: no training subprocesses, no servers (under 2 minutes)
+	$(PY) -m pytest -m "not slow and not services" $(PYTEST_ARGS)
 
 browser: ## Debian's chromium for the UI test (apt-get install when /usr/bin/chromium is missing)
 	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq \

@@ -123,7 +123,7 @@ def test_bench_smoke_writes_every_key(workdir):
                       env={"BILSTM_EXP_CACHE_DIR": str(workdir / "cache")})
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "r.json").read_text())
-    for key in ("tracking_overhead", "bucketing_speedup", "vs_baseline_speedup", "peak_fraction",
+    for key in ("kernel_speedup", "tracking_overhead", "bucketing_speedup", "vs_baseline_speedup", "peak_fraction",
                 "serving_latency_ratio"):
         assert results[key]["ratio"] > 0, key
         assert key in results["summary"] and key in (out / "RESULTS.md").read_text()
