@@ -20,8 +20,8 @@ from mlflow.tracking import MlflowClient
 
 from bilstm_exp.config import TrackingConfig
 from bilstm_exp.errors import TrackingError
+from bilstm_exp.redaction import SECRET_WORDS, has_credentials, is_secret, redact, redact_text, scrub  # noqa: F401
 
-SECRET_WORDS = ("password", "passwd", "secret", "token", "api_key", "apikey", "credential")
 
 # MLflow's per-request limits (log_batch)
 MAX_PARAMS, MAX_METRICS, MAX_TAGS = 100, 1000, 100
@@ -31,24 +31,21 @@ PARAM_MAX_CHARS = 250
 # --------------------------------------------------------------------------- secrets
 
 
-def redact(uri: str) -> str:
-    """The URI without user info and without secret-looking query values."""
-    parts = urllib.parse.urlsplit(uri)
-    pairs = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-    secret_query = any(any(w in k.lower() for w in SECRET_WORDS) for k, _ in pairs)
-    if "@" not in parts.netloc and not secret_query:
-        return uri
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    query = urllib.parse.urlencode([(k, "***" if any(w in k.lower() for w in SECRET_WORDS) else v)
-                                    for k, v in pairs])
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+def check_credentials(uri: str, where: str = "the tracking URI") -> None:
+    """Refuse a URI that embeds credentials: MLflow prints the tracking URI ("View run at ..."), so
+    they would land in logs. The fix names the environment variables MLflow reads instead."""
+    if has_credentials(uri):
+        raise TrackingError(f"{where} holds credentials ({redact(uri)}). Fix: remove them from the URI and put "
+                            "them in MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD or "
+                            "MLFLOW_TRACKING_TOKEN")
 
 
-def is_secret(key: str, value: Any) -> bool:
-    """True for a key that names a secret or a value that embeds credentials."""
-    if any(word in key.lower() for word in SECRET_WORDS):
-        return True
-    return isinstance(value, str) and "://" in value and redact(value) != value
+def masked_config(config: Any) -> dict[str, Any]:
+    """The validated config as nested dicts, safe to record (params, config.yaml, params.yaml):
+    values from the environment as their ``${oc.env:NAME}`` text, secrets and credentials masked."""
+    from bilstm_exp.config import to_dict
+
+    return scrub(to_dict(config), getattr(config, "env_refs", None))
 
 
 def param_value(value: Any) -> str:
@@ -62,8 +59,9 @@ def param_value(value: Any) -> str:
 
 
 def as_params(params: dict[str, Any]) -> list[Param]:
-    """Params for MLflow: values cut to 250 characters, anything secret dropped."""
-    return [Param(k, param_value(v)) for k, v in params.items() if not is_secret(k, v)]
+    """Params for MLflow: values cut to 250 characters, anything secret dropped, environment values and
+    credentials in text masked (:func:`bilstm_exp.redaction.redact_text`)."""
+    return [Param(k, param_value(redact_text(str(v)))) for k, v in params.items() if not is_secret(k, v)]
 
 
 def as_metrics(metrics: dict[str, float], step: int | None = None) -> list[Metric]:
@@ -72,7 +70,8 @@ def as_metrics(metrics: dict[str, float], step: int | None = None) -> list[Metri
 
 
 def as_tags(tags: dict[str, Any]) -> list[RunTag]:
-    return [RunTag(k, str(v)) for k, v in tags.items()]
+    """Tags for MLflow, credentials and environment values masked (the same rule as params)."""
+    return [RunTag(k, redact_text(str(v))) for k, v in tags.items()]
 
 
 def log_batch(client: MlflowClient, run_id: str, params: Iterable[Param] = (), metrics: Iterable[Metric] = (),
@@ -120,8 +119,83 @@ def reachable(uri: str, timeout_s: float = 3.0) -> bool:
         return False
 
 
-def check_store(uri: str, timeout_s: float = 5.0) -> None:
-    """Fail fast, naming the URI, when the store cannot be reached. Creates a local store."""
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (None for other stores)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(urllib.parse.urlsplit(uri).path[1:] if uri.startswith("sqlite:////") else uri[len("sqlite:///"):])
+
+
+@contextmanager
+def store_lock(uri: str, timeout_s: float = 300) -> Iterator[None]:
+    """A cross-process lock (a file next to a sqlite store) around creating and migrating the store:
+    MLflow's schema migration fails when two processes run it at once on a new database. Other stores
+    need none."""
+    db = sqlite_path(uri)
+    if db is None:
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    try:
+        with FileLock(str(db) + ".lock", timeout=timeout_s):
+            yield
+    except Timeout:
+        raise TrackingError(f"tracking store {uri}: another process has held {db}.lock for {timeout_s:.0f} s. "
+                            f"Fix: wait for it, or delete {db}.lock if no bilstm-exp process is running") from None
+
+
+def _check_sqlite_file(db: Path, uri: str, write: bool) -> None:
+    """A sqlite store that exists must be a readable database (and writable for a run): checked with
+    sqlite3 first, because MLflow retries a broken one for minutes and then prints a traceback."""
+    import sqlite3
+
+    if not db.parent.is_dir():
+        raise TrackingError(f"tracking store {uri}: folder {db.parent} does not exist. "
+                            "Fix: create it or point tracking.tracking_uri elsewhere")
+    if db.is_dir():
+        raise TrackingError(f"tracking store {uri}: {db} is a folder, not a sqlite file. "
+                            "Fix: point the URI at a file, e.g. sqlite:///mlflow.db")
+    if not db.exists():
+        if write and not os.access(db.parent, os.W_OK):
+            raise TrackingError(f"tracking store {uri}: folder {db.parent} is read-only, so the store cannot be "
+                                "created. Fix: make it writable or point tracking.tracking_uri elsewhere")
+        return
+    fix = (f"Fix: move {db} aside (mv {db} {db}.broken) and start a new store, or restore it from a backup")
+    try:
+        connection = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
+        try:
+            connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        finally:
+            connection.close()
+    except sqlite3.DatabaseError as error:
+        raise TrackingError(f"tracking store {uri}: {db} is not a usable sqlite database ({error}). {fix}") from None
+    if not write:
+        return
+    read_only = not os.access(db, os.W_OK) or not os.access(db.parent, os.W_OK)
+    if not read_only:
+        try:  # a write lock, released at once: fails on a read-only file or file system
+            connection = sqlite3.connect(str(db), timeout=10)
+            try:
+                connection.execute("BEGIN IMMEDIATE")
+                connection.rollback()
+            finally:
+                connection.close()
+        except sqlite3.OperationalError as error:
+            read_only = "readonly" in str(error) or "read-only" in str(error)
+            if not read_only and "locked" not in str(error):
+                raise TrackingError(f"tracking store {uri}: {db} cannot be written ({error}). {fix}") from None
+    if read_only:
+        raise TrackingError(f"tracking store {uri}: {db} is read-only (a run must write to it). Fix: make it "
+                            f"and its folder writable (chmod u+w {db} {db.parent}), or point "
+                            "tracking.tracking_uri at a writable store")
+
+
+def check_store(uri: str, timeout_s: float = 5.0, write: bool = True) -> None:
+    """Fail fast, naming the URI, when the store cannot be used: credentials in the URI, a server that
+    does not answer its /health within ``timeout_s``, a sqlite file that is corrupt or (``write``)
+    read-only. Creates and migrates a new local store, one process at a time (:func:`store_lock`)."""
+    check_credentials(uri)
     scheme = urllib.parse.urlsplit(uri).scheme
     if scheme in ("http", "https"):
         import requests
@@ -135,16 +209,38 @@ def check_store(uri: str, timeout_s: float = 5.0) -> None:
                                 "it (mlflow server --host 127.0.0.1 --port 5000), correct the URI, "
                                 "or use tracking=local") from None
         return
-    if scheme == "sqlite":
-        db = Path(urllib.parse.urlsplit(uri).path[1:] if uri.startswith("sqlite:////") else uri[len("sqlite:///"):])
-        if not db.parent.is_dir():
-            raise TrackingError(f"tracking store {uri}: folder {db.parent} does not exist. "
-                                "Fix: create it or point tracking.tracking_uri elsewhere")
+    db = sqlite_path(uri)
+    if db is not None:
+        _check_sqlite_file(db, uri, write)
     try:
-        MlflowClient(uri).search_experiments(max_results=1)  # creates and migrates a new store once
-    except MlflowException as error:
-        raise TrackingError(f"tracking store {redact(uri)} cannot be opened: {error.message.splitlines()[0]}. "
+        with store_lock(uri):
+            MlflowClient(uri).search_experiments(max_results=1)  # creates and migrates a new store once
+    except TrackingError:
+        raise
+    except Exception as error:  # MlflowException, or SQLAlchemy's own errors
+        first = (getattr(error, "message", None) or str(error) or type(error).__name__).splitlines()[0]
+        raise TrackingError(f"tracking store {redact(uri)} cannot be opened: {first[:300]}. "
                             "Fix: check the URI, or use tracking=local") from None
+
+
+def open_store(uri: str, write: bool = False) -> MlflowClient:
+    """A client for a store checked by :func:`check_store` (for commands that read runs or models:
+    compare, predict, runs, sync); use it inside :func:`short_http_retries`."""
+    check_store(uri, write=write)
+    return MlflowClient(uri)
+
+
+def _experiment(client: MlflowClient, name: str, uri: str):
+    """The experiment named ``name`` if it is active; a deleted one is refused with the fix."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None and experiment.lifecycle_stage == "deleted":
+        target = f" --backend-store-uri {redact(uri)}" if not is_http(uri) else ""
+        raise TrackingError(f"experiment '{redact_text(name)}' (id {experiment.experiment_id}) is deleted in the "
+                            f"tracking store {redact(uri)}, and a new one cannot reuse its name. Fix: restore it "
+                            f"(mlflow experiments restore --experiment-id {experiment.experiment_id}), remove it for "
+                            f"good (mlflow gc{target} --experiment-ids {experiment.experiment_id}), or set another "
+                            "tracking.experiment_name")
+    return experiment
 
 
 def setup(cfg: TrackingConfig, root: Path) -> str:
@@ -155,14 +251,20 @@ def setup(cfg: TrackingConfig, root: Path) -> str:
     check_store(uri)
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name(cfg.experiment_name)
+    experiment = _experiment(client, cfg.experiment_name, uri)
     if experiment is not None:
         return experiment.experiment_id
     location = (root / "mlartifacts").resolve().as_uri() if cfg.name == "local" and not cfg.tracking_uri else None
     try:
-        return client.create_experiment(cfg.experiment_name, artifact_location=location)
-    except MlflowException:  # created by a parallel process in between
-        return client.get_experiment_by_name(cfg.experiment_name).experiment_id
+        with store_lock(uri):
+            return client.create_experiment(cfg.experiment_name, artifact_location=location)
+    except MlflowException as error:
+        experiment = _experiment(client, cfg.experiment_name, uri)  # created by a parallel server run meanwhile?
+        if experiment is not None:
+            return experiment.experiment_id
+        raise TrackingError(f"tracking.experiment_name: MLflow refuses the name '{redact_text(cfg.experiment_name)[:80]}"
+                            f"{'...' if len(cfg.experiment_name) > 80 else ''}' ({error.message.splitlines()[0][:200]})."
+                            " Fix: pick a shorter plain name, e.g. tracking.experiment_name=bilstm-exp") from None
 
 
 # In-run HTTP retries: a down server costs seconds per attempt, not MLflow's default ~4 minutes.
@@ -216,6 +318,10 @@ def check_resumable(run_id: str) -> None:
         raise TrackingError(f"run {run_id} (from its checkpoint) is not in the tracking store "
                             f"{redact(mlflow.get_tracking_uri())}. Fix: resume with the store the run was "
                             f"tracked in (tracking.tracking_uri), or delete checkpoints/{run_id}/") from None
+    if run.info.lifecycle_stage == "deleted":
+        raise TrackingError(f"run {run_id} (from its checkpoint) is deleted in the tracking store "
+                            f"{redact(mlflow.get_tracking_uri())}. Fix: restore it (mlflow runs restore --run-id "
+                            f"{run_id}) and resume again, or delete checkpoints/{run_id}/ and start a new run")
     if run.info.status == "FINISHED":
         raise TrackingError(f"run {run_id} has already FINISHED. Fix: start a new run without training.resume, "
                             f"or delete checkpoints/{run_id}/")
