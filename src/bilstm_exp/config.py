@@ -33,6 +33,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
+from bilstm_exp import redaction
 from bilstm_exp.errors import ConfigError
 
 
@@ -91,6 +92,11 @@ class DataConfig:
                f"must be in (0, 0.5), got {self.val_fraction}", "e.g. data.val_fraction=0.1")
         _check(0 < self.test_fraction < 0.5, "data.test_fraction",
                f"must be in (0, 0.5), got {self.test_fraction}", "e.g. data.test_fraction=0.1")
+        train = 1.0 - self.val_fraction - self.test_fraction
+        _check(train >= max(self.val_fraction, self.test_fraction), "data.val_fraction + data.test_fraction",
+               f"{self.val_fraction} + {self.test_fraction} leave {train:.2g} of the examples for training, less "
+               "than for validation or testing", "keep the train share the largest, e.g. data.val_fraction=0.1 "
+               "data.test_fraction=0.1")
         _choice(self.padding, ("bucket", "max"), "data.padding")
         _positive(self.num_buckets, "data.num_buckets", 8)
         _check(self.split_seed >= 0, "data.split_seed", f"must be >= 0, got {self.split_seed}",
@@ -402,9 +408,11 @@ class TrainingConfig:
     monitor_mode: str | None = None  # min or max; null: min for losses, max otherwise
     restore_best_weights: bool = True  # keep the best epoch's weights on training.monitor (false: the last epoch's)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    strategy: str = "default"  # default: one process; mirrored: all local GPUs; multi_worker: the TF_CONFIG cluster
 
     def __post_init__(self) -> None:
         _positive(self.epochs, "training.epochs", 3)
+        _choice(self.strategy, ("default", "mirrored", "multi_worker"), "training.strategy")
         _positive(self.batch_size, "training.batch_size", 32)
         _positive(self.steps_per_execution, "training.steps_per_execution", 1)
         _choice(str(self.verbose), ("auto", "0", "1", "2"), "training.verbose")
@@ -578,7 +586,10 @@ def validate(cfg: DictConfig | dict) -> ExperimentConfig:
             raise
         except OmegaConfBaseException as error:
             raise _explain(group, schema, error) from None
-    return ExperimentConfig(seed=seed, **groups)
+    config = ExperimentConfig(seed=seed, **groups)
+    # leaves resolved from ${oc.env:...}: recorded as their interpolation, never their value (redaction.scrub)
+    config.env_refs = redaction.references(cfg)
+    return config
 
 
 def to_dict(config: ExperimentConfig) -> dict[str, Any]:

@@ -165,7 +165,9 @@ def _labels_to_ids(values: list[Any], where: str) -> tuple[np.ndarray, list[str]
     for row, value in enumerate(values):
         if isinstance(value, float) and value.is_integer():
             value = int(value)
-        if isinstance(value, (bool, np.bool_)) or value is None or (isinstance(value, float)):
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise DataError(f"{where}, row {row + 1}: empty label. Fix: fill in every label, or remove the row")
+        if isinstance(value, (bool, np.bool_)) or (isinstance(value, float)):
             raise DataError(f"{where}, row {row + 1}: label {value!r} cannot be parsed. "
                             "Fix: use integer class ids or non-empty class names")
         if isinstance(value, str):
@@ -187,6 +189,9 @@ def _labels_to_ids(values: list[Any], where: str) -> tuple[np.ndarray, list[str]
 @source("file")
 def from_file(cfg: FileDataConfig) -> RawData:
     path = Path(cfg.path).expanduser()
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not a data file. Fix: point data.path at a file in it, "
+                        f"e.g. data.path={path / 'reviews.csv'}")
     if not path.is_file():
         raise DataError(f"{path}: no such file. Fix: point data.path at an existing file")
     if path.stat().st_size == 0:
@@ -201,6 +206,10 @@ def from_file(cfg: FileDataConfig) -> RawData:
         raise DataError(f"{path}: no rows. Fix: add labelled examples")
     texts = []
     for row, value in enumerate(table[cfg.text_column].tolist()):
+        if isinstance(value, (int, float, np.number)) and not _isnan(value):
+            raise DataError(f"{path}, row {row + 1}: column '{cfg.text_column}' holds a number ({value!r}), not a "
+                            "text. Fix: point data.text_column at the column with the texts (and "
+                            "data.label_column at the labels)")
         if not isinstance(value, str) or not value.strip():
             raise DataError(f"{path}, row {row + 1}: empty text in column '{cfg.text_column}'. "
                             "Fix: remove the row or fill in the text")
@@ -277,14 +286,30 @@ def stratified_split(labels: np.ndarray, val_fraction: float, test_fraction: flo
         parts["test"].append(idx[:n_test])
         parts["val"].append(idx[n_test:n_test + n_val])
         parts["train"].append(idx[n_test + n_val:])
-    return _checked({name: np.sort(np.concatenate(chunks)) for name, chunks in parts.items()}, len(labels))
+    return _checked({name: np.sort(np.concatenate(chunks)) for name, chunks in parts.items()}, labels)
 
 
-def _checked(out: dict[str, np.ndarray], total: int) -> dict[str, np.ndarray]:
+MIN_TRAIN_EXAMPLES = 10  # fewer cannot train anything worth registering
+
+
+def _checked(out: dict[str, np.ndarray], labels: np.ndarray | int) -> dict[str, np.ndarray]:
+    """Refuse splits too small to train or measure: an empty split, a train split under
+    MIN_TRAIN_EXAMPLES, or a class missing from the train split; the message names the counts."""
+    total = labels if isinstance(labels, int) else len(labels)
+    counts = ", ".join(f"{name} {len(idx)}" for name, idx in out.items())
+    fix = ("Fix: use more data (data.max_samples, data.num_samples) or smaller data.val_fraction / "
+           "data.test_fraction")
     for name, idx in out.items():
         if len(idx) == 0:
-            raise DataError(f"the {name} split is empty ({total} examples). "
-                            "Fix: use more data (data.max_samples) or larger split fractions")
+            raise DataError(f"the {name} split is empty ({total} examples: {counts}). {fix}")
+    if len(out["train"]) < MIN_TRAIN_EXAMPLES:
+        raise DataError(f"the train split is too small: {len(out['train'])} examples, fewer than "
+                        f"{MIN_TRAIN_EXAMPLES} ({total} examples: {counts}). {fix}")
+    if not isinstance(labels, int):
+        missing = sorted(set(np.unique(labels).tolist()) - set(np.unique(labels[out["train"]]).tolist()))
+        if missing:
+            raise DataError(f"the train split has no example of class id(s) {missing} ({total} examples: "
+                            f"{counts}). {fix}")
     return out
 
 
@@ -309,7 +334,7 @@ def fold_splits(labels: np.ndarray, folds: int, val_fraction: float, seed: int) 
             parts["test"].append(test)
             parts["val"].append(rest[:n_val])
             parts["train"].append(rest[n_val:])
-        out.append(_checked({name: np.sort(np.concatenate(c)) for name, c in parts.items()}, len(labels)))
+        out.append(_checked({name: np.sort(np.concatenate(c)) for name, c in parts.items()}, labels))
     return out
 
 
