@@ -201,9 +201,15 @@ def test_user_without_permission_cannot_write_and_gets_one_clear_line(team, tmp_
     admin = admin_client(team)
     name = f"locked-{uuid.uuid4().hex[:8]}"
     experiment_id = admin.create_experiment(name)
-    bob, bob_password = f"bob-{uuid.uuid4().hex[:6]}", "pw-" + uuid.uuid4().hex
-    handle = team_module.TeamServer(team.state_dir, team.tracking_uri, postgres=None)  # admin calls only
-    team_module.add_user(handle, bob, bob_password)
+    bob = f"bob-{uuid.uuid4().hex[:6]}"
+    made = subprocess.run([sys.executable, "-m", "bilstm_exp.server", "user", bob, "--dir", str(team.state_dir)],
+                          capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr[-2000:]
+    credentials = team.state_dir / "users" / f"{bob}.env"
+    assert str(credentials) in made.stdout and stat.S_IMODE(credentials.stat().st_mode) == 0o600
+    bob_password = dict(line.split("=", 1) for line in credentials.read_text().split())["MLFLOW_TRACKING_PASSWORD"]
+    assert bob_password not in made.stdout + made.stderr
+    handle = team_module.attach(team.state_dir)  # admin calls on the running server
 
     saved = {k: os.environ.get(k) for k in ADMIN_ENV_KEYS}
     os.environ.update({"MLFLOW_TRACKING_USERNAME": bob, "MLFLOW_TRACKING_PASSWORD": bob_password})

@@ -495,6 +495,18 @@ def stop_dir(state_dir: Path | str) -> bool:
     return stopped
 
 
+def attach(state_dir: Path | str = DEFAULT_DIR) -> TeamServer:
+    """A handle on the server a ``start`` on STATE_DIR runs (in another process), for admin calls such as
+    :func:`add_user` and :func:`grant`. It does not start or own anything."""
+    info_path = Path(state_dir).resolve() / "server.json"
+    if not info_path.is_file():
+        raise ServerError(f"no team server state in {state_dir}. Fix: start one with `bilstm-exp server start "
+                          f"--dir {state_dir}`, or pass the --dir it was started with")
+    info = json.loads(info_path.read_text())
+    pg = Postgres(Path(info["postgres_folder"]), int(info["db_port"]), RunAs.for_postgres(), pg_bindir())
+    return TeamServer(info_path.parent, info["tracking_uri"], pg)
+
+
 @contextlib.contextmanager
 def running(state_dir: Path | str, **kwargs) -> Iterator[TeamServer]:
     """``with running(folder) as server:`` start, yield, and always stop (removing nothing)."""
@@ -613,9 +625,13 @@ def optuna_storage(url: str, heartbeat_interval: int | None = None, grace_period
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", nargs="?", default="start", choices=["start", "stop"],
+    parser.add_argument("action", nargs="?", default="start", choices=["start", "stop", "user"],
                         help="start: run PostgreSQL and the MLflow server in the foreground until Ctrl-C; "
-                             "stop: stop what a killed start left running")
+                             "stop: stop what a killed start left running; user NAME: create an MLflow user "
+                             "(password written to <dir>/users/NAME.env, mode 0600)")
+    parser.add_argument("name", nargs="?", help="user: the user name")
+    parser.add_argument("--experiment", action="append", default=[], metavar="ID[:PERMISSION]",
+                        help="user: grant PERMISSION (default EDIT) on experiment ID; repeatable")
     parser.add_argument("--dir", default=DEFAULT_DIR, help=f"state folder (default: {DEFAULT_DIR})")
     parser.add_argument("--port", type=int, default=5000, help="MLflow server port (0: a free one; default 5000)")
     parser.add_argument("--db-port", type=int, default=0, help="PostgreSQL port (0: a free one, kept on restart)")
@@ -648,6 +664,13 @@ def command(args: argparse.Namespace) -> None:
             print(f"bilstm-exp server: error: {error}", file=sys.stderr)
             raise SystemExit(2) from None
         return
+    if args.action == "user":
+        try:
+            user_command(args)
+        except (ServerError, ValueError) as error:
+            print(f"bilstm-exp server: error: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
+        return
     if args.port and not port_free(args.port):
         print(f"bilstm-exp server: error: port {args.port} on {HOST} is in use. Fix: stop what listens there "
               "or pass --port 0 for a free port", file=sys.stderr)
@@ -677,6 +700,38 @@ def command(args: argparse.Namespace) -> None:
     finally:
         server.stop()
         print("bilstm-exp server: stopped", flush=True)
+
+
+def user_command(args: argparse.Namespace) -> None:
+    """``bilstm-exp server user NAME [--experiment ID[:PERMISSION]]``: the admin creates a user; the password
+    goes to a 0600 file to hand over privately, never to the terminal."""
+    if not args.name:
+        raise ServerError("`user` needs a name. Fix: bilstm-exp server user alice [--experiment 1:EDIT]")
+    grants = []
+    for item in args.experiment:
+        experiment_id, _, permission = item.partition(":")
+        permission = (permission or "EDIT").upper()
+        if not experiment_id or permission not in ("READ", "EDIT", "MANAGE", "NO_PERMISSIONS"):
+            raise ServerError(f"--experiment {item!r}: expected ID[:READ|EDIT|MANAGE|NO_PERMISSIONS]")
+        grants.append((experiment_id, permission))
+    from mlflow.exceptions import MlflowException
+
+    server = attach(args.dir)
+    try:
+        password = add_user(server, args.name)
+        for experiment_id, permission in grants:
+            grant(server, args.name, experiment_id, permission)
+    except MlflowException as error:
+        raise ServerError(f"the server refused: {error.message.splitlines()[0][:300]}. Fix: is the server running "
+                          f"(bilstm-exp server start --dir {args.dir}) and is the name new?") from None
+    path = write_private(server.state_dir / "users" / f"{args.name}.env", "".join([
+        f"MLFLOW_TRACKING_URI={server.tracking_uri}\n",
+        f"MLFLOW_TRACKING_USERNAME={args.name}\n",
+        f"MLFLOW_TRACKING_PASSWORD={password}\n",
+    ]))
+    granted = ", ".join(f"{p} on experiment {e}" for e, p in grants) or "READ everywhere (the default)"
+    print(f"created MLflow user '{args.name}': {granted}. Credentials in {path} (mode 0600): hand them over "
+          "privately; the user loads them with `set -a; . FILE; set +a`")
 
 
 def main(argv: list[str] | None = None) -> None:
