@@ -4,12 +4,12 @@ The layers (README "Layout"), lowest first; a module may import from its own lay
 counting imports inside functions too (a lazy import is still a dependency):
 
     0  errors
-    1  config, compose
+    1  config, compose, redaction
     2  data, context
     3  layers, fast_lstm, architectures, models, optim, tracking.store, tracking.registry, offline, tracking.session
     4  tracking.callback, profiling, reports, serving, checkpoints, evaluation, server
     5  recording, training, distribute
-    6  pipeline, sweep, compare, bench
+    6  pipeline, sweep, compare, bench, runs
     7  cli, __main__
 """
 
@@ -26,13 +26,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "bilstm_exp"
 
 LAYERS = [
     {"errors"},
-    {"config", "compose"},
+    {"config", "compose", "redaction"},
     {"data", "context"},
     {"layers", "fast_lstm", "architectures", "models", "optim", "tracking", "tracking.store", "tracking.registry",
      "offline", "tracking.session"},
     {"tracking.callback", "profiling", "reports", "serving", "checkpoints", "evaluation", "server"},
     {"recording", "training", "distribute"},
-    {"pipeline", "sweep", "compare", "bench"},
+    {"pipeline", "sweep", "compare", "bench", "runs"},
     {"cli", "__main__"},
 ]
 

@@ -19,16 +19,17 @@ from bilstm_exp import data as data_mod
 from bilstm_exp import models, reports, serving
 from bilstm_exp.config import ExperimentConfig, flatten, to_dict
 from bilstm_exp.evaluation import Evaluation
-from bilstm_exp.tracking import registry
+from bilstm_exp.tracking import registry, store
 from bilstm_exp.tracking.session import Session
 
 
 def header(session: Session, config: ExperimentConfig, overrides: list[str], prepared: data_mod.PreparedData,
            folder: Path) -> None:
     """What a new run records before training: params, config and overrides, data md5."""
-    session.log_params(flatten(to_dict(config)))
-    (folder / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-    (folder / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    recorded = store.masked_config(config)  # values from ${oc.env:...} as their interpolation; secrets masked
+    session.log_params(flatten(recorded))
+    (folder / "config.yaml").write_text(yaml.safe_dump(recorded, sort_keys=False))
+    (folder / "overrides.yaml").write_text(yaml.safe_dump(store.scrub(list(overrides))))
     mlflow.log_artifact(str(folder / "config.yaml"))
     mlflow.log_artifact(str(folder / "overrides.yaml"))
     session.log_tags({"data_md5": prepared.md5()})

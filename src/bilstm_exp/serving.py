@@ -3,6 +3,10 @@
 ``mlflow.pyfunc.load_model(uri).predict(["a fine film", "dull"])`` or a DataFrame with a
 ``text`` column returns a DataFrame with ``probability`` (of the positive class for two
 classes, of the predicted class otherwise) and ``label`` (the class name).
+
+An input that is not a non-empty text (``""``, whitespace, ``null``, a number) is refused with an
+``MlflowException(error_code=INVALID_PARAMETER_VALUE)`` naming it: `mlflow models serve` answers
+HTTP 400 with that message, ``bilstm-exp predict`` prints it; no confident label for no text.
 """
 
 from __future__ import annotations
@@ -21,20 +25,39 @@ from bilstm_exp.data import PAD_ID, Vocabulary
 BATCH = 256
 
 
+def invalid_input(message: str) -> Exception:
+    """The error a bad request gets: MLflow's scoring server maps INVALID_PARAMETER_VALUE to HTTP 400."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+
+
 def texts_of(model_input: Any) -> list[str]:
-    """Accept a DataFrame with a ``text`` column, a Series, a list/array of strings or one string."""
+    """Accept a DataFrame with a ``text`` column, a Series, a list/array of strings or one string;
+    refuse anything that is not a non-empty text (:func:`invalid_input`)."""
     if isinstance(model_input, pd.DataFrame):
         if list(model_input.columns) == [0]:  # a plain list, made a one-column frame by MLflow's schema check
             model_input = model_input.rename(columns={0: "text"})
         if "text" not in model_input.columns:
-            raise ValueError(f"input DataFrame needs a 'text' column; it has {list(model_input.columns)}")
+            raise invalid_input(f"input DataFrame needs a 'text' column; it has {list(model_input.columns)}")
         model_input = model_input["text"]
     if isinstance(model_input, str):
         model_input = [model_input]
     if isinstance(model_input, dict) and "text" in model_input:
         model_input = model_input["text"]
-    texts = [str(t) for t in list(model_input)]
-    return texts
+    if model_input is None or isinstance(model_input, (int, float, bool)):
+        model_input = [model_input]
+    texts = list(model_input)
+    for index, text in enumerate(texts):
+        if isinstance(text, str) and text.strip():
+            continue
+        what = "empty or only whitespace" if isinstance(text, str) else (
+            "null" if text is None or (isinstance(text, float) and text != text)
+            else f"not a text but {type(text).__name__} {text!r}")
+        raise invalid_input(f"input {index + 1} of {len(texts)} is {what}: there is nothing to classify. "
+                            "Send non-empty strings, e.g. {\"inputs\": [\"a fine film\"]}")
+    return [str(t) for t in texts]
 
 
 def pad_right(sequences: list[np.ndarray]) -> np.ndarray:

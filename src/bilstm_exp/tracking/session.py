@@ -16,13 +16,29 @@ answers (tried at most every :data:`RETRY_INTERVAL_S`). Before the results are r
 local store (:mod:`bilstm_exp.offline`) holding everything logged so far, and its end prints the
 `bilstm-exp sync` command that uploads it. Errors from a reachable store are raised as they are.
 
+Honest records (issue 12):
+
+* every epoch's logging also sets the tag ``bilstm_exp.heartbeat`` (UTC time), and the run carries
+  ``bilstm_exp.host`` / ``bilstm_exp.pid``: a run a ``kill -9`` left RUNNING is found and closed KILLED
+  by ``bilstm-exp runs --stale --close`` (:mod:`bilstm_exp.runs`);
+* registration and the run's end are one step for signals: a Ctrl-C or SIGTERM arriving meanwhile
+  is deferred (the run ends FINISHED with its one complete version, and a warning says so); a
+  registration that fails midway deletes the version it created, so a FAILED or KILLED run has none;
+* a resumed run that finishes loses the ``error`` / ``failure_reason`` tags of its interruption
+  (kept as ``resumed_after``); an exception marked ``keeps_status`` (a corrupt checkpoint found
+  while resuming) leaves the run's status as it was;
+* an interrupt leaving the session carries the run id (``interrupt.run_id``) for the CLI's message.
+
 The session is an object the caller passes around; there is no module-level "current run".
 No Keras or TensorFlow here.
 """
 
 from __future__ import annotations
 
+import datetime
+import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -35,12 +51,25 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from bilstm_exp import offline
+from bilstm_exp.errors import TrackingError
 from bilstm_exp.tracking import registry, store
 
 RETRY_INTERVAL_S = 10.0  # while the server is down, buffered logging is retried at most this often
 SETTLE_ATTEMPTS, SETTLE_WAIT_S = 3, 5.0  # before the results: tries to reach the server, and the wait between
 
 T = TypeVar("T")
+
+HEARTBEAT_TAG = "bilstm_exp.heartbeat"  # UTC time of the last epoch logged (ISO 8601)
+HOST_TAG, PID_TAG = "bilstm_exp.host", "bilstm_exp.pid"  # where the run's process lives
+FAILURE_TAGS = ("error", "failure_reason")  # cleared when a resumed run finishes
+
+
+def heartbeat() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def process_tags() -> dict[str, str]:
+    return {HEARTBEAT_TAG: heartbeat(), HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
 
 
 class Terminated(KeyboardInterrupt):
@@ -66,6 +95,10 @@ class Session:
         self.offline_folder: Path | None = None
         self.offline_uri: str | None = None
         self.offline_run_id: str | None = None
+        self.deferring = False  # registering and ending: interrupts wait (see the module docstring)
+        self.deferred: list[str] = []
+        self.previous_status: str | None = None  # of a reopened (resumed) run
+        self.previous_failure: dict[str, str] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -76,42 +109,86 @@ class Session:
         """Open a run (``run_id`` reopens a KILLED or FAILED one, to resume it) and end it honestly."""
         signals: list[str] = []  # the interrupts received; they decide KILLED even when a library
         # wrapped the KeyboardInterrupt in an exception of its own on the way up
+        opened: list[Session] = []
 
         def on_sigterm(signum, frame):
+            if opened and opened[0].deferring:
+                opened[0].deferred.append("terminated")
+                return
             signals.append("terminated")
             raise Terminated("SIGTERM")
 
         def on_sigint(signum, frame):
+            if opened and opened[0].deferring:
+                opened[0].deferred.append("interrupted")
+                return
             signals.append("interrupted")
             signal.default_int_handler(signum, frame)
 
         previous = signal.signal(signal.SIGTERM, on_sigterm)
         previous_int = signal.signal(signal.SIGINT, on_sigint)
+        tags = {key: store.redact_text(str(value)) for key, value in (tags or {}).items()}
         with store.short_http_retries():
+            previous = None
             if run_id is not None:
+                previous = MlflowClient().get_run(run_id)
                 active = mlflow.start_run(run_id=run_id)
             else:
-                active = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags,
-                                          parent_run_id=parent_run_id)
+                active = mlflow.start_run(experiment_id=experiment_id, run_name=run_name,
+                                          tags={**tags, **process_tags()}, parent_run_id=parent_run_id)
             session = cls(mlflow.get_tracking_uri(), active)
+            opened.append(session)
+            if previous is not None:
+                session.previous_status = previous.info.status
+                session.previous_failure = {k: previous.data.tags[k] for k in FAILURE_TAGS if k in previous.data.tags}
+                session.log_tags(process_tags())
             try:
                 yield session
             except BaseException as error:
+                session.deferring = False
                 if signals or caused_by_interrupt(error):
                     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal must not cut the clean-up
                     signal.signal(signal.SIGINT, signal.SIG_IGN)
                     reason = signals[0] if signals else (
                         "terminated" if caused_by_interrupt(error, Terminated) else "interrupted")
                     session.end("KILLED", {"failure_reason": reason})
+                    interrupt = error if isinstance(error, KeyboardInterrupt) else (
+                        Terminated("SIGTERM") if reason == "terminated" else KeyboardInterrupt())
+                    interrupt.run_id = session.run_id  # the CLI names the run in its message
+                    if interrupt is not error:  # a library wrapped it: the CLI must still see an interrupt
+                        raise interrupt from error
+                elif getattr(error, "keeps_status", False) and session.previous_status:
+                    session.end(session.previous_status)  # e.g. a corrupt checkpoint: the run is as it was
                 else:
-                    session.end("FAILED", {"error": f"{type(error).__name__}: {error}"[:1000],
+                    session.end("FAILED", {"error": store.redact_text(f"{type(error).__name__}: {error}")[:1000],
                                            "failure_reason": getattr(error, "failure_reason", "exception")})
                 raise
             else:
-                session.end("FINISHED")
+                session.deferring = True  # ending FINISHED is not cut by a signal
+                session.finish()
+                session.deferring = False
+                if session.deferred:
+                    warn(f"{session.deferred[0]} while the run was registering its model and ending: the run "
+                         f"{session.run_id} was completed first and ended FINISHED")
             finally:
                 signal.signal(signal.SIGTERM, previous)
                 signal.signal(signal.SIGINT, previous_int)
+
+    def finish(self) -> None:
+        """End FINISHED; a resumed run loses the failure tags of its interruption."""
+        if self.previous_failure:
+            for key in self.previous_failure:
+                self.journal.tags.pop(key, None)
+            self.log_tags({"resumed_after": self.previous_failure.get("failure_reason", "failure")})
+            if not self.offline_uri:
+                client = MlflowClient(self.uri)
+                for key in self.previous_failure:
+                    try:
+                        client.delete_tag(self.run_id, key)
+                    except Exception:
+                        if store.reachable(self.uri):
+                            raise
+        self.end("FINISHED")
 
     def end(self, status: str, tags: dict[str, str] | None = None) -> None:
         if tags:
@@ -148,8 +225,10 @@ class Session:
         self.log_batch(params=store.as_params(params))
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        """One batched request per call, never one request per metric."""
-        self.log_batch(metrics=store.as_metrics(metrics, step))
+        """One batched request per call, never one request per metric. A per-epoch call (``step``)
+        also updates the heartbeat tag, in the same request."""
+        beat = store.as_tags({HEARTBEAT_TAG: heartbeat()}) if step is not None else []
+        self.log_batch(metrics=store.as_metrics(metrics, step), tags=beat)
 
     def log_tags(self, tags: dict[str, Any]) -> None:
         self.log_batch(tags=store.as_tags(tags))
@@ -232,12 +311,35 @@ class Session:
                  greater_is_better: bool = True):
         """Register the run's model (see :func:`registry.register`). A run kept offline registers
         nothing now: the wish is recorded and `bilstm-exp sync` registers it on upload; returns None."""
+        if champion_metric not in metrics:
+            logged = ", ".join(sorted(k for k in metrics if k.startswith(("val/", "test/", "train/")))[:12])
+            raise TrackingError(f"tracking.champion_metric={champion_metric}: this run logged no such metric, so no "
+                                f"version could ever be compared on it (it logged: {logged}). Fix: pick a logged "
+                                "metric, e.g. tracking.champion_metric=val/accuracy")
         if self.offline_uri:
             self.log_tags({offline.REGISTER_TAG: name, offline.CHAMPION_TAG: champion_metric,
                            offline.GREATER_TAG: str(greater_is_better).lower()})
             return None
-        return registry.register(MlflowClient(self.uri), model_uri, name, self.run_id, metrics, champion_metric,
-                                 greater_is_better)
+        client = MlflowClient(self.uri)
+        before = self._versions(client, name)
+        self.deferring = True  # a signal now would leave a half-tagged version: it waits for the run's end
+        try:
+            return registry.register(client, model_uri, name, self.run_id, metrics, champion_metric,
+                                     greater_is_better)
+        except BaseException:
+            self.deferring = False
+            for version in self._versions(client, name) - before:  # no half-registered version is left
+                try:
+                    client.delete_model_version(name, version)
+                except Exception as error:
+                    warn(f"could not delete the half-registered version {version} of {name}: {error}")
+            raise
+
+    def _versions(self, client: MlflowClient, name: str) -> set[str]:
+        try:
+            return {v.version for v in client.search_model_versions(f"name='{name}' and run_id='{self.run_id}'")}
+        except Exception:
+            return set()
 
 
 def caused_by_interrupt(error: BaseException, kind: type[BaseException] = KeyboardInterrupt) -> bool:

@@ -223,10 +223,25 @@ def check_store(uri: str, timeout_s: float = 5.0, write: bool = True) -> None:
                             "Fix: check the URI, or use tracking=local") from None
 
 
+def existing_store(explicit: str | None = None) -> str:
+    """The store a command that reads runs or models uses (predict, runs, compare): ``explicit``
+    (--tracking-uri), else MLFLOW_TRACKING_URI, else ./mlflow.db; a sqlite store must already exist
+    (opening a missing one would create an empty store and report nothing useful)."""
+    uri = explicit or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():
+        raise TrackingError(f"no MLflow store at {db} (tracking URI {uri}). Fix: run in the folder you trained in, "
+                            "or pass --tracking-uri sqlite:///PATH/mlflow.db or a server URI")
+    return uri
+
+
 def open_store(uri: str, write: bool = False) -> MlflowClient:
-    """A client for a store checked by :func:`check_store` (for commands that read runs or models:
-    compare, predict, runs, sync); use it inside :func:`short_http_retries`."""
+    """A client for a store checked by :func:`check_store`, with short HTTP retries for the rest of the
+    process (one-shot commands that read runs or models: compare, predict, runs, sync): a server that
+    is down fails within seconds, naming the URI, instead of after MLflow's ~4 minutes of retries."""
     check_store(uri, write=write)
+    for key, value in RUN_HTTP_RETRIES.items():
+        os.environ.setdefault(key, value)
     return MlflowClient(uri)
 
 

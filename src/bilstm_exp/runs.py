@@ -1,0 +1,152 @@
+"""`bilstm-exp runs --stale [--older-than MIN] [--close]`: runs a dead process left RUNNING.
+
+A run ends FINISHED, FAILED or KILLED whenever its process can still act (exceptions, Ctrl-C,
+SIGTERM). A ``kill -9``, the OOM killer or a power cut leave it RUNNING for ever. Every run carries
+the tags ``bilstm_exp.heartbeat`` (UTC time of its last logged epoch, or of its start),
+``bilstm_exp.host`` and ``bilstm_exp.pid`` (:mod:`bilstm_exp.tracking.session`). A RUNNING run is
+*stale* when
+
+* its process ran on this host and is gone (no such pid, or a zombie), or
+* its heartbeat (its start time when it has none) is older than ``--older-than`` minutes
+  (default 30: longer than any epoch should take; raise it for long epochs).
+
+``--close`` ends each stale run KILLED, tagged ``failure_reason=stale`` and ``error`` saying why;
+its checkpoint (if any) is untouched, so ``training.resume=true`` can still continue it.
+
+No TensorFlow here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bilstm_exp.errors import TrackingError
+from bilstm_exp.tracking import store
+from bilstm_exp.tracking.session import HEARTBEAT_TAG, HOST_TAG, PID_TAG
+
+DEFAULT_OLDER_THAN_MIN = 30.0
+
+
+@dataclass
+class Stale:
+    run: object  # mlflow.entities.Run
+    experiment: str
+    age_min: float  # minutes since the heartbeat (or the start)
+    reason: str
+
+
+def last_sign_of_life(run) -> float:
+    """Seconds since the epoch of the run's heartbeat tag, else its start time."""
+    text = run.data.tags.get(HEARTBEAT_TAG)
+    if text:
+        try:
+            return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(
+                tzinfo=datetime.timezone.utc).timestamp()
+        except ValueError:
+            pass
+    return run.info.start_time / 1000.0
+
+
+def process_gone(run) -> bool:
+    """True when the run's process ran on this host and no longer exists (or is a zombie)."""
+    if run.data.tags.get(HOST_TAG) != socket.gethostname():
+        return False
+    try:
+        pid = int(run.data.tags.get(PID_TAG, ""))
+    except ValueError:
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:  # a killed child its parent has not reaped yet is a zombie: gone too
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def find(client, experiment_ids: list[str], names: dict[str, str], older_than_min: float,
+         now: float | None = None) -> list[Stale]:
+    """The stale RUNNING runs of the given experiments (see the module docstring)."""
+    now = time.time() if now is None else now
+    found = []
+    running = client.search_runs(experiment_ids, filter_string="attributes.status = 'RUNNING'", max_results=10000)
+    for run in running:
+        age = (now - last_sign_of_life(run)) / 60.0
+        if process_gone(run):
+            reason = f"its process (pid {run.data.tags[PID_TAG]} on {run.data.tags[HOST_TAG]}) is gone"
+        elif age >= older_than_min:
+            reason = f"no heartbeat for {age:.1f} min (limit {older_than_min:g})"
+        else:
+            continue
+        found.append(Stale(run, names.get(run.info.experiment_id, run.info.experiment_id), age, reason))
+    return found
+
+
+def close(client, stale: Stale) -> None:
+    """End a stale run KILLED, saying why."""
+    run_id = stale.run.info.run_id
+    client.set_tag(run_id, "failure_reason", "stale")
+    client.set_tag(run_id, "error", f"closed by `bilstm-exp runs --stale --close`: {stale.reason}")
+    client.set_terminated(run_id, "KILLED")
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def add_command(sub) -> None:
+    p = sub.add_parser("runs", help="list RUNNING runs; --stale: those a dead process left RUNNING; --close: "
+                                    "end them KILLED",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--stale", action="store_true", help="only runs whose process is gone or whose heartbeat is old")
+    p.add_argument("--older-than", type=float, default=DEFAULT_OLDER_THAN_MIN, metavar="MIN",
+                   help=f"heartbeat age in minutes that makes a run stale (default {DEFAULT_OLDER_THAN_MIN:g})")
+    p.add_argument("--close", action="store_true", help="end the stale runs KILLED (needs --stale)")
+    p.add_argument("--experiment", default=None, help="only this experiment (default: all)")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    p.set_defaults(func=command)
+
+
+def command(args: argparse.Namespace) -> None:
+    if args.close and not args.stale:
+        raise TrackingError("--close ends stale runs only. Fix: add --stale (and --older-than MIN)")
+    if args.older_than < 0:
+        raise TrackingError(f"--older-than {args.older_than:g}: must be >= 0 minutes. Fix: e.g. --older-than 30")
+    client = store.open_store(store.existing_store(args.tracking_uri))
+    experiments = client.search_experiments()
+    if args.experiment:
+        experiments = [e for e in experiments if e.name == args.experiment]
+        if not experiments:
+            raise TrackingError(f"experiment '{args.experiment}' not found. Fix: drop --experiment or pass one of "
+                                "the names `mlflow experiments search` lists")
+    names = {e.experiment_id: e.name for e in experiments}
+    ids = list(names)
+    if args.stale:
+        rows = find(client, ids, names, args.older_than)
+    else:
+        now = time.time()
+        rows = [Stale(run, names.get(run.info.experiment_id, ""), (now - last_sign_of_life(run)) / 60.0, "running")
+                for run in client.search_runs(ids, filter_string="attributes.status = 'RUNNING'", max_results=10000)]
+    kind = "stale" if args.stale else "RUNNING"
+    if not rows:
+        print(f"no {kind} runs")
+        return
+    for row in rows:
+        info = row.run.info
+        print(f"{info.run_id}\t{row.experiment}\t{info.run_name}\tlast heartbeat {row.age_min:.1f} min ago\t"
+              f"{row.reason}")
+        if args.close:
+            close(client, row)
+    print(f"{len(rows)} {kind} run(s)" + (": ended KILLED" if args.close else
+                                          ("; end them KILLED with --close" if args.stale else "")))
