@@ -16,7 +16,9 @@ writing leaves the previous checkpoint intact. The folder is deleted when the ru
 
 ``training.resume=true`` (with ``training.resume_run_id`` or, without it, the newest checkpoint made
 with the same config) restores the weights, optimizer and early-stopping state and continues with the
-next epoch. Not restored: the order in which the training data is shuffled (a resumed epoch k sees the
+next epoch. A checkpoint that cannot be read (a truncated weights file, a broken ``state.json``) is
+reported as such, naming the file and what to do, before the run is reopened, so its status stays
+as it was. Not restored: the order in which the training data is shuffled (a resumed epoch k sees the
 order of epoch 0 of a fresh pipeline), so a resumed run matches an uninterrupted one in epochs and
 metric-history length, not value for value.
 """
@@ -50,6 +52,19 @@ class ResumeError(UserError):
     """No checkpoint to resume, or one made for another config or data."""
 
 
+class CorruptCheckpoint(ResumeError):
+    """A checkpoint file cannot be read. The run keeps its status (the session ends it as it was)."""
+
+    keeps_status = True
+    failure_reason = "corrupt_checkpoint"
+
+
+def _corrupt(path: Path, problem: str, run_id: str) -> CorruptCheckpoint:
+    return CorruptCheckpoint(f"checkpoint {path} of run {run_id} cannot be read ({problem}); the run was left as it "
+                             f"was. Fix: delete {path.parent}/ and start a new run without training.resume (the "
+                             f"interrupted run keeps its logged epochs in MLflow), or restore the file from a backup")
+
+
 @dataclass
 class Checkpointer:
     """The checkpoint folder of one run; ``state`` is what a resumption starts from (None: a new run)."""
@@ -72,6 +87,7 @@ class Checkpointer:
             return cls(root, config)
         folder = root / FOLDER
         if run_id is not None:
+            _check_files(folder / run_id, run_id)
             state = _read_state(folder / run_id)
             if state is None:
                 raise ResumeError(f"training.resume_run_id={run_id}: no checkpoint in {FOLDER}/{run_id}/ of "
@@ -83,12 +99,21 @@ class Checkpointer:
                                 key=lambda s: s["saved_at"], reverse=True)
             matching = [s for s in candidates if _differences(s["config"], config) == []]
             if not matching:
-                others = f" ({len(candidates)} checkpoint(s) there were made with another config)" if candidates \
-                    else ""
+                broken = [p.name for p in _subfolders(folder) if (p / STATE).exists() and _read_state(p) is None]
+                others = ""
+                if candidates:
+                    newest = candidates[0]
+                    differences = _differences(newest["config"], config)
+                    others = (f" ({len(candidates)} checkpoint(s) there were made with another config; the newest, "
+                              f"run {newest['run_id']}, differs in {len(differences)} key(s): "
+                              f"{'; '.join(differences[:8])}{'; ...' if len(differences) > 8 else ''})")
+                if broken:
+                    others += f" (unreadable checkpoint(s): {', '.join(f'{FOLDER}/{b}/' for b in broken)})"
                 raise ResumeError(f"training.resume=true: no checkpoint of this config in {FOLDER}/{others}. Fix: "
                                   "repeat the interrupted run's overrides, pass training.resume_run_id=RUN_ID, "
                                   "or drop training.resume to start a new run")
             state = matching[0]
+            _check_files(folder / state["run_id"], state["run_id"])
         return cls(root, config, state=state, run_id=state["run_id"],
                    history={k: list(v) for k, v in state["history"].items()})
 
@@ -129,7 +154,11 @@ class Checkpointer:
             return
         if model.optimizer is not None and not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
-        model.load_weights(self.folder / self.state["weights"])
+        path = self.folder / self.state["weights"]
+        try:
+            model.load_weights(path)
+        except Exception as error:  # h5py/Keras errors: the file does not fit this model or is damaged
+            raise _corrupt(path, f"{type(error).__name__}: {str(error).splitlines()[0][:200]}", self.run_id) from None
 
     def callbacks(self, logger: keras.callbacks.Callback,
                   stopping: keras.callbacks.EarlyStopping | None) -> list[keras.callbacks.Callback]:
@@ -242,6 +271,40 @@ def _read_state(folder: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return state if (folder / state.get("weights", "")).is_file() else None
+
+
+def _check_files(folder: Path, run_id: str) -> None:
+    """A checkpoint folder's files must be readable: state.json (JSON naming its weights file), the
+    weights (an HDF5 file h5py can open and list) and, if present, the early-stopping weights."""
+    state_path = folder / STATE
+    if not state_path.exists():
+        return  # nothing there: the caller says "no checkpoint"
+    try:
+        state = json.loads(state_path.read_text())
+        missing = {"epoch", "run_id", "config", "history", "weights"} - set(state)
+        if missing:
+            raise KeyError(f"no {', '.join(sorted(missing))}")
+        weights = folder / state["weights"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise _corrupt(state_path, f"{type(error).__name__}: {error}", run_id) from None
+    if not weights.is_file():
+        raise _corrupt(weights, "the file is missing", run_id)
+    try:
+        import h5py
+
+        with h5py.File(weights, "r") as handle:
+            if not list(handle.keys()):
+                raise ValueError("no weights in it")
+    except Exception as error:
+        raise _corrupt(weights, f"{type(error).__name__}: {str(error).splitlines()[0][:200]}", run_id) from None
+    if (folder / BEST).exists():
+        try:
+            with np.load(folder / BEST) as arrays:
+                for name in arrays.files:
+                    arrays[name]
+        except Exception as error:
+            raise _corrupt(folder / BEST, f"{type(error).__name__}: {str(error).splitlines()[0][:200]}",
+                           run_id) from None
 
 
 def _differences(saved: dict[str, Any], config: dict[str, Any]) -> list[str]:
