@@ -89,13 +89,20 @@ def composed_groups(conf_dir: Path, params: dict[str, Any]) -> list[str]:
 
 
 def compose(root: Path, overrides: list[str]) -> str:
-    """conf/ composed with Hydra overrides, as YAML text exactly as `dvc exp run` writes it."""
-    from omegaconf import OmegaConf
+    """conf/ composed with Hydra overrides, as YAML text exactly as `dvc exp run` writes it, except that
+    values from the environment stay ``${oc.env:NAME}`` (resolved when a stage reads params.yaml):
+    the git-tracked params.yaml never holds an environment value (bilstm_exp.redaction)."""
+    from omegaconf import ListConfig, OmegaConf
 
+    from bilstm_exp import redaction
     from bilstm_exp.compose import compose as hydra_compose
 
     cfg = hydra_compose(overrides, conf_dir=root / CONF)
+    from_env = redaction.references(cfg)
     OmegaConf.resolve(cfg)
+    for key, text in from_env.items():
+        if not isinstance(OmegaConf.select(cfg, key), ListConfig):
+            OmegaConf.update(cfg, key, text, merge=False)
     return OmegaConf.to_yaml(cfg)
 
 
@@ -104,6 +111,14 @@ def compose_params(root: Path, overrides: list[str]) -> Path:
     body = compose(root, overrides)
     params = yaml.safe_load(body)
     validate(params)
+    from bilstm_exp import redaction
+    from bilstm_exp.config import flatten
+
+    leaked = redaction.credential_keys(flatten(params))
+    if leaked:
+        raise ConfigError(f"{leaked[0]}: holds credentials, and params.yaml is tracked by git. Fix: remove them "
+                          "and put them in MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD or "
+                          "MLFLOW_TRACKING_TOKEN")
     stamp = f"{STAMP}{conf_md5(root / CONF, composed_groups(root / CONF, params))}\n"
     recipe = f"# overrides: {' '.join(overrides)}\n" if overrides else ""
     _write_text(root / PARAMS, HEADER + stamp + recipe + body)
