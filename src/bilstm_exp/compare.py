@@ -69,6 +69,9 @@ def open_store(tracking_uri: str | None):
         if not path.is_file():
             raise CompareError(f"no MLflow store at {path}. Fix: pass the sqlite file you trained into, "
                                "e.g. --tracking-uri sqlite:///mlflow.db")
+    from bilstm_exp.tracking import store
+
+    store.open_store(uri)  # credentials refused, corrupt store named, a down server fails in seconds with the URI
     return MlflowClient(uri), uri
 
 
