@@ -132,14 +132,31 @@ class FileDataConfig(DataConfig):
     name: str = "file"
     path: str = ""  # the csv, tsv, parquet or jsonl file; required
     format: str = "auto"  # auto (from the suffix), csv, tsv, parquet, jsonl
-    text_column: str = "text"  # column holding the text
-    label_column: str = "label"  # column holding the label: integers or strings (mapped to ids, sorted)
+    text_column: str = "text"  # column holding the text: its name, or its 0-based position (e.g. 1)
+    label_column: str = "label"  # the label column (name or 0-based position): integers or strings (ids, sorted)
+    header: bool = True  # csv/tsv: the first line names the columns; false: columns by position only
+    encoding: str = "utf-8"  # csv/tsv/jsonl text encoding, e.g. latin-1, cp1252, utf-16
+    on_bad_rows: str = "error"  # empty text, empty or unparseable label, wrong field count: error or skip (counted)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check(bool(self.path), "data.path", "is required with data=file",
                "pass the file, e.g. data.path=data/raw/reviews.csv")
         _choice(self.format, ("auto", "csv", "tsv", "parquet", "jsonl"), "data.format")
+        _choice(self.on_bad_rows, ("error", "skip"), "data.on_bad_rows")
+        import codecs
+
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            raise ConfigError(f"data.encoding: unknown encoding '{self.encoding}'. Fix: a Python codec name, "
+                              "e.g. data.encoding=utf-8, latin-1 or cp1252") from None
+        if not self.header:
+            for key in ("text_column", "label_column"):
+                value = str(getattr(self, key))
+                _check(value.isdigit(), f"data.{key}", f"'{value}' is a column name, but data.header=false "
+                       "(the columns have no names)", f"give 0-based positions, e.g. data.{key}="
+                       f"{1 if key == 'text_column' else 0}")
 
 
 @dataclass
@@ -402,6 +419,7 @@ class TrainingConfig:
     steps_per_execution: int = 1  # train steps per tf.function call; >1 cuts Python overhead
     mixed_precision: bool = False  # float16 compute with float32 output on a GPU; leave off on a CPU
     verbose: str = "auto"  # Keras progress: auto, 0, 1 or 2
+    log_level: str = "quiet"  # quiet: library logs, warnings, progress bars silenced (bilstm_exp.quiet); verbose
     resume: bool = False  # continue an interrupted run from its last checkpointed epoch (checkpoints/<run_id>/)
     resume_run_id: str | None = None  # the run to resume; null: the newest checkpoint of this config
     monitor: str = "val/loss"  # THE selection metric: early stopping, kept weights, champion, sweep best, objective
@@ -416,6 +434,7 @@ class TrainingConfig:
         _positive(self.batch_size, "training.batch_size", 32)
         _positive(self.steps_per_execution, "training.steps_per_execution", 1)
         _choice(str(self.verbose), ("auto", "0", "1", "2"), "training.verbose")
+        _choice(self.log_level, ("quiet", "verbose"), "training.log_level")
         _choice(self.monitor, MONITORS, "training.monitor")
         if self.monitor_mode is None:
             self.monitor_mode = metric_mode(self.monitor)
@@ -508,6 +527,32 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "profiling": {"standard": ProfilingConfig, "trace": ProfilingConfig},
 }
 SCHEMA_GROUP = "schema"  # conf/<group>/<option>.yaml extends /schema/<group>/<option> from the ConfigStore
+
+
+def check_option_keys(overrides: list[str], defaults: dict[str, str]) -> None:
+    """Refuse ``group.key=value`` when the group's chosen option (picked in ``overrides``, else in
+    ``defaults``) has no ``key`` but another option of the group has: Hydra would only say "Key 'path'
+    is not in struct"; this names the option to add (``data.path=...`` needs ``data=file``)."""
+    if any(o.startswith(("experiment=", "hparams_search=")) for o in overrides):
+        return  # a preset may pick options itself
+    chosen = dict(defaults)
+    chosen.update({name: value for name, eq, value in (o.partition("=") for o in overrides)
+                   if eq and name in SCHEMAS})
+    for override in overrides:
+        dotted, eq, _ = override.partition("=")
+        group, dot, key = dotted.partition(".")
+        if not (eq and dot) or group not in SCHEMAS or chosen.get(group) not in SCHEMAS[group]:
+            continue
+        key = key.split(".")[0]
+        has = lambda schema, key=key: key in {f.name for f in dataclasses.fields(schema)}  # noqa: E731
+        if has(SCHEMAS[group][chosen[group]]):
+            continue
+        options = [option for option, schema in SCHEMAS[group].items() if has(schema)]
+        if options:
+            owners = " and ".join(f"{group}={o}" for o in options)
+            raise ConfigError(f"{dotted}: the {group} option '{chosen[group]}' has no key '{key}'; "
+                              f"{owners} {'has' if len(options) == 1 else 'have'} it. "
+                              f"Fix: add {group}={options[0]}, e.g. {group}={options[0]} {override}")
 
 
 def schema_defaults(group: str, option: str) -> dict[str, Any]:

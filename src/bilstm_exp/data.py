@@ -51,6 +51,7 @@ class RawData:
     texts: list[str]
     labels: np.ndarray  # int class ids
     class_names: list[str]
+    skipped_rows: int | None = None  # rows a file source skipped (data.on_bad_rows=skip); None: not a file
 
 
 @dataclass(frozen=True)
@@ -132,31 +133,77 @@ def synthetic(cfg: SyntheticDataConfig, seed: int) -> RawData:
     return RawData(texts, labels.astype(np.int64), class_names)
 
 
-def _read_table(path: Path, fmt: str):
+LARGE_FILE_MB = 20  # reading a bigger file prints progress
+
+
+def _read_table(path: Path, cfg: FileDataConfig) -> tuple[Any, int]:
+    """The file as a DataFrame, and the number of malformed lines skipped (``on_bad_rows=skip``)."""
+    import warnings
+
     import pandas as pd
 
-    fmt = fmt if fmt != "auto" else {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet",
-                                      ".jsonl": "jsonl", ".json": "jsonl"}.get(path.suffix.lower(), "")
+    fmt = cfg.format if cfg.format != "auto" else {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet",
+                                                    ".jsonl": "jsonl", ".json": "jsonl"}.get(path.suffix.lower(), "")
     if not fmt:
         raise DataError(f"{path}: cannot tell the format from the suffix '{path.suffix}'. "
                         "Fix: use .csv, .tsv, .parquet or .jsonl, or set data.format")
+    skip = cfg.on_bad_rows == "skip"
     try:
-        if fmt == "csv":
-            return pd.read_csv(path, encoding="utf-8")
-        if fmt == "tsv":
-            return pd.read_csv(path, sep="\t", encoding="utf-8")
+        if fmt in ("csv", "tsv"):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", pd.errors.ParserWarning)
+                table = pd.read_csv(path, sep="\t" if fmt == "tsv" else ",", encoding=cfg.encoding,
+                                    header=0 if cfg.header else None, on_bad_lines="warn" if skip else "error")
+            malformed = sum(str(w.message).count("Skipping line") for w in caught
+                            if issubclass(w.category, pd.errors.ParserWarning))
+            return table, malformed
         if fmt == "parquet":
-            return pd.read_parquet(path)
-        return pd.read_json(path, lines=True, encoding="utf-8")
+            return pd.read_parquet(path), 0
+        return pd.read_json(path, lines=True, encoding=cfg.encoding), 0
     except UnicodeDecodeError as error:
-        raise DataError(f"{path}: not valid UTF-8 (byte {error.start}). "
-                        "Fix: re-save the file as UTF-8") from None
+        shown = "UTF-8" if error.encoding.replace("_", "-").lower() in ("utf-8", "utf8") else error.encoding
+        raise DataError(f"{path}: not valid {shown} (byte {error.start}; data.encoding={cfg.encoding}). "
+                        "Fix: set data.encoding to the file's encoding, e.g. data.encoding=latin-1 or cp1252, "
+                        "or re-save the file as UTF-8") from None
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: the file is empty. Fix: add a header and rows") from None
     except (ValueError, pd.errors.ParserError, OSError) as error:
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        fix = " or data.on_bad_rows=skip to skip malformed lines" if fmt in ("csv", "tsv") and not skip else ""
         raise DataError(f"{path}: cannot be read as {fmt}: {first}. "
-                        "Fix: check the file or set data.format") from None
+                        f"Fix: check the file, set data.format{fix}") from None
+
+
+def _column(table, spec: str, key: str, path: Path, header: bool):
+    """The column a ``data.text_column`` / ``data.label_column`` value names: by name, or by 0-based position."""
+    spec = str(spec)
+    names = [str(c) for c in table.columns]
+    if header and spec in names:
+        return table.columns[names.index(spec)]
+    if spec.isdigit() and int(spec) < len(names):
+        return table.columns[int(spec)]
+    found = f"{len(names)} columns (positions 0-{len(names) - 1})" if not header else ", ".join(names)
+    raise DataError(f"{path}: missing column {spec!r} (data.{key}); found {found}. Fix: set data.text_column / "
+                    "data.label_column to a column name or a 0-based position")
+
+
+def _text_problem(value: Any, column: str) -> str | None:
+    if isinstance(value, (int, float, np.number)) and not _isnan(value):
+        return (f"column '{column}' holds a number ({value!r}), not a text. Fix: point data.text_column at the "
+                "column with the texts (and data.label_column at the labels)")
+    if not isinstance(value, str) or not value.strip():
+        return f"empty text in column '{column}'. Fix: remove the row or fill in the text"
+    return None
+
+
+def _label_problem(value: Any) -> str | None:
+    if isinstance(value, float) and value.is_integer():
+        return None
+    if value is None or _isnan(value) or (isinstance(value, str) and not value.strip()):
+        return "empty label. Fix: fill in every label, or remove the row"
+    if isinstance(value, (bool, np.bool_, float)):
+        return f"label {value!r} cannot be parsed. Fix: use integer class ids or non-empty class names"
+    return None
 
 
 def _labels_to_ids(values: list[Any], where: str) -> tuple[np.ndarray, list[str]]:
@@ -188,35 +235,54 @@ def _labels_to_ids(values: list[Any], where: str) -> tuple[np.ndarray, list[str]
 
 @source("file")
 def from_file(cfg: FileDataConfig) -> RawData:
+    """Labelled texts from a csv, tsv, parquet or jsonl file: ``data.header``, columns by name or
+    position, ``data.encoding``; ``data.on_bad_rows=skip`` drops empty texts, empty or unparseable
+    labels and malformed lines, counts them (``RawData.skipped_rows``) and says so."""
+    import time
+
     path = Path(cfg.path).expanduser()
     if path.is_dir():
         raise DataError(f"{path}: is a folder, not a data file. Fix: point data.path at a file in it, "
                         f"e.g. data.path={path / 'reviews.csv'}")
     if not path.is_file():
         raise DataError(f"{path}: no such file. Fix: point data.path at an existing file")
-    if path.stat().st_size == 0:
+    size_mb = path.stat().st_size / 1e6
+    if size_mb == 0:
         raise DataError(f"{path}: the file is empty. Fix: add a header and rows")
-    table = _read_table(path, cfg.format)
-    missing = [c for c in (cfg.text_column, cfg.label_column) if c not in table.columns]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; found "
-                        f"{', '.join(map(str, table.columns))}. "
-                        "Fix: set data.text_column / data.label_column")
+    start = time.perf_counter()
+    if size_mb > LARGE_FILE_MB:
+        print(f"[bilstm-exp] data: reading {path} ({size_mb:.0f} MB) ...", flush=True)
+    table, malformed = _read_table(path, cfg)
+    text_col = _column(table, cfg.text_column, "text_column", path, cfg.header)
+    label_col = _column(table, cfg.label_column, "label_column", path, cfg.header)
     if len(table) == 0:
         raise DataError(f"{path}: no rows. Fix: add labelled examples")
-    texts = []
-    for row, value in enumerate(table[cfg.text_column].tolist()):
-        if isinstance(value, (int, float, np.number)) and not _isnan(value):
-            raise DataError(f"{path}, row {row + 1}: column '{cfg.text_column}' holds a number ({value!r}), not a "
-                            "text. Fix: point data.text_column at the column with the texts (and "
-                            "data.label_column at the labels)")
-        if not isinstance(value, str) or not value.strip():
-            raise DataError(f"{path}, row {row + 1}: empty text in column '{cfg.text_column}'. "
-                            "Fix: remove the row or fill in the text")
-        texts.append(value)
-    labels = [None if _isnan(v) else v for v in table[cfg.label_column].tolist()]
+    texts, labels, bad = [], [], Counter()
+    for row, (text, label) in enumerate(zip(table[text_col].tolist(), table[label_col].tolist(), strict=True)):
+        problem = _text_problem(text, str(text_col))
+        kind = "text"
+        if problem is None:
+            problem, kind = _label_problem(label), "label"
+        if problem is None:
+            texts.append(text)
+            labels.append(label)
+        elif cfg.on_bad_rows == "skip":
+            bad[kind] += 1
+        else:
+            raise DataError(f"{path}, row {row + 1}: {problem}, or skip such rows: data.on_bad_rows=skip")
+    skipped = malformed + sum(bad.values())
+    if skipped:
+        parts = [f"{count} {what}" for what, count in (("malformed line(s)", malformed),
+                 ("empty text(s)", bad["text"]), ("bad label(s)", bad["label"])) if count]
+        print(f"[bilstm-exp] data: skipped {skipped} of {len(table) + malformed} rows of {path.name} "
+              f"(data.on_bad_rows=skip): {', '.join(parts)}", flush=True)
+    if not texts:
+        raise DataError(f"{path}: no usable rows ({skipped} skipped). Fix: check data.text_column, "
+                        "data.label_column and data.header")
     ids, names = _labels_to_ids(labels, str(path))
-    return RawData(texts, ids, names)
+    if size_mb > LARGE_FILE_MB:
+        print(f"[bilstm-exp] data: read {len(texts)} texts in {time.perf_counter() - start:.1f} s", flush=True)
+    return RawData(texts, ids, names, skipped_rows=skipped)
 
 
 def _isnan(value: Any) -> bool:
@@ -497,6 +563,7 @@ def encode(cfg: DataConfig, raw: RawData, idx: dict[str, np.ndarray]) -> Prepare
                          for q, p in (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))},
         "truncated_fraction": float(np.mean(raw_lengths > cfg.max_length)),
         "length_histogram": _histogram(lengths),
+        **({"skipped_rows": raw.skipped_rows} if raw.skipped_rows is not None else {}),
     }
     return PreparedData(splits, labels, texts, vocab, raw.class_names, cfg.max_length,
                         cfg.truncating, stats)
