@@ -90,17 +90,24 @@ def log_batch(client: MlflowClient, run_id: str, params: Iterable[Param] = (), m
 # --------------------------------------------------------------------------- the store
 
 
+def default_uri(root: Path) -> str:
+    """The embedded default store: ``mlflow.db`` in ``root`` (artifacts in ``root/mlartifacts``)."""
+    return f"sqlite:///{(root / 'mlflow.db').resolve()}"
+
+
 def resolve_uri(cfg: TrackingConfig, root: Path) -> str:
-    if cfg.name == "local":
-        return cfg.tracking_uri or f"sqlite:///{(root / 'mlflow.db').resolve()}"
+    """MLflow's own precedence, for every command: an explicit ``tracking.tracking_uri`` (or a
+    command's ``--tracking-uri``) > ``MLFLOW_TRACKING_URI`` > ``root/mlflow.db``. ``tracking=server``
+    has no default: it needs one of the first two. A URI with credentials in it is refused."""
+    if cfg.tracking_uri:
+        check_credentials(cfg.tracking_uri, "tracking.tracking_uri")
     uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if not uri:
+    if uri:
+        return uri
+    if cfg.name == "server":
         raise TrackingError("tracking=server needs a server URI. Fix: set MLFLOW_TRACKING_URI "
                             "or tracking.tracking_uri=http://127.0.0.1:5000")
-    if cfg.tracking_uri and redact(cfg.tracking_uri) != cfg.tracking_uri:
-        raise TrackingError(f"tracking.tracking_uri holds credentials ({redact(uri)}). Fix: put them in "
-                            "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN")
-    return uri
+    return default_uri(root)
 
 
 def is_http(uri: str) -> bool:
@@ -269,7 +276,7 @@ def setup(cfg: TrackingConfig, root: Path) -> str:
     experiment = _experiment(client, cfg.experiment_name, uri)
     if experiment is not None:
         return experiment.experiment_id
-    location = (root / "mlartifacts").resolve().as_uri() if cfg.name == "local" and not cfg.tracking_uri else None
+    location = (root / "mlartifacts").resolve().as_uri() if uri == default_uri(root) else None
     try:
         with store_lock(uri):
             return client.create_experiment(cfg.experiment_name, artifact_location=location)
