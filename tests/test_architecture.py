@@ -3,12 +3,12 @@
 The layers (README "Layout"), lowest first; a module may import from its own layer or lower ones,
 counting imports inside functions too (a lazy import is still a dependency):
 
-    0  errors
+    0  errors, quiet
     1  config, compose, redaction
     2  data, context
     3  layers, fast_lstm, architectures, models, optim, tracking.store, tracking.registry, offline, tracking.session
     4  tracking.callback, profiling, reports, serving, checkpoints, evaluation, server
-    5  recording, training, distribute
+    5  recording, training, distribute, summary
     6  pipeline, sweep, compare, bench, runs
     7  cli, __main__
 """
@@ -25,13 +25,13 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "bilstm_exp"
 
 LAYERS = [
-    {"errors"},
+    {"errors", "quiet"},
     {"config", "compose", "redaction"},
     {"data", "context"},
     {"layers", "fast_lstm", "architectures", "models", "optim", "tracking", "tracking.store", "tracking.registry",
      "offline", "tracking.session"},
     {"tracking.callback", "profiling", "reports", "serving", "checkpoints", "evaluation", "server"},
-    {"recording", "training", "distribute"},
+    {"recording", "training", "distribute", "summary"},
     {"pipeline", "sweep", "compare", "bench", "runs"},
     {"cli", "__main__"},
 ]
