@@ -6,6 +6,7 @@
     bilstm-exp predict --model URI TEXT...   one prediction per text (or --file)
     bilstm-exp compare [--parent RUN_ID]     rank runs: table, Pareto front, plot, report
     bilstm-exp sync --from DIR --to URI      upload a run kept offline while the server was down
+    bilstm-exp promote --model NAME --version N --reason TEXT   move the champion alias by hand
     bilstm-exp bench [--quick]               the benchmarks quoted in the README
 
 Every command runs inside one error boundary (:func:`bilstm_exp.errors.exit_on_user_error`): bad
@@ -21,17 +22,38 @@ from omegaconf import DictConfig
 
 from bilstm_exp.compose import CONF_DIR, compose  # noqa: F401  (CONF_DIR, compose: also used by the tests)
 from bilstm_exp.config import ExperimentConfig, validate
-from bilstm_exp.errors import exit_on_user_error, fail
+from bilstm_exp.errors import ConfigError, exit_on_user_error, fail
 
 INTERRUPTED = ("the run ended KILLED; its last finished epoch is checkpointed in checkpoints/<run_id>/. "
                "Continue it with the same overrides plus training.resume=true")
 
 
 def train(config: ExperimentConfig, overrides: list[str], **run_kwargs):
+    """One run, or with data.folds a cross-validation (a parent run and one child per fold)."""
     from bilstm_exp import training  # imports TensorFlow: only after the config is valid
 
     with exit_on_user_error(interrupted=INTERRUPTED):
+        if config.data.folds:
+            from bilstm_exp import crossval
+
+            return crossval.run(config, root=Path.cwd(), overrides=overrides, **run_kwargs)
         return training.run(config, root=Path.cwd(), overrides=overrides, **run_kwargs)
+
+
+def objective(config: ExperimentConfig, result) -> float:
+    """What sweepers optimise: training.monitor of the kept weights (its final, logged value), or its
+    cross-validation mean ``cv/<monitor>_mean`` with data.folds."""
+    key = f"cv/{config.training.monitor}_mean" if config.data.folds else config.training.monitor
+    return float(result.metrics.get(key, float("nan")))
+
+
+def check_sweeper_direction(config: ExperimentConfig, direction) -> None:
+    """An Optuna ``hydra.sweeper.direction`` must agree with training.monitor_mode."""
+    wanted = "minimize" if config.training.monitor_mode == "min" else "maximize"
+    if isinstance(direction, str) and direction in ("minimize", "maximize") and direction != wanted:
+        raise ConfigError(f"hydra.sweeper.direction: {direction} but the objective, training.monitor="
+                          f"{config.training.monitor}, is {'minimised' if wanted == 'minimize' else 'maximised'}. "
+                          f"Fix: hydra.sweeper.direction={wanted}, or pick a training.monitor to {direction[:-3]}")
 
 
 def run_from_hydra(cfg: DictConfig) -> float | None:
@@ -40,11 +62,14 @@ def run_from_hydra(cfg: DictConfig) -> float | None:
 
     from bilstm_exp.sweep import job_run_kwargs  # a multirun job: child of the sweep's parent run
 
-    overrides = list(HydraConfig.get().overrides.task)
+    from omegaconf import OmegaConf
+
+    hydra_cfg = HydraConfig.get()
+    overrides = list(hydra_cfg.overrides.task)
     with exit_on_user_error():
         config = validate(cfg)
-    result = train(config, overrides, **job_run_kwargs())
-    return max(result.history.get("val_accuracy", [float("nan")]))
+        check_sweeper_direction(config, OmegaConf.select(hydra_cfg, "sweeper.direction", default=None))
+    return objective(config, train(config, overrides, **job_run_kwargs()))
 
 
 def _train_command(args: argparse.Namespace) -> None:
@@ -71,6 +96,20 @@ def _predict_command(args: argparse.Namespace) -> None:
     result = model.predict(pd.DataFrame({"text": texts}))  # matches any raw-text signature, old or new
     for text, prob, label in zip(texts, result["probability"], result["label"], strict=True):
         print(f"{label}\t{prob:.4f}\t{text}")
+
+
+def _promote_command(args: argparse.Namespace) -> None:
+    import getpass
+    import os
+
+    from bilstm_exp.tracking import registry, store
+
+    client = store.open_store(store.existing_store(args.tracking_uri), write=True)
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME") or getpass.getuser()
+    version = registry.promote(client, args.model, args.version, args.reason, user)
+    previous = version.tags.get("champion.previous_version", "none")
+    print(f"{args.model}@{registry.CHAMPION} -> version {version.version} (was {previous}); promoted by {user}: "
+          f"{args.reason.strip()}")
 
 
 def read_texts(path: Path) -> list[str]:
@@ -108,6 +147,13 @@ def parser() -> argparse.ArgumentParser:
     compare.add_arguments(p)
     p.set_defaults(func=compare.command)
     offline.add_command(sub)  # bilstm-exp sync: upload runs kept offline while the server was down
+    p = sub.add_parser("promote", help="move the champion alias to a model version by hand, recording who and why")
+    p.add_argument("--model", required=True, help="registered model name, e.g. bilstm-sentiment")
+    p.add_argument("--version", required=True, type=int, help="the version to serve as champion")
+    p.add_argument("--reason", required=True, help="why (recorded as the version's champion.reason tag)")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    p.set_defaults(func=_promote_command)
     p = sub.add_parser("bench", help=bench.HELP)
     bench.add_arguments(p)
     p.set_defaults(func=bench.command)

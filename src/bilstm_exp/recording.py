@@ -7,6 +7,8 @@ Everything goes through the run's :class:`~bilstm_exp.tracking.session.Session`.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ import numpy as np
 import yaml
 
 from bilstm_exp import data as data_mod
-from bilstm_exp import models, reports, serving
+from bilstm_exp import checkpoints, models, reports, serving
 from bilstm_exp.config import ExperimentConfig, flatten, to_dict
 from bilstm_exp.evaluation import Evaluation
 from bilstm_exp.tracking import registry, store
@@ -32,10 +34,30 @@ def header(session: Session, config: ExperimentConfig, overrides: list[str], pre
     (folder / "overrides.yaml").write_text(yaml.safe_dump(store.scrub(list(overrides))))
     mlflow.log_artifact(str(folder / "config.yaml"))
     mlflow.log_artifact(str(folder / "overrides.yaml"))
-    session.log_tags({"data_md5": prepared.md5()})
+    tags = {"data_md5": prepared.md5(), FINGERPRINT_TAG: prepared.fingerprint(), GROUP_TAG: config_group(config)}
+    if prepared.fold is not None:
+        tags["data.fold_fingerprint"] = prepared.split_fingerprint()
+    session.log_tags(tags)
     session.log_params({"derived.vocab_size": len(prepared.vocab), "derived.num_classes": prepared.num_classes,
                         "derived.train_examples": len(prepared.labels["train"]),
                         "derived.max_length": max(len(s) for s in prepared.splits["train"])})
+
+
+FINGERPRINT_TAG = registry.FINGERPRINT_TAG  # "data.fingerprint": what the scores were measured on
+GROUP_TAG = "config.group"  # runs of one configuration, repeated over seeds, split seeds or folds
+# keys that change only the randomness (weights/shuffling seed, data split) or how a run is executed or
+# recorded, not the configuration being evaluated
+GROUP_IGNORED = ("seed", "data.split_seed", *checkpoints.RUNTIME_KEYS)
+GROUP_IGNORED_PREFIXES = ("tracking.", "profiling.")
+
+
+def config_group(config: ExperimentConfig) -> str:
+    """Tag ``config.group``: md5 (12 hex digits) of the flattened config without :data:`GROUP_IGNORED`
+    and ``tracking.*`` / ``profiling.*``. ``-m seed=1,2,3`` (or data.split_seed=...) runs of one
+    configuration share it; compare groups by it."""
+    flat = {k: v for k, v in flatten(to_dict(config)).items()
+            if k not in GROUP_IGNORED and not k.startswith(GROUP_IGNORED_PREFIXES)}
+    return hashlib.md5(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def results(session: Session, config: ExperimentConfig, classifier: serving.TextClassifier,
@@ -96,8 +118,24 @@ def _model(session: Session, config: ExperimentConfig, classifier: serving.TextC
                                outputs=Schema([ColSpec("double", "probability"), ColSpec("string", "label")]))
     info = registry.log_model(serving.TextClassifier(), artifacts=classifier.save(folder), signature=signature,
                               input_example=pd.DataFrame({"text": prepared.texts["test"][:2]}))
-    if config.tracking.register_model:
-        metrics = {**mlflow.get_run(session.run_id).data.metrics, **metrics}  # incl. the last epoch's val/*
-        session.register(info.model_uri, config.tracking.registered_model_name, metrics,
+    tags = session.journal.tags  # what the run was started and tagged with (sweep_job, fold)
+    skipped = registry.skip_reason(config.tracking.register_model, config.data.max_samples,
+                                   sweep_registers=config.tracking.sweep_registers,
+                                   sweep_job="sweep_job" in tags, fold="fold" in tags)
+    if skipped:
+        session.log_tags({registry.SKIPPED_TAG: skipped})
+        print(f"[bilstm-exp] run {session.run_id} not registered: {skipped}", flush=True)
+    else:
+        session.register(info.model_uri, config.tracking.registered_model_name, {**_latest(session), **metrics},
                          config.tracking.champion_metric, config.tracking.champion_greater_is_better)
     return info.model_uri
+
+
+def _latest(session: Session) -> dict[str, float]:
+    """Each metric's latest value (highest step, then time) as logged so far: the kept weights' val/*."""
+    latest: dict[str, Any] = {}
+    for metric in session.journal.metrics:
+        if metric.key not in latest or (metric.step, metric.timestamp) >= (latest[metric.key].step,
+                                                                           latest[metric.key].timestamp):
+            latest[metric.key] = metric
+    return {key: metric.value for key, metric in latest.items()}

@@ -9,10 +9,13 @@ Registered in ``conf/config.yaml`` under ``hydra.callbacks``; it only acts in MU
   experiment preset) and puts its id in the environment variable :data:`PARENT_ENV`. Launcher
   workers started afterwards (joblib/loky processes included) inherit it.
 * Each job (:func:`job_run_kwargs`, called by ``cli.run_from_hydra``) becomes a child run of it.
-* ``on_multirun_end`` finds the best child by ``metric`` (best epoch, as the sweepers optimise),
-  logs it on the parent (tags ``best_run_id`` and ``best_overrides``, params ``best.<key>``,
-  metric ``best/<metric>``, artifact ``best/config.yaml``) and ends the parent FINISHED, or
-  FAILED when any job failed. When a failed job makes the sweeper raise, Hydra skips
+* ``on_multirun_end`` finds the best child by ``metric`` (default: the sweep's ``training.monitor``
+  and its mode; a child's final value, i.e. its kept weights', as the sweepers optimise; a
+  cross-validation child's ``cv/<metric>_mean``), logs it on the parent (tags ``best_run_id`` and
+  ``best_overrides``, params ``best.<key>``, metric ``best/<metric>``, artifact ``best/config.yaml``),
+  registers the best child's model (``tracking.sweep_registers=best``, the default: jobs register
+  nothing themselves; tag ``registry.version`` or ``registry.skipped`` on the parent) and ends the
+  parent FINISHED, or FAILED when any job failed. When a failed job makes the sweeper raise, Hydra skips
   ``on_multirun_end``; an exit hook then ends the parent FAILED instead of leaving it RUNNING.
 
 The callback is pickled to joblib workers with the launcher's context, so it holds only strings.
@@ -96,11 +99,12 @@ def swept_values(overrides: str, all_overrides: list[str]) -> dict[str, str]:
 class MLflowSweepCallback(Callback):
     """Groups a Hydra multirun into one MLflow parent run; see the module docstring.
 
-    ``metric`` picks the best job (``val/accuracy`` by default); ``mode`` is ``max`` or ``min``.
+    ``metric`` picks the best job (default: the sweep's ``training.monitor``); ``mode`` is ``max`` or
+    ``min`` (default: ``training.monitor_mode``, or min for losses).
     """
 
-    def __init__(self, metric: str = "val/accuracy", mode: str = "max") -> None:
-        if mode not in ("max", "min"):
+    def __init__(self, metric: str | None = None, mode: str | None = None) -> None:
+        if mode not in ("max", "min", None):
             raise ValueError(f"MLflowSweepCallback mode must be max or min, got {mode!r}")
         self.metric = metric
         self.mode = mode
@@ -122,6 +126,7 @@ class MLflowSweepCallback(Callback):
             root = Path.cwd()
             experiment_id = store.setup(cfg, root)  # creates and migrates the store once
         self.tracking_uri = store.resolve_uri(cfg, root)
+        self._resolve_metric(config)
         name, tags, params = sweep_description(config)
         client = MlflowClient(self.tracking_uri)
         run = client.create_run(experiment_id, run_name=name, tags=tags)
@@ -133,6 +138,15 @@ class MLflowSweepCallback(Callback):
         atexit.register(self._end_if_open)
         print(f"[bilstm-exp] sweep parent run {self.parent_run_id} ({name}) in experiment "
               f"'{cfg.experiment_name}'", flush=True)
+
+    def _resolve_metric(self, config: DictConfig) -> None:
+        from bilstm_exp.config import metric_mode
+
+        monitor = OmegaConf.select(config, "training.monitor", default=None)
+        if self.metric is None:
+            self.metric = str(monitor or "val/loss")
+            self.mode = self.mode or OmegaConf.select(config, "training.monitor_mode", default=None)
+        self.mode = self.mode or metric_mode(self.metric)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if not self._open:
@@ -149,7 +163,7 @@ class MLflowSweepCallback(Callback):
     def _finish(self, sweep_dir: Path | None, sweep_raised: bool) -> None:
         from mlflow.tracking import MlflowClient
 
-        from bilstm_exp.tracking.store import as_params, best_value, child_runs, log_batch
+        from bilstm_exp.tracking.store import as_params, child_runs, log_batch
 
         self._open = False
         os.environ.pop(PARENT_ENV, None)
@@ -160,7 +174,7 @@ class MLflowSweepCallback(Callback):
         failed = len(children) - len(finished)
         client.log_metric(parent, "sweep/jobs_finished", len(finished))
         client.log_metric(parent, "sweep/jobs_failed", failed)
-        scored = [(best_value(client, run, self.metric, self.mode), run) for run in finished]
+        scored = [(self._score(client, run), run) for run in finished]
         scored = [(value, run) for value, run in scored if value is not None]
         if scored:
             pick = max if self.mode == "max" else min
@@ -175,6 +189,8 @@ class MLflowSweepCallback(Callback):
             self._log_best_config(client, best.info.run_id)
             print(f"[bilstm-exp] sweep {parent}: {len(finished)}/{len(children)} jobs finished; best "
                   f"{self.metric}={value:.4f} in run {best.info.run_id} ({overrides})", flush=True)
+            if not sweep_raised:
+                self._register_best(client, best)
         if sweep_dir is not None and (sweep_dir / "optimization_results.yaml").is_file():
             client.log_artifact(parent, str(sweep_dir / "optimization_results.yaml"), "best")
         ok = not sweep_raised and failed == 0 and len(finished) > 0
@@ -182,6 +198,51 @@ class MLflowSweepCallback(Callback):
         if not ok:
             print(f"[bilstm-exp] sweep {parent} ended FAILED: {failed} of {len(children)} jobs failed"
                   + (" and the sweeper stopped" if sweep_raised else ""), file=sys.stderr, flush=True)
+
+    def _score(self, client, run) -> float | None:
+        """The child's final ``metric`` (its kept weights'; a CV run's ``cv/<metric>_mean``); a run
+        from before final values were logged falls back to its best epoch."""
+        import math
+
+        from bilstm_exp.tracking.store import best_value
+
+        metrics = run.data.metrics
+        value = metrics.get(f"cv/{self.metric}_mean", metrics.get(self.metric))
+        if value is None or not math.isfinite(value):
+            return best_value(client, run, self.metric, self.mode)
+        return value
+
+    def _register_best(self, client, best) -> None:
+        """tracking.sweep_registers=best: register the best child's logged model (from this one
+        process, after every job has ended), with the child's own registry settings."""
+        import mlflow
+
+        from bilstm_exp.tracking import registry
+
+        params, tags = best.data.params, best.data.tags
+        if params.get("tracking.sweep_registers", "best") != "best":
+            return  # all: every job registered itself; none: nothing
+        reason = registry.skip_reason(params.get("tracking.register_model", "auto"), params.get("data.max_samples"))
+        if tags.get("cv.role") == "parent":
+            reason = "the best job is a cross-validation run: no single model; train its config without data.folds"
+        models = [] if reason else client.search_logged_models(
+            [best.info.experiment_id], filter_string=f"source_run_id='{best.info.run_id}'")
+        if not reason and not models:
+            reason = "the best job logged no model"
+        if reason:
+            client.set_tag(self.parent_run_id, registry.SKIPPED_TAG, reason)
+            print(f"[bilstm-exp] sweep {self.parent_run_id}: best run not registered: {reason}", flush=True)
+            return
+        name = params.get("tracking.registered_model_name", "bilstm-sentiment")
+        metric = params.get("tracking.champion_metric") or self.metric
+        greater = params.get("tracking.champion_greater_is_better", str(self.mode == "max")) == "True"
+        mlflow.set_tracking_uri(self.tracking_uri)  # mlflow.register_model uses the fluent URI
+        version = registry.register(client, f"models:/{models[0].model_id}", name, best.info.run_id,
+                                    dict(best.data.metrics), metric, greater)
+        client.set_tag(self.parent_run_id, registry.VERSION_TAG, f"{name}/{version.version}")
+        decision = client.get_model_version(name, version.version).tags.get("champion.decision", "")
+        print(f"[bilstm-exp] sweep {self.parent_run_id}: registered the best run as {name} version "
+              f"{version.version} (champion: {decision})", flush=True)
 
     def _log_best_config(self, client, run_id: str) -> None:
         """Copy the best child's resolved config.yaml onto the parent as best/config.yaml."""

@@ -19,6 +19,7 @@ import tensorflow as tf
 from bilstm_exp import checkpoints, models, optim, profiling, recording, reports, serving
 from bilstm_exp import data as data_mod
 from bilstm_exp.config import ExperimentConfig, flatten, to_dict
+from bilstm_exp.errors import ConfigError
 from bilstm_exp.evaluation import evaluate
 from bilstm_exp.tracking import store
 from bilstm_exp.tracking.callback import MLflowLogger
@@ -102,7 +103,7 @@ def run(config: ExperimentConfig, *, root: Path, overrides: list[str] | None = N
     checkpointer = _open_checkpointer(config, root)  # training.resume: fails here, before data preparation
     overrides = overrides or []
     start = time.perf_counter()
-    prepared = prepared or data_mod.prepare(config.data, config.seed)  # bad data fails here, before a run exists
+    prepared = prepared or data_mod.prepare(config.data)  # bad data fails here, before a run exists
     prepare_s = time.perf_counter() - start
     checkpointer.check_data(prepared.md5())
 
@@ -131,10 +132,12 @@ def run(config: ExperimentConfig, *, root: Path, overrides: list[str] | None = N
             "class_names": prepared.class_names, "max_length": prepared.max_length,
             "truncating": prepared.truncating})
         evaluation = evaluate(classifier, prepared)
+        kept = _log_kept_weights(config, session, classifier, prepared, history)  # final val/*, best/epoch
         metrics = {**evaluation.metrics, "time/data_prepare_s": prepare_s, "time/model_build_s": build_s,
                    "data/padding_fraction": padding.fraction,
                    **_cost_metrics(config, model, prepared, profiler, classifier, history)}
         session.log_metrics(metrics)
+        metrics.update(kept)
         session.settle()  # a server down since some epoch: deliver what is buffered, or continue offline
         model_uri = session.resilient(lambda: recording.results(session, config, classifier, prepared, evaluation,
                                                                 history, metrics, folder))
@@ -152,10 +155,7 @@ def _fit(config: ExperimentConfig, model: keras.Model, pipelines: dict[str, tf.d
         callbacks: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN(), profiler]
         if recording.has_attention(model):
             callbacks.append(AttentionProbe(serving.pad_right(prepared.splits["val"][:64])))
-        stop = config.training.early_stopping
-        stopping = keras.callbacks.EarlyStopping(
-            monitor=stop.monitor, patience=stop.patience, mode="min" if stop.monitor == "val_loss" else "max",
-            restore_best_weights=True) if stop.enabled else None
+        stopping = _stopping(config, prepared)
         callbacks += [stopping] if stopping else []
         # last: log the epoch (with what the callbacks before added) and checkpoint it, signals held meanwhile
         callbacks += checkpointer.callbacks(MLflowLogger(session), stopping)
@@ -169,6 +169,48 @@ def _fit(config: ExperimentConfig, model: keras.Model, pipelines: dict[str, tf.d
         raise NonFiniteLoss("training loss became NaN or infinite; lower optimizer.learning_rate "
                             "or enable clipping, e.g. clipping=global_norm")
     return history
+
+
+def _stopping(config: ExperimentConfig, prepared: data_mod.PreparedData) -> keras.callbacks.EarlyStopping | None:
+    """Early stopping on ``training.monitor``; it also keeps the best epoch's weights (restored at the
+    end of ``fit``), with a patience no run reaches when early stopping is disabled."""
+    training = config.training
+    if training.monitor == "val/auc" and prepared.num_classes != 2:
+        raise ConfigError(f"training.monitor: val/auc needs two classes, the data has {prepared.num_classes}. "
+                          "Fix: training.monitor=val/loss or training.monitor=val/accuracy")
+    if not (training.early_stopping.enabled or training.restore_best_weights):
+        return None
+    patience = training.early_stopping.patience if training.early_stopping.enabled else training.epochs + 1
+    return keras.callbacks.EarlyStopping(monitor=keras_key(training.monitor), mode=training.monitor_mode,
+                                         patience=patience, restore_best_weights=training.restore_best_weights)
+
+
+def keras_key(metric: str) -> str:
+    """val/loss -> val_loss: the Keras log key of an MLflow metric name."""
+    return metric.replace("/", "_", 1)
+
+
+def best_epoch(config: ExperimentConfig, history: dict[str, list[float]]) -> int | None:
+    """The 0-based epoch with the best ``training.monitor`` (the first of ties, as early stopping picks)."""
+    values = np.asarray(history.get(keras_key(config.training.monitor), []), dtype=float)
+    if not len(values) or not np.isfinite(values).any():
+        return None
+    values = np.where(np.isfinite(values), values, np.inf if config.training.monitor_mode == "min" else -np.inf)
+    return int(np.argmin(values) if config.training.monitor_mode == "min" else np.argmax(values))
+
+
+def _log_kept_weights(config: ExperimentConfig, session: Session, classifier: serving.TextClassifier,
+                      prepared: data_mod.PreparedData, history: dict[str, list[float]]) -> dict[str, float]:
+    """Evaluate the weights the run keeps (the best epoch's, restored) on the validation split and log
+    them as the last step of ``val/*`` (step = epochs trained, one past the last epoch), so each
+    ``val/*`` metric's latest value, and the registry's ``metric.val/*`` tags, describe the saved model.
+    Also logs ``best/epoch`` (0-based, as the epoch steps)."""
+    kept = evaluate(classifier, prepared, split="val").metrics
+    best = best_epoch(config, history)
+    if best is not None:
+        kept["best/epoch"] = best
+    session.log_metrics(kept, step=len(history.get("loss", [])))
+    return kept
 
 
 def _cost_metrics(config: ExperimentConfig, model: keras.Model, prepared: data_mod.PreparedData,

@@ -46,37 +46,140 @@ def registry_lock(uri: str) -> Iterator[None]:
         yield
 
 
+FINGERPRINT_TAG = "data.fingerprint"  # run and version tag: md5 of the evaluation data (PreparedData.fingerprint)
+SKIPPED_TAG = "registry.skipped"  # run tag: why the run registered no version
+VERSION_TAG = "registry.version"  # run tag: NAME/VERSION of the run's one registered version
+
+
+def skip_reason(register_model: Any, max_samples: Any, *, sweep_registers: str = "best", sweep_job: bool = False,
+                fold: bool = False) -> str | None:
+    """Why a run must not register its model, or None. Values may be config values or their params
+    strings (the sweep callback reads a child's params)."""
+    wish = str(register_model).lower()
+    if wish == "false":
+        return "tracking.register_model=false"
+    if fold:
+        return ("a cross-validation fold (data.folds) estimates performance; train one run without data.folds "
+                "to register a model")
+    if sweep_job and sweep_registers != "all":
+        return ("a sweep job; the sweep registers its best job when it ends (tracking.sweep_registers=best, "
+                "all: every job)" if sweep_registers == "best" else "a sweep job; tracking.sweep_registers=none")
+    if wish == "auto" and str(max_samples) not in ("None", ""):
+        return f"a smoke run (data.max_samples={max_samples}); add tracking.register_model=true to register it"
+    return None
+
+
 def register(client: MlflowClient, model_uri: str, name: str, run_id: str, metrics: dict[str, float],
              champion_metric: str, greater_is_better: bool = True) -> Any:
-    """Register a model version, tag it, and move the ``champion`` alias to it only if it beats the
-    current champion on ``champion_metric``. The decision and the delta become version tags, so
-    the alias history is auditable in the registry."""
+    """Register the run's model version (at most one per run: a resumed or re-synced run gets its
+    existing version back), tag it with its metrics and data fingerprint, and decide on the
+    ``champion`` alias:
+
+    * no champion yet: the alias moves to it (``promoted``);
+    * a champion evaluated on other data (another ``data.fingerprint``): ``incomparable``, the alias
+      stays (start a champion for new data with a new registered-model name or ``bilstm-exp promote``);
+    * otherwise it moves only if the version beats the champion on ``champion_metric`` in its
+      direction (``promoted``), else ``kept``.
+
+    The decision, its reason and the delta become version tags, so the alias history is auditable."""
     with registry_lock(client.tracking_uri):
+        existing = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+        if existing:
+            return min(existing, key=lambda v: int(v.version))
         version = mlflow.register_model(model_uri, name, tags={"run_id": run_id})
         value = metrics.get(champion_metric)
         tags = {f"metric.{k}": f"{v:.6g}" for k, v in metrics.items()
-                if k.startswith(("val/", "test/")) and isinstance(v, float)}
-        try:
-            current = client.get_model_version_by_alias(name, CHAMPION)
-        except MlflowException:
-            current = None
-        best = None if current is None else _version_metric(client, current, champion_metric)
-        if value is None:
-            decision, reason = "kept", f"run has no {champion_metric}"
-        elif best is None:
-            decision, reason = "promoted", "first version with this metric"
-        else:
-            better = value > best if greater_is_better else value < best
-            decision = "promoted" if better else "kept"
-            reason = f"{champion_metric} {value:.6g} vs champion v{current.version} {best:.6g}"
-            tags["champion.delta"] = f"{value - best:+.6g}"
+                if k.startswith(("val/", "test/")) and isinstance(v, (int, float))}
+        fingerprint = _run_tags(client, run_id).get(FINGERPRINT_TAG)
+        if fingerprint:
+            tags[FINGERPRINT_TAG] = fingerprint
+        current = champion(client, name)
+        if current is not None:
             tags["champion.previous_version"] = str(current.version)
+        decision, reason = _decide(client, name, current, value, fingerprint, champion_metric, greater_is_better, tags)
         tags.update({"champion.decision": decision, "champion.reason": reason, "champion.metric": champion_metric})
         for key, text in tags.items():
             client.set_model_version_tag(name, version.version, key, text)
         if decision == "promoted":
             client.set_registered_model_alias(name, CHAMPION, version.version)
+        try:
+            client.set_tag(run_id, VERSION_TAG, f"{name}/{version.version}")
+        except MlflowException:
+            pass  # the run lives elsewhere (a synced run keeps its own tags)
     return version
+
+
+def _decide(client: MlflowClient, name: str, current, value: float | None, fingerprint: str | None, metric: str,
+            greater_is_better: bool, tags: dict[str, str]) -> tuple[str, str]:
+    if current is None:
+        return ("promoted", "first version with this metric") if value is not None else (
+            "kept", f"run has no {metric}")
+    theirs = current.tags.get(FINGERPRINT_TAG) or _run_tags(client, current.run_id).get(FINGERPRINT_TAG)
+    if not fingerprint or fingerprint != theirs:
+        return "incomparable", (
+            f"evaluated on other data than champion v{current.version} ({FINGERPRINT_TAG} "
+            f"{(fingerprint or 'missing')[:12]} vs {(theirs or 'missing')[:12]}); the alias stays. For new data use a "
+            f"new tracking.registered_model_name, or `bilstm-exp promote --model {name} --version N --reason ...`")
+    if value is None:
+        return "kept", f"run has no {metric}"
+    best = _version_metric(client, current, metric)
+    if best is None:
+        return "promoted", f"champion v{current.version} has no {metric}"
+    better = value > best if greater_is_better else value < best
+    tags["champion.delta"] = f"{value - best:+.6g}"
+    direction = "higher" if greater_is_better else "lower"
+    return ("promoted" if better else "kept"), (
+        f"{metric} {value:.6g} vs champion v{current.version} {best:.6g} ({direction} is better)")
+
+
+def champion(client: MlflowClient, name: str):
+    """The version the ``champion`` alias points at, or None."""
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def promote(client: MlflowClient, name: str, version: int | str, reason: str, user: str) -> Any:
+    """Move the ``champion`` alias to ``version`` by hand (e.g. the first model on new data), recording
+    who, when and why as version tags. Unknown names or versions and an empty reason are refused."""
+    import datetime
+
+    from bilstm_exp.errors import TrackingError
+    from bilstm_exp.tracking.store import redact
+
+    if not reason.strip():
+        raise TrackingError("promote needs a reason. Fix: add --reason \"why this version serves\"")
+    where = redact(client.tracking_uri)
+    with registry_lock(client.tracking_uri):
+        try:
+            client.get_registered_model(name)
+        except MlflowException:
+            known = sorted(m.name for m in client.search_registered_models())
+            raise TrackingError(f"no registered model '{name}' in {where} (registered: {', '.join(known) or 'none'}). "
+                                "Fix: pass --model NAME of a registered model, or --tracking-uri of its store") from None
+        try:
+            target = client.get_model_version(name, str(version))
+        except MlflowException:
+            known = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+            raise TrackingError(f"{name} has no version {version} (versions: {', '.join(map(str, known)) or 'none'}). "
+                                "Fix: pass --version of an existing version") from None
+        current = champion(client, name)
+        tags = {"champion.decision": "promoted", "champion.promoted_by": user,
+                "champion.promoted_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "champion.reason": f"promoted by hand: {reason.strip()}",
+                "champion.previous_version": str(current.version) if current is not None else "none"}
+        for key, text in tags.items():
+            client.set_model_version_tag(name, target.version, key, text)
+        client.set_registered_model_alias(name, CHAMPION, target.version)
+    return client.get_model_version(name, target.version)
+
+
+def _run_tags(client: MlflowClient, run_id: str | None) -> dict[str, str]:
+    try:
+        return dict(client.get_run(run_id).data.tags) if run_id else {}
+    except MlflowException:
+        return {}
 
 
 def _version_metric(client: MlflowClient, version, metric: str) -> float | None:
