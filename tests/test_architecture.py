@@ -31,7 +31,7 @@ LAYERS = [
     {"layers", "fast_lstm", "architectures", "models", "optim", "tracking", "tracking.store", "tracking.registry",
      "offline", "tracking.session"},
     {"tracking.callback", "profiling", "reports", "serving", "checkpoints", "evaluation", "server"},
-    {"recording", "training", "distribute", "summary"},
+    {"recording", "training", "distribute", "crossval", "summary"},
     {"pipeline", "sweep", "compare", "bench", "runs"},
     {"cli", "__main__"},
 ]
