@@ -5,7 +5,7 @@ counting imports inside functions too (a lazy import is still a dependency):
 
     0  errors, quiet
     1  config, compose, redaction
-    2  data, context
+    2  data, context, embeddings
     3  layers, fast_lstm, architectures, models, optim, tracking.store, tracking.registry, offline, tracking.session
     4  tracking.callback, profiling, reports, serving, checkpoints, evaluation, server
     5  recording, training, distribute, summary
@@ -27,7 +27,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "bilstm_exp"
 LAYERS = [
     {"errors", "quiet"},
     {"config", "compose", "redaction"},
-    {"data", "context"},
+    {"data", "context", "embeddings"},
     {"layers", "fast_lstm", "architectures", "models", "optim", "tracking", "tracking.store", "tracking.registry",
      "offline", "tracking.session"},
     {"tracking.callback", "profiling", "reports", "serving", "checkpoints", "evaluation", "server"},

@@ -8,6 +8,7 @@
     bilstm-exp sync --from DIR --to URI      upload a run kept offline while the server was down
     bilstm-exp promote --model NAME --version N --reason TEXT   move the champion alias by hand
     bilstm-exp bench [--quick]               the benchmarks quoted in the README
+    bilstm-exp pretrain-embeddings --input FILE --out vectors.txt   word vectors from your own text
 
 Every command runs inside one error boundary (:func:`bilstm_exp.errors.exit_on_user_error`): bad
 input prints one line naming the problem and the fix and exits 2.
@@ -127,7 +128,7 @@ def read_texts(path: Path) -> list[str]:
 
 
 def parser() -> argparse.ArgumentParser:
-    from bilstm_exp import bench, compare, offline, pipeline
+    from bilstm_exp import bench, compare, embeddings, offline, pipeline
 
     top = argparse.ArgumentParser(prog="bilstm-exp", description=__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -147,6 +148,7 @@ def parser() -> argparse.ArgumentParser:
     compare.add_arguments(p)
     p.set_defaults(func=compare.command)
     offline.add_command(sub)  # bilstm-exp sync: upload runs kept offline while the server was down
+    embeddings.add_command(sub)  # bilstm-exp pretrain-embeddings: word2vec/fastText vectors from your text
     p = sub.add_parser("promote", help="move the champion alias to a model version by hand, recording who and why")
     p.add_argument("--model", required=True, help="registered model name, e.g. bilstm-sentiment")
     p.add_argument("--version", required=True, type=int, help="the version to serve as champion")

@@ -8,7 +8,8 @@ every model shares: the token-id input, the masked embedding, the recurrent-laye
 GPU note: the recurrent layers keep Keras's cuDNN-compatible defaults (tanh/sigmoid, bias,
 no unrolling) and the inputs are right-padded with a mask from ``Embedding(mask_zero=True)``,
 so on a GPU Keras picks the fused cuDNN kernel. ``recurrent_dropout > 0`` rules that kernel
-out and training falls back to the generic (several times slower) one.
+out and training falls back to the generic (several times slower) one; ``model.embedding_dropout``
+(spatial dropout, a layer of its own before the recurrent layers) and ``model.output_dropout`` do not.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import functools
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from bilstm_exp import architectures
@@ -107,21 +109,51 @@ def _recurrent(cfg: ModelConfig, units: int, name: str, **kwargs) -> keras.layer
                            recurrent_dropout=cfg.recurrent_dropout, name=name, **kwargs)
 
 
-def _head(features, num_classes: int):
+def _embed(cfg: ModelConfig, tokens, vocab_size: int, embedding_matrix: np.ndarray | None):
+    """Token ids -> masked word vectors (mask from id 0), optionally started from ``embedding_matrix``
+    (frozen when ``model.embeddings_trainable`` is false), then spatial dropout (``model.embedding_dropout``).
+
+    ``SpatialDropout1D`` drops whole embedding channels for a text (the same channels at every position)
+    and passes the padding mask on. It is a layer of its own before the recurrent layers, so it leaves
+    their settings, and with them the cuDNN kernel choice on a GPU, untouched (unlike
+    ``model.recurrent_dropout``).
+    """
+    layer = keras.layers.Embedding(vocab_size, cfg.embedding_dim, mask_zero=True,
+                                   trainable=cfg.embeddings_trainable, name="embedding")
+    x = layer(tokens)
+    if embedding_matrix is not None:
+        if tuple(embedding_matrix.shape) != (vocab_size, cfg.embedding_dim):
+            raise ValueError(f"embedding_matrix has shape {tuple(embedding_matrix.shape)}; the embedding "
+                             f"needs (vocab_size, model.embedding_dim) = ({vocab_size}, {cfg.embedding_dim})")
+        layer.set_weights([np.asarray(embedding_matrix, dtype="float32")])
+    if cfg.embedding_dropout > 0:
+        x = keras.layers.SpatialDropout1D(cfg.embedding_dropout, name="embedding_dropout")(x)
+    return x
+
+
+def _head(cfg: ModelConfig, features, num_classes: int):
+    """Dropout on the features (``model.output_dropout``), then the output layer."""
+    if cfg.output_dropout > 0:
+        features = keras.layers.Dropout(cfg.output_dropout, name="output_dropout")(features)
     if num_classes == 2:
         return keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="output")(features)
     return keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="output")(features)
 
 
-def build(cfg: ModelConfig, vocab_size: int, num_classes: int) -> TelemetryModel:
-    """Build the configured architecture (uncompiled). Inputs: int32 token ids, 0 = padding."""
+def build(cfg: ModelConfig, vocab_size: int, num_classes: int, *,
+          embedding_matrix: np.ndarray | None = None) -> TelemetryModel:
+    """Build the configured architecture (uncompiled). Inputs: int32 token ids, 0 = padding.
+
+    ``embedding_matrix`` (vocab_size x model.embedding_dim): the embedding's initial weights, e.g.
+    pretrained word vectors from :func:`bilstm_exp.embeddings.for_vocabulary`; None: random.
+    """
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
     architecture = architectures.get(cfg)
     tokens = keras.Input(shape=(None,), dtype="int32", name="token_ids")
-    x = keras.layers.Embedding(vocab_size, cfg.embedding_dim, mask_zero=True, name="embedding")(tokens)
+    x = _embed(cfg, tokens, vocab_size, embedding_matrix)
     features = architecture.build(cfg, tokens, x, functools.partial(_recurrent, cfg))
-    return TelemetryModel(tokens, _head(features, num_classes), name=cfg.name)
+    return TelemetryModel(tokens, _head(cfg, features, num_classes), name=cfg.name)
 
 
 def inference_model(model: keras.Model) -> keras.Model:

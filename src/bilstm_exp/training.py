@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from bilstm_exp import checkpoints, models, optim, profiling, recording, reports, serving
+from bilstm_exp import checkpoints, embeddings, models, optim, profiling, recording, reports, serving
 from bilstm_exp import data as data_mod
 from bilstm_exp.config import ExperimentConfig, flatten, to_dict
 from bilstm_exp.errors import ConfigError
@@ -57,11 +57,14 @@ def datasets(config: ExperimentConfig, prepared: data_mod.PreparedData) -> dict[
 
 
 def compile_model(config: ExperimentConfig, prepared: data_mod.PreparedData, steps_per_epoch: int,
-                  model: keras.Model | None = None) -> keras.Model:
-    """Compile ``model`` (default: the configured architecture, freshly built) with the configured
-    optimizer, loss and metrics: binary cross-entropy with accuracy and AUC for two classes, sparse
-    categorical cross-entropy with accuracy for more."""
-    model = model or models.build(config.model, len(prepared.vocab), prepared.num_classes)
+                  model: keras.Model | None = None, vectors: embeddings.Vectors | None = None) -> keras.Model:
+    """Compile ``model`` (default: the configured architecture, freshly built, its embedding started from
+    ``vectors`` or else from model.pretrained_embeddings) with the configured optimizer, loss and metrics:
+    binary cross-entropy with accuracy and AUC for two classes, sparse categorical cross-entropy with
+    accuracy for more."""
+    if model is None:
+        vectors = vectors or embeddings.for_vocabulary(config.model, prepared.vocab, seed=config.seed)
+        model = models.build(config.model, len(prepared.vocab), prepared.num_classes, embedding_matrix=vectors.matrix)
     optimizer = optim.build(config.optimizer, config.clipping, steps_per_epoch, config.training.epochs)
     if prepared.num_classes == 2:
         loss, metrics = "binary_crossentropy", [keras.metrics.BinaryAccuracy(name="accuracy"),
@@ -106,6 +109,8 @@ def run(config: ExperimentConfig, *, root: Path, overrides: list[str] | None = N
     prepared = prepared or data_mod.prepare(config.data)  # bad data fails here, before a run exists
     prepare_s = time.perf_counter() - start
     checkpointer.check_data(prepared.md5())
+    # model.pretrained_embeddings: the vectors for this vocabulary; an unreadable file fails before a run exists
+    vectors = embeddings.for_vocabulary(config.model, prepared.vocab, prepared.splits["train"], seed=config.seed)
 
     with Session.start(experiment_id, run_name=_run_name(config), tags=_tags(config, overrides, extra_tags),
                        parent_run_id=parent_run_id, run_id=checkpointer.run_id) as session, \
@@ -121,7 +126,7 @@ def run(config: ExperimentConfig, *, root: Path, overrides: list[str] | None = N
         pipelines = datasets(config, prepared)
         padding = data_mod.padding_stats(pipelines["train"])
         start = time.perf_counter()
-        model = compile_model(config, prepared, padding.batches)
+        model = compile_model(config, prepared, padding.batches, vectors=vectors)
         build_s = time.perf_counter() - start
         session.log_params({"derived.trainable_params": int(model.count_params())})
 
@@ -134,7 +139,7 @@ def run(config: ExperimentConfig, *, root: Path, overrides: list[str] | None = N
         evaluation = evaluate(classifier, prepared)
         kept = _log_kept_weights(config, session, classifier, prepared, history)  # final val/*, best/epoch
         metrics = {**evaluation.metrics, "time/data_prepare_s": prepare_s, "time/model_build_s": build_s,
-                   "data/padding_fraction": padding.fraction,
+                   "data/padding_fraction": padding.fraction, **vectors.metrics,  # embedding/oov_fraction
                    **_cost_metrics(config, model, prepared, profiler, classifier, history)}
         session.log_metrics(metrics)
         metrics.update(kept)
