@@ -62,14 +62,23 @@ def test_flops_grow_with_width_and_count_each_architecture():
         train_flops_per_token(validate(compose([])).model, 2, 0)
 
 
-def test_matmul_peak_is_measured_once_and_cached(tmp_path):
+def test_matmul_peak_is_cached_with_its_threads_and_load(tmp_path, monkeypatch):
     from bilstm_exp import profiling
 
+    monkeypatch.setenv("BILSTM_EXP_CACHE_DIR", str(tmp_path / "cache"))
     first = profiling.matmul_peak_gflops()
     cache = json.loads((tmp_path / "cache" / "matmul_peak.json").read_text())
-    key = json.dumps(profiling.machine(), sort_keys=True)
-    assert cache[key] == first > 0
-    assert profiling.matmul_peak_gflops() == first  # read back, not measured again
+    entry = cache[json.dumps(profiling.machine(), sort_keys=True)]
+    assert entry["gflops"] == first > 0
+    assert entry["threads"] == profiling.matmul_threads() >= 1
+    # a peak measured at a quiet moment is read back, not measured again
+    entry["load_per_core"], entry["gflops"] = 0.0, 123.0
+    (tmp_path / "cache" / "matmul_peak.json").write_text(json.dumps(cache))
+    assert profiling.matmul_peak_gflops() == 123.0
+    # one measured under load is measured again, and the higher value kept
+    entry["load_per_core"], entry["gflops"] = 5.0, 1e-3
+    (tmp_path / "cache" / "matmul_peak.json").write_text(json.dumps(cache))
+    assert profiling.matmul_peak_gflops() > 1e-3
 
 
 # --------------------------------------------------------------------------- tracked runs

@@ -125,7 +125,7 @@ class Session:
             signals.append("interrupted")
             signal.default_int_handler(signum, frame)
 
-        previous = signal.signal(signal.SIGTERM, on_sigterm)
+        previous_term = signal.signal(signal.SIGTERM, on_sigterm)
         previous_int = signal.signal(signal.SIGINT, on_sigint)
         tags = {key: store.redact_text(str(value)) for key, value in (tags or {}).items()}
         with store.short_http_retries():
@@ -171,7 +171,7 @@ class Session:
                     warn(f"{session.deferred[0]} while the run was registering its model and ending: the run "
                          f"{session.run_id} was completed first and ended FINISHED")
             finally:
-                signal.signal(signal.SIGTERM, previous)
+                signal.signal(signal.SIGTERM, previous_term)
                 signal.signal(signal.SIGINT, previous_int)
 
     def finish(self) -> None:
