@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-import hydra
-from omegaconf import DictConfig
+import sys
 
-from bilstm_exp.cli import run_from_hydra
-from bilstm_exp.compose import CONF_DIR, CONFIG_NAME, VERSION_BASE
-from bilstm_exp.config import register_schemas
+from bilstm_exp import quiet
+
+quiet.setup()  # first: before Hydra, TensorFlow or MLflow print anything (BILSTM_EXP_LOG_LEVEL=verbose: all logs)
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from bilstm_exp.cli import check_overrides, run_from_hydra  # noqa: E402
+from bilstm_exp.compose import CONF_DIR, CONFIG_NAME, VERSION_BASE  # noqa: E402
+from bilstm_exp.config import register_schemas  # noqa: E402
 
 register_schemas()  # the YAML files extend these schemas (config.py)
 
@@ -18,4 +24,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    check_overrides(sys.argv[1:])  # data.path=... without data=file: a hint, not Hydra's "not in struct"
     main()

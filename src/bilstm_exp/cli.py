@@ -31,14 +31,21 @@ INTERRUPTED = ("the run ended KILLED; its last finished epoch is checkpointed in
 
 def train(config: ExperimentConfig, overrides: list[str], **run_kwargs):
     """One run, or with data.folds a cross-validation (a parent run and one child per fold)."""
-    from bilstm_exp import training  # imports TensorFlow: only after the config is valid
+    from bilstm_exp import summary  # no TensorFlow: the first line, a down server and bad data answer in seconds
+
+    with exit_on_user_error(interrupted=INTERRUPTED):
+        if not config.data.folds and "prepared" not in run_kwargs:
+            run_kwargs["prepared"] = summary.start(config, Path.cwd())  # before any experiment or run exists
+    from bilstm_exp import training  # imports TensorFlow: only after the config and the data are valid
 
     with exit_on_user_error(interrupted=INTERRUPTED):
         if config.data.folds:
             from bilstm_exp import crossval
 
             return crossval.run(config, root=Path.cwd(), overrides=overrides, **run_kwargs)
-        return training.run(config, root=Path.cwd(), overrides=overrides, **run_kwargs)
+        result = training.run(config, root=Path.cwd(), overrides=overrides, **run_kwargs)
+        summary.report_run(config, Path.cwd(), result.run_id)  # test metrics, champion, where to look
+        return result
 
 
 def objective(config: ExperimentConfig, result) -> float:
@@ -73,7 +80,23 @@ def run_from_hydra(cfg: DictConfig) -> float | None:
     return objective(config, train(config, overrides, **job_run_kwargs()))
 
 
+def check_overrides(args: list[str]) -> None:
+    """``data.path=...`` without ``data=file`` (a key of another option of its group): name the option
+    to add, where Hydra would only say "Key 'path' is not in struct"."""
+    import yaml
+
+    from bilstm_exp.config import check_option_keys
+
+    defaults: dict[str, str] = {}
+    for entry in (yaml.safe_load((CONF_DIR / "config.yaml").read_text(encoding="utf-8")) or {}).get("defaults", []):
+        if isinstance(entry, dict):
+            defaults.update({str(k): str(v) for k, v in entry.items()})
+    with exit_on_user_error():
+        check_option_keys([a for a in args if "=" in a and not a.startswith("-")], defaults)
+
+
 def _train_command(args: argparse.Namespace) -> None:
+    check_overrides(args.overrides)
     train(validate(compose(args.overrides)), args.overrides)
 
 
@@ -163,6 +186,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from bilstm_exp import quiet
+
+    quiet.setup()  # first: before anything imports TensorFlow or MLflow (BILSTM_EXP_LOG_LEVEL=verbose: all logs)
     args = parser().parse_args(argv)
     with exit_on_user_error(interrupted=INTERRUPTED if args.command == "train" else "stopped"):
         args.func(args)

@@ -455,6 +455,7 @@ class PreparedData:
     max_length: int
     truncating: str = "post"
     stats: dict[str, Any] = field(default_factory=dict)
+    prepare_s: float | None = None  # seconds prepare() took (time/data_prepare_s); None when loaded from disk
     fold: int | None = None  # cross-validation: this fold's index (0-based)
     folds_fingerprint: str | None = None  # cross-validation: the fingerprint of the whole fold set
 
@@ -528,9 +529,14 @@ def _histogram(lengths: np.ndarray, bins: int = 20) -> dict[str, int]:
 def prepare(cfg: DataConfig, seed: int | None = None) -> PreparedData:
     """Load, split (stratified), fit the vocabulary on train only, and encode. ``seed`` (the data's:
     generation, subsample, split) defaults to ``data.split_seed``; the run's ``seed`` is for weights."""
+    import time
+
+    start = time.perf_counter()
     seed = cfg.split_seed if seed is None else seed
     raw = load_raw(cfg, seed)
-    return encode(cfg, raw, stratified_split(raw.labels, cfg.val_fraction, cfg.test_fraction, seed))
+    prepared = encode(cfg, raw, stratified_split(raw.labels, cfg.val_fraction, cfg.test_fraction, seed))
+    prepared.prepare_s = time.perf_counter() - start
+    return prepared
 
 
 def prepare_folds(cfg: DataConfig) -> list[PreparedData]:

@@ -287,6 +287,9 @@ def _load_prepared():
 
 
 def train_stage(config: ExperimentConfig) -> None:
+    from bilstm_exp import summary
+
+    summary.announce(config, _tracking_root())  # the first line: where the run is recorded
     prepared = _load_prepared()  # before TensorFlow is imported: a missing input fails in a second
 
     from bilstm_exp import training
@@ -308,6 +311,7 @@ def train_stage(config: ExperimentConfig) -> None:
                    [[i + 1, *(history[k][i] for k in columns)] for i in range(epochs)])
         _write_json(metrics_json, metrics)
     print(f"trained {epochs} epoch(s): MLflow run {result.run_id}; model -> {MODEL}/")
+    summary.report_run(config, root, result.run_id)  # test metrics, champion, where to look
 
 
 def load_classifier(model_dir: Path):
@@ -372,7 +376,11 @@ STAGES = {"prepare": prepare_stage, "train": train_stage, "evaluate": evaluate_s
 
 
 def run_stage(name: str, params: str) -> None:
-    STAGES[name](load_params(Path(params)))
+    from bilstm_exp import quiet
+
+    config = load_params(Path(params))
+    quiet.setup(config.training.log_level)  # before the stage imports TensorFlow or MLflow
+    STAGES[name](config)
 
 
 def add_train_params_option(train_parser: argparse.ArgumentParser) -> None:

@@ -50,9 +50,13 @@ WARNING_FILTERS = [  # (message regex, module regex) for warnings.filterwarnings
     (r"", r"(tensorflow|keras|tf_keras|absl|google\.protobuf)(\.|$)"),
     (r".*Add type hints to the `predict` method", r""),
 ]
+# Shown warnings dropped in quiet mode (some libraries reset the filters around their own warnings,
+# e.g. MLflow's "once" filter around the type-hint check, so the display is filtered too)
+NOISY_WARNING = re.compile(r"Add type hints to the `predict` method")
+NOISY_WARNING_FILE = re.compile(r"[/\\\\](tensorflow|keras|tf_keras|absl)[/\\\\]")
 FILTERED_IMPORTS = ("tensorflow", "keras")
 
-_state: dict[str, Any] = {"level": None, "env": {}, "loggers": {}, "filters": [], "hook": None}
+_state: dict[str, Any] = {"level": None, "env": {}, "loggers": {}, "filters": [], "hook": None, "show": None}
 
 
 def level_from_env() -> str:
@@ -95,6 +99,9 @@ def _quiet() -> None:
     for message, module in WARNING_FILTERS:
         warnings.filterwarnings("ignore", message=message, module=module)
         _state["filters"].append(warnings.filters[0])
+    if _state["show"] is None:
+        _state["show"] = warnings.showwarning
+        warnings.showwarning = _showwarning
     if _state["hook"] is None:
         _state["hook"] = _ImportHook()
         sys.meta_path.insert(0, _state["hook"])
@@ -118,9 +125,17 @@ def _loud() -> None:
             warnings.filters.remove(entry)
     getattr(warnings, "_filters_mutated", lambda: None)()  # what filterwarnings calls after a change
     _state["filters"] = []
+    if _state["show"] is not None:
+        warnings.showwarning, _state["show"] = _state["show"], None
     if _state["hook"] is not None:
         sys.meta_path.remove(_state["hook"])
         _state["hook"] = None
+
+
+def _showwarning(message, category, filename, lineno, file=None, line=None) -> None:
+    if is_quiet() and (NOISY_WARNING.search(str(message)) or NOISY_WARNING_FILE.search(str(filename))):
+        return
+    (_state["show"] or warnings._showwarning_orig)(message, category, filename, lineno, file, line)  # noqa: SLF001
 
 
 # --------------------------------------------------------------------------- MLflow's own stream

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import sys
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,17 @@ def announce(config: ExperimentConfig, root: Path) -> str:
     return uri
 
 
+def start(config: ExperimentConfig, root: Path):
+    """Everything a run does before TensorFlow is imported: the configured log level, the first line
+    (where the run will be recorded; a down server fails here), and the data, read and validated, so
+    bad data exits in about a second without creating an experiment or a run. Returns PreparedData."""
+    from bilstm_exp import data, quiet
+
+    quiet.setup(config.training.log_level)
+    announce(config, root)
+    return data.prepare(config.data)
+
+
 def run_url(uri: str, experiment_id: str, run_id: str) -> str:
     base = store.redact(uri).rstrip("/") if store.is_http(uri) else UI
     return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
@@ -88,9 +100,11 @@ def test_metrics(metrics: dict[str, float]) -> str:
 def champion(client, run, config: ExperimentConfig) -> str:
     """The registry decision for the run's model version, from its tags."""
     from bilstm_exp import offline
+    from bilstm_exp.tracking.registry import SKIPPED_TAG
 
-    tracking = config.tracking
-    if not tracking.register_model:
+    if run.data.tags.get(SKIPPED_TAG):
+        return f"not registered: {run.data.tags[SKIPPED_TAG]}"
+    if config.tracking.register_model is False:
         return "not registered: tracking.register_model=false"
     try:
         versions = client.search_model_versions(f"run_id='{run.info.run_id}'")
@@ -154,12 +168,14 @@ def _overrides(text: str) -> dict[str, str]:
     return dict(o.partition("=")[::2] for o in text.split() if "=" in o)
 
 
-def sweep_lines(client, children: list, metric: str, mode: str, best_run_id: str | None) -> list[str]:
+def sweep_lines(client, children: list, metric: str, mode: str, best_run_id: str | None,
+                score: Callable[[Any], float | None] | None = None) -> list[str]:
     """A table of a sweep's jobs: job number, status, the overrides that vary between jobs, the
-    best-epoch ``metric``; the best job is marked ``*``."""
+    ``metric`` (``score(run)``, default its best epoch); the best job is marked ``*``."""
+    score = score or (lambda run: store.best_value(client, run, metric, mode))
     jobs = []
     for run in children:
-        value = store.best_value(client, run, metric, mode) if run.info.status == "FINISHED" else None
+        value = score(run) if run.info.status == "FINISHED" else None
         jobs.append((run, _overrides(run.data.tags.get("hydra_overrides", "")), value))
     keys = sorted({k for _, o, _ in jobs for k in o})
     varying = [k for k in keys if len({o.get(k) for _, o, _ in jobs}) > 1] or keys
@@ -173,11 +189,11 @@ def sweep_lines(client, children: list, metric: str, mode: str, best_run_id: str
     return [fmt(header), fmt(["-" * w for w in widths]), *(fmt(r) for r in rows)]
 
 
-def report_sweep(client, parent_run_id: str, children: list, metric: str, mode: str,
-                 best: Any | None) -> None:
+def report_sweep(client, parent_run_id: str, children: list, metric: str, mode: str, best: Any | None,
+                 score: Callable[[Any], float | None] | None = None) -> None:
     say()
     say(f"{PREFIX} sweep {parent_run_id}: {len(children)} job(s), best {metric} ({mode}) marked *")
-    for line in sweep_lines(client, children, metric, mode, best.info.run_id if best is not None else None):
+    for line in sweep_lines(client, children, metric, mode, best.info.run_id if best is not None else None, score):
         say("  " + line)
     if best is not None:
         say(f"  best: {best.info.run_name} ({best.info.run_id}) {best.data.tags.get('hydra_overrides', '')}")

@@ -195,6 +195,10 @@ class MLflowSweepCallback(Callback):
             client.log_artifact(parent, str(sweep_dir / "optimization_results.yaml"), "best")
         ok = not sweep_raised and failed == 0 and len(finished) > 0
         client.set_terminated(parent, "FINISHED" if ok else "FAILED")
+        from bilstm_exp import summary  # the jobs table: status, overrides, metric; the best one marked *
+
+        summary.report_sweep(client, parent, children, self.metric, self.mode, best if scored else None,
+                             lambda run: self._score(client, run))
         if not ok:
             print(f"[bilstm-exp] sweep {parent} ended FAILED: {failed} of {len(children)} jobs failed"
                   + (" and the sweeper stopped" if sweep_raised else ""), file=sys.stderr, flush=True)

@@ -102,12 +102,12 @@ def run(config: ExperimentConfig, *, root: Path, overrides: list[str] | None = N
     ``prepared`` skips data preparation (the DVC train stage passes what `prepare` wrote);
     ``parent_run_id`` nests the run under a sweep's parent run.
     """
-    experiment_id = store.setup(config.tracking, root)
-    checkpointer = _open_checkpointer(config, root)  # training.resume: fails here, before data preparation
-    overrides = overrides or []
     start = time.perf_counter()
-    prepared = prepared or data_mod.prepare(config.data)  # bad data fails here, before a run exists
-    prepare_s = time.perf_counter() - start
+    prepared = prepared or data_mod.prepare(config.data)  # bad data fails here, before any experiment or run
+    prepare_s = prepared.prepare_s if prepared.prepare_s is not None else time.perf_counter() - start
+    experiment_id = store.setup(config.tracking, root)
+    checkpointer = _open_checkpointer(config, root)  # training.resume: fails here, before training
+    overrides = overrides or []
     checkpointer.check_data(prepared.md5())
     # model.pretrained_embeddings: the vectors for this vocabulary; an unreadable file fails before a run exists
     vectors = embeddings.for_vocabulary(config.model, prepared.vocab, prepared.splits["train"], seed=config.seed)
@@ -138,7 +138,8 @@ def run(config: ExperimentConfig, *, root: Path, overrides: list[str] | None = N
             "truncating": prepared.truncating})
         evaluation = evaluate(classifier, prepared)
         kept = _log_kept_weights(config, session, classifier, prepared, history)  # final val/*, best/epoch
-        metrics = {**evaluation.metrics, "time/data_prepare_s": prepare_s, "time/model_build_s": build_s,
+        skipped = {"data/skipped_rows": prepared.stats["skipped_rows"]} if "skipped_rows" in prepared.stats else {}
+        metrics = {**evaluation.metrics, **skipped, "time/data_prepare_s": prepare_s, "time/model_build_s": build_s,
                    "data/padding_fraction": padding.fraction, **vectors.metrics,  # embedding/oov_fraction
                    **_cost_metrics(config, model, prepared, profiler, classifier, history)}
         session.log_metrics(metrics)
@@ -168,6 +169,11 @@ def _fit(config: ExperimentConfig, model: keras.Model, pipelines: dict[str, tf.d
         model.fit(pipelines["train"], validation_data=pipelines["val"], epochs=config.training.epochs,
                   initial_epoch=checkpointer.initial_epoch, callbacks=callbacks, shuffle=False,
                   verbose=_verbose(config.training.verbose))
+        if stopping is not None and stopping.stopped_epoch > 0 and config.training.early_stopping.enabled:
+            from bilstm_exp import summary
+
+            print(summary.early_stop_line(stopping.stopped_epoch, stopping.best_epoch, stopping.wait,
+                                          config.training.monitor, config.training.restore_best_weights), flush=True)
     history = checkpointer.history
     if any(not np.isfinite(v) for v in history.get("loss", [])):
         checkpointer.delete()  # resuming would diverge again
