@@ -1,0 +1,221 @@
+"""The first hour of a new user (issue 14): a run says where it is recorded and ends with a summary
+that matches the store, stderr is free of library noise, MLFLOW_TRACKING_URI is honoured, data
+files load with their options, and bad data stops in the light path (no TensorFlow, no experiment).
+
+One real training subprocess (tiny, on a CSV written here) covers the summary, the noise, the
+tracking URI and the skipped-rows metric; everything else runs without training.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+NOISE = ["absl::InitializeLog", "oneDNN custom operations", "oneDNN supports DT_BOOL", "UserWarning",
+         "Add type hints", "CloudPickle", "Downloading artifacts", "Successfully registered model",
+         "Created version", "retracing", "INFO mlflow", "XLA service", "cpu_feature_guard"]
+
+GOOD = "".join(f"a great and moving film number {i},positive\na dull and tedious film number {i},negative\n"
+               for i in range(80))
+REVIEWS = "text,label\n" + GOOD + ",positive\n"  # one row with an empty text
+
+
+def python_m(args: list[str], cwd: Path, env: dict[str, str] | None = None, flags: tuple[str, ...] = (),
+             timeout: float = 300) -> subprocess.CompletedProcess:
+    full = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "BILSTM_EXP_LOG_LEVEL")}
+    full.update({"TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})})  # what users export: quiet must still be quiet
+    return subprocess.run([sys.executable, *flags, "-m", "bilstm_exp", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env=full)
+
+
+def tiny_file(path: str, *extra: str) -> list[str]:
+    return ["data=file", f"data.path={path}", "data.max_length=48", "data.num_buckets=3", "training.epochs=1",
+            "training.batch_size=16", "model.embedding_dim=8", "model.lstm_units=8", "profiling.latency_samples=5",
+            *extra]
+
+
+# --------------------------------------------------------------------------- one real run
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A tiny run on a CSV with one bad row (skipped), recorded through MLFLOW_TRACKING_URI in a
+    store outside the working directory."""
+    work = tmp_path_factory.mktemp("first-hour")
+    elsewhere = tmp_path_factory.mktemp("store")
+    (work / "reviews.csv").write_text(REVIEWS)
+    uri = f"sqlite:///{elsewhere / 'team.db'}"
+    out = python_m(tiny_file("reviews.csv", "data.on_bad_rows=skip"), work, env={"MLFLOW_TRACKING_URI": uri})
+    return work, uri, out
+
+
+@pytest.mark.slow
+def test_run_says_where_it_records_first_and_ends_with_a_summary_that_matches_the_store(run):
+    from mlflow.tracking import MlflowClient
+
+    work, uri, out = run
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    assert lines[0] == f"[bilstm-exp] recording to {uri} (experiment 'bilstm-exp')", out.stdout[:500]
+
+    client = MlflowClient(uri)
+    (experiment,) = [e for e in client.search_experiments() if e.name == "bilstm-exp"]
+    (record,) = client.search_runs([experiment.experiment_id])
+    run_id = record.info.run_id
+    text = out.stdout
+    assert f"[bilstm-exp] run finished: {record.info.run_name} ({run_id})" in text
+    test_line = next(line for line in lines if line.startswith("  test "))
+    for name in ("accuracy", "auc", "loss"):
+        shown = float(re.search(rf"\b{name} ([0-9.]+)", test_line).group(1))
+        assert shown == pytest.approx(record.data.metrics[f"test/{name}"], abs=5e-5), test_line
+    (version,) = client.search_model_versions(f"run_id='{run_id}'")
+    champion = next(line for line in lines if line.startswith("  champion "))
+    assert version.tags["champion.decision"] in champion and version.tags["champion.reason"] in champion
+    assert f"bilstm-sentiment version {version.version}" in champion
+    assert f"  recorded   {uri}, experiment 'bilstm-exp' (id {experiment.experiment_id})" in lines
+    assert f"  open       mlflow ui --backend-store-uri {uri}" in lines
+    assert f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs/{run_id}" in text
+    # the bad row was skipped, said so, and logged
+    assert "skipped 1 of 161 rows of reviews.csv" in text
+    assert record.data.metrics["data/skipped_rows"] == 1
+    assert "  data       1 bad rows skipped" in text
+
+
+@pytest.mark.slow
+def test_mlflow_tracking_uri_is_honoured_by_the_default_tracking_local(run):
+    work, uri, out = run
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert not (work / "mlflow.db").exists() and not (work / "mlartifacts").exists()
+
+
+@pytest.mark.slow
+def test_stderr_of_a_run_holds_none_of_the_library_noise(run):
+    _, _, out = run
+    assert out.returncode == 0, out.stderr[-3000:]
+    found = [noise for noise in NOISE if noise in out.stderr]
+    assert not found, out.stderr[-3000:]
+    assert "Epoch 1/1" in out.stdout  # Keras progress stays, one line per epoch when not a terminal
+
+
+# --------------------------------------------------------------------------- tracking URI precedence
+
+
+def test_tracking_uri_precedence_explicit_then_environment_then_default(tmp_path, monkeypatch):
+    from bilstm_exp.config import TrackingConfig
+    from bilstm_exp.errors import TrackingError
+    from bilstm_exp.tracking.store import resolve_uri
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert resolve_uri(TrackingConfig(), tmp_path) == f"sqlite:///{(tmp_path / 'mlflow.db').resolve()}"
+    with pytest.raises(TrackingError, match="needs a server URI"):
+        resolve_uri(TrackingConfig(name="server"), tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    assert resolve_uri(TrackingConfig(), tmp_path) == "http://127.0.0.1:5999"
+    assert resolve_uri(TrackingConfig(name="server"), tmp_path) == "http://127.0.0.1:5999"
+    explicit = "sqlite:///elsewhere.db"
+    assert resolve_uri(TrackingConfig(tracking_uri=explicit), tmp_path) == explicit
+
+
+# --------------------------------------------------------------------------- data options, no training
+
+
+def prepare(tmp_path: Path, name: str, content: str | bytes, *overrides: str):
+    from bilstm_exp import data
+    from bilstm_exp.compose import compose
+    from bilstm_exp.config import validate
+
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    config = validate(compose(["data=file", f"data.path={path}", *overrides]))
+    return data.prepare(config.data)
+
+
+def test_headerless_tsv_with_columns_by_position(tmp_path):
+    rows = "".join(f"{i}\tpositive\ta great film {i}\n{i}\tnegative\ta dull film {i}\n" for i in range(30))
+    prepared = prepare(tmp_path, "reviews.tsv", rows, "data.header=false", "data.text_column=2",
+                       "data.label_column=1")
+    assert prepared.class_names == ["negative", "positive"]
+    assert sum(prepared.stats["num_examples"].values()) == 60
+    assert all(text.startswith("a ") for text in prepared.texts["train"])
+
+
+def test_columns_by_position_with_a_header(tmp_path):
+    prepared = prepare(tmp_path, "r.csv", "label,review\n" + "".join(
+        f"1,fine film {i}\n0,poor film {i}\n" for i in range(30)), "data.text_column=1", "data.label_column=0")
+    assert prepared.class_names == ["0", "1"] and prepared.texts["train"][0].endswith(tuple("0123456789"))
+
+
+def test_encoding_option_and_a_decode_error_that_names_it(tmp_path):
+    from bilstm_exp.errors import DataError
+
+    latin = ("text,label\n" + "".join(f"caf\xe9 cr\xe8me {i},positive\nna\xefve plot {i},negative\n"
+                                      for i in range(30))).encode("latin-1")
+    with pytest.raises(DataError, match=r"not valid UTF-8 .*data\.encoding=latin-1"):
+        prepare(tmp_path, "latin.csv", latin)
+    prepared = prepare(tmp_path, "latin.csv", latin, "data.encoding=latin-1")
+    assert any("café" in text for text in prepared.texts["train"])
+
+
+def test_bad_rows_error_by_default_and_are_skipped_and_counted_on_request(tmp_path, capsys):
+    from bilstm_exp.errors import DataError
+
+    content = REVIEWS + "so-so film,\nx,y,z\n"  # empty text, empty label, a line with too many fields
+    with pytest.raises(DataError, match="data.on_bad_rows=skip"):
+        prepare(tmp_path, "bad.csv", content)
+    prepared = prepare(tmp_path, "bad.csv", content, "data.on_bad_rows=skip")
+    assert prepared.stats["skipped_rows"] == 3
+    assert sum(prepared.stats["num_examples"].values()) == 160
+    assert "skipped 3 of 163 rows of bad.csv" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.encoding=klingon"], "data.encoding: unknown encoding 'klingon'"),
+    (["data.header=false"], "data.text_column: 'text' is a column name, but data.header=false"),
+    (["data.on_bad_rows=ignore"], "data.on_bad_rows: 'ignore' is not one of error, skip"),
+    (["training.log_level=loud"], "training.log_level: 'loud' is not one of quiet, verbose"),
+])
+def test_bad_data_options_are_config_errors(overrides, message):
+    from bilstm_exp.compose import compose
+    from bilstm_exp.config import validate
+    from bilstm_exp.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate(compose(["data=file", "data.path=reviews.csv", *overrides]))
+
+
+# --------------------------------------------------------------------------- the light path
+
+
+@pytest.mark.parametrize("args, problem, fix", [
+    (tiny_file("reviews.csv"), "row 161: empty text in column 'text'", "data.on_bad_rows=skip"),
+    (["data.path=reviews.csv"], "data.path: the data option 'synthetic' has no key 'path'", "add data=file"),
+], ids=["bad-row", "path-without-data-file"])
+def test_data_errors_exit_2_before_tensorflow_and_before_any_experiment(tmp_path, args, problem, fix):
+    (tmp_path / "reviews.csv").write_text(REVIEWS)
+    out = python_m(args, tmp_path, flags=("-X", "importtime"), timeout=120)
+    assert out.returncode == 2, out.stderr[-2000:]
+    errors = [line for line in out.stderr.splitlines() if not line.startswith("import time:")]
+    assert any(problem in line and fix in line for line in errors), "\n".join(errors)
+    assert "Traceback" not in out.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
+    assert "tensorflow" not in imported and "keras" not in imported
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlartifacts").exists()
+
+
+def test_early_stop_line_counts_epochs_from_one():
+    from bilstm_exp.summary import early_stop_line
+
+    assert early_stop_line(5, 2, 3, "val/loss", True) == (
+        "[bilstm-exp] early stopping at epoch 6: val/loss did not improve for 3 epochs; kept epoch 3")
+
+
+def test_readme_examples_script_exists_and_lists_the_predict_example():
+    text = (ROOT / "scripts" / "readme_examples.py").read_text()
+    assert "bilstm-exp predict" in text or '"predict"' in text
