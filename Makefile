@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 .PHONY: help install run test test-fast lint ui clean browser screenshot plots-screenshot plots-template server
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -53,4 +53,4 @@ ui: $(STAMP) ## the MLflow UI on the default store: http://127.0.0.1:5000
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
 clean: ## remove runs, outputs and the environment
-	rm -rf $(VENV) mlflow.db mlartifacts outputs multirun
+	rm -rf $(VENV) mlflow.db mlartifacts outputs multirun dvc_plots
