@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from bilstm_exp import checkpoints, embeddings, models, optim, profiling, recording, reports, serving
+from bilstm_exp import checkpoints, distribute, embeddings, models, optim, profiling, recording, reports, serving
 from bilstm_exp import data as data_mod
 from bilstm_exp.config import ExperimentConfig, flatten, to_dict
 from bilstm_exp.errors import ConfigError
@@ -32,11 +32,12 @@ class RunResult:
     metrics: dict[str, float]  # the final (non-per-epoch) metrics logged to MLflow
     history: dict[str, list[float]]  # Keras History: per-epoch logs, incl. profiling keys
     model_uri: str | None  # the logged pyfunc model
-    classifier: serving.TextClassifier  # the trained model, raw text in
+    classifier: serving.TextClassifier | None  # the trained model, raw text in (None: a multi_worker non-chief)
     prepared: data_mod.PreparedData
 
 
 def configure_tensorflow(config: ExperimentConfig) -> None:
+    distribute.strategy(config)  # training.strategy: MultiWorkerMirroredStrategy must come before any TF op
     keras.utils.set_random_seed(config.seed)
     if config.training.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -48,12 +49,12 @@ def datasets(config: ExperimentConfig, prepared: data_mod.PreparedData) -> dict[
     cfg = config.data
     lengths = np.array([len(s) for s in prepared.splits["train"]])
     bounds = data_mod.bucket_boundaries(lengths, cfg.num_buckets) if cfg.padding == "bucket" else None
-    return {
-        name: data_mod.make_dataset(prepared.splits[name], prepared.labels[name], config.training.batch_size,
+    return distribute.shard(config, {  # multi_worker: this worker's batches, as many as every other worker's
+        name: data_mod.make_dataset(prepared.splits[name], prepared.labels[name], distribute.replica_batch_size(config),
                                     padding=cfg.padding, max_length=cfg.max_length, boundaries=bounds,
                                     shuffle=name == "train", seed=config.seed)
         for name in ("train", "val", "test")
-    }
+    })
 
 
 def compile_model(config: ExperimentConfig, prepared: data_mod.PreparedData, steps_per_epoch: int,
@@ -75,7 +76,7 @@ def compile_model(config: ExperimentConfig, prepared: data_mod.PreparedData, ste
                   steps_per_execution=config.training.steps_per_execution)
     if isinstance(model, models.TelemetryModel):  # model.kernel=fast on a CPU: one XLA launch per update
         model.xla_optimizer_step = (config.model.kernel == "fast" and not config.training.mixed_precision
-                                    and not tf.config.list_physical_devices("GPU"))
+                                    and not tf.config.list_physical_devices("GPU") and not distribute.active(config))
     return model
 
 
@@ -102,6 +103,8 @@ def run(config: ExperimentConfig, *, root: Path, overrides: list[str] | None = N
     ``prepared`` skips data preparation (the DVC train stage passes what `prepare` wrote);
     ``parent_run_id`` nests the run under a sweep's parent run.
     """
+    if not distribute.is_chief(config):  # training.strategy=multi_worker (TF_CONFIG checked here): a worker
+        return _train_worker(config, prepared)  # trains its shard and records nothing; the chief records
     start = time.perf_counter()
     prepared = prepared or data_mod.prepare(config.data)  # bad data fails here, before any experiment or run
     prepare_s = prepared.prepare_s if prepared.prepare_s is not None else time.perf_counter() - start
@@ -126,7 +129,8 @@ def run(config: ExperimentConfig, *, root: Path, overrides: list[str] | None = N
         pipelines = datasets(config, prepared)
         padding = data_mod.padding_stats(pipelines["train"])
         start = time.perf_counter()
-        model = compile_model(config, prepared, padding.batches, vectors=vectors)
+        with distribute.scope(config):
+            model = compile_model(config, prepared, padding.batches, vectors=vectors)
         build_s = time.perf_counter() - start
         session.log_params({"derived.trainable_params": int(model.count_params())})
 
@@ -159,16 +163,20 @@ def _fit(config: ExperimentConfig, model: keras.Model, pipelines: dict[str, tf.d
     checkpointer.restore(model)  # resuming: weights and optimizer state of the last finished epoch
     if not checkpointer.fit_done:
         callbacks: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN(), profiler]
-        if recording.has_attention(model):
+        if recording.has_attention(model) and config.training.strategy != "multi_worker":  # chief-only collectives
             callbacks.append(AttentionProbe(serving.pad_right(prepared.splits["val"][:64])))
         stopping = _stopping(config, prepared)
         callbacks += [stopping] if stopping else []
         # last: log the epoch (with what the callbacks before added) and checkpoint it, signals held meanwhile
         callbacks += checkpointer.callbacks(MLflowLogger(session), stopping)
         callbacks += profiling.trace_callbacks(config.profiling, folder / "profile")
-        model.fit(pipelines["train"], validation_data=pipelines["val"], epochs=config.training.epochs,
-                  initial_epoch=checkpointer.initial_epoch, callbacks=callbacks, shuffle=False,
-                  verbose=_verbose(config.training.verbose))
+        if config.training.strategy == "multi_worker":  # saving alone would wait in a collective for the workers
+            checkpointer.save = lambda *args, **kwargs: None  # the epochs' logs are still kept (history)
+        train, val = distribute.fit_inputs(config, model, pipelines)
+        with distribute.fitting(config):  # multi_worker: a dead peer ends the run FAILED (worker_lost)
+            model.fit(train, validation_data=val, epochs=config.training.epochs,
+                      initial_epoch=checkpointer.initial_epoch, callbacks=callbacks, shuffle=False,
+                      verbose=_verbose(config.training.verbose))
         if stopping is not None and stopping.stopped_epoch > 0 and config.training.early_stopping.enabled:
             from bilstm_exp import summary
 
@@ -222,6 +230,23 @@ def _log_kept_weights(config: ExperimentConfig, session: Session, classifier: se
         kept["best/epoch"] = best
     session.log_metrics(kept, step=len(history.get("loss", [])))
     return kept
+
+
+def _train_worker(config: ExperimentConfig, prepared: data_mod.PreparedData | None) -> RunResult:
+    """A non-chief multi_worker task: the chief's data, model and steps (every collective matched), no
+    MLflow, checkpoints or evaluation: it writes nothing (bilstm_exp.distribute)."""
+    prepared = prepared or data_mod.prepare(config.data)
+    configure_tensorflow(config)
+    pipelines = datasets(config, prepared)
+    with distribute.scope(config):
+        model = compile_model(config, prepared, len(pipelines["train"]))
+    stopping = _stopping(config, prepared)  # the chief's too, on the same (all-reduced) metrics
+    train, val = distribute.fit_inputs(config, model, pipelines)
+    with distribute.fitting(config):
+        fitted = model.fit(train, validation_data=val, epochs=config.training.epochs, shuffle=False,
+                           callbacks=[keras.callbacks.TerminateOnNaN()] + ([stopping] if stopping else []),
+                           verbose=_verbose(config.training.verbose))
+    return RunResult("", {}, fitted.history, None, None, prepared)
 
 
 def _cost_metrics(config: ExperimentConfig, model: keras.Model, prepared: data_mod.PreparedData,
