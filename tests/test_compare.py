@@ -52,8 +52,9 @@ def experiment(client):
 def log_run(client, experiment_id: str, architecture: str = "basic", seed: int = 1, loss: float = 0.5,
             accuracy: float = 0.8, epoch_s: float = 2.0, fingerprint: str = FP_A, params: dict | None = None,
             tags: dict | None = None, status: str = "FINISHED", name: str | None = None, epochs: int = 4) -> str:
-    """A finished run as training logs it: config params, per-epoch curves whose best (kept) epoch
-    has val/loss ``loss``, final val/* of the kept weights, best/epoch, test and cost metrics."""
+    """A finished run as training logs it: config params, per-epoch curves whose best epoch (the one
+    before the last: early stopping) has val/loss ``loss``, the kept weights' val/* one step past the
+    last epoch with best/epoch, test and cost metrics."""
     from mlflow.entities import Metric, Param, RunTag
 
     all_params = {**config_params(architecture), "seed": str(seed), **{k: str(v) for k, v in (params or {}).items()}}
@@ -61,13 +62,14 @@ def log_run(client, experiment_id: str, architecture: str = "basic", seed: int =
                 "hydra_overrides": f"model={architecture} seed={seed}", **(tags or {})}
     run = client.create_run(experiment_id, run_name=name or f"{architecture}-adam-clip_none", tags=all_tags)
     run_id = run.info.run_id
-    curve = [loss + 0.3 / (epoch + 1) for epoch in range(epochs - 1)] + [loss]
-    metrics = [Metric("val/loss", v, 0, step) for step, v in enumerate(curve)]
-    metrics += [Metric("val/accuracy", accuracy - 0.05 * (epochs - 1 - step), 0, step) for step in range(epochs)]
+    curve = [loss + 0.3 / (epoch + 1) for epoch in range(epochs - 2)] + [loss, loss + 0.02]
+    metrics = [Metric("val/loss", v, 0, step) for step, v in enumerate([*curve, loss])]
+    metrics += [Metric("val/accuracy", accuracy - 0.05 * abs(epochs - 2 - step), 0, step) for step in range(epochs)]
+    metrics += [Metric("val/accuracy", accuracy, 0, epochs)]
     metrics += [Metric("time/epoch_s", epoch_s * (1.5 if step == 0 else 1.0), 0, step) for step in range(epochs)]
     metrics += [Metric("throughput/train_tokens_per_s", 40_000 / epoch_s, 0, step) for step in range(epochs)]
     metrics += [Metric(key, value, 0, epochs) for key, value in {
-        "best/epoch": epochs - 1, "test/accuracy": accuracy - 0.01, "latency/predict_p50_ms": 3.21,
+        "best/epoch": epochs - 2, "test/accuracy": accuracy - 0.01, "latency/predict_p50_ms": 3.21,
         "model/params": 1_342_017}.items()]
     client.log_batch(run_id, metrics=metrics, params=[Param(k, v) for k, v in all_params.items()],
                      tags=[RunTag(k, v) for k, v in all_tags.items()])
@@ -257,6 +259,7 @@ def test_a_big_search_fits_120_columns_and_plots_8_labelled_lines(client, experi
     assert len(texts) == 9 and texts[0].startswith("#1 ") and texts[-1].startswith("4 more groups")
     scatter, curves = figure.axes
     assert len(curves.get_lines()) == 12
+    assert {len(line.get_xdata()) for line in curves.get_lines()} == {4}  # 4 epochs, not the kept weights' step
     assert "clipped" in scatter.get_xlabel()
     assert scatter.get_xlim()[1] < 60
     from matplotlib.backends.backend_agg import FigureCanvasAgg

@@ -462,13 +462,22 @@ def _reduce(values: list[float], how: str) -> float | None:
     return values[-1]
 
 
+def epochs(client, run, metric: str, kept_step: int | None) -> list[float]:
+    """The metric per epoch in step order (finite values), without the kept weights' extra step."""
+    points = sorted(client.get_metric_history(run.info.run_id, metric), key=lambda m: (m.step, m.timestamp))
+    return [m.value for m in points if math.isfinite(m.value) and (kept_step is None or m.step < kept_step)]
+
+
 def measure(client, sample: Sample, metric: str, mode: str, curve_metric: str) -> None:
     """The sample's numbers: the monitored metric of the weights the run kept (its final value when
     it logged ``best/epoch``, else the best epoch's), cost metrics and its validation curve."""
     run = sample.run
     metrics = run.data.metrics
-    curve = history(client, run, curve_metric)
-    hist = curve if curve_metric == metric else history(client, run, metric)
+    kept_step = None  # training logs the kept weights' val/* one step past the last epoch, with best/epoch
+    if "best/epoch" in metrics:
+        kept_step = max((m.step for m in client.get_metric_history(run.info.run_id, "best/epoch")), default=None)
+    curve = epochs(client, run, curve_metric, kept_step)
+    hist = curve if curve_metric == metric else epochs(client, run, metric, kept_step)
     if "best/epoch" in metrics and metric in metrics and math.isfinite(metrics[metric]):
         score = metrics[metric]
     elif hist:
@@ -546,8 +555,11 @@ def _num(value: float | None, digits: int = 4) -> str:
     """A number rounded to ``digits`` significant digits, thousands with separators."""
     if value is None or not math.isfinite(value):
         return "-"
-    if abs(value) >= 10 ** digits:
-        return f"{value:,.0f}"
+    for suffix, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= 10 * scale or (scale > 1e3 and abs(value) >= scale):
+            return f"{value / scale:.3g}{suffix}"
+    if abs(value) >= 1000:
+        return f"{value:.0f}"
     text = f"{value:.{digits}g}"
     return text.replace("e-0", "e-").replace("e+0", "e")
 
@@ -679,8 +691,8 @@ def write_csv(rows: list[Group], varying: list[str], path: Path) -> None:
 
 def robust_limits(values: list[float], floor: float | None = None) -> tuple[float, float, float, bool]:
     """(low, high, edge, clipped): axis limits around the 10-90% quantile range widened by 1.5 times
-    itself, so that one outlier does not squash everything else; clipped says whether a value lies
-    outside, edge is where to draw such a value (inside the axes)."""
+    itself, so that one outlier does not squash everything else (from ``floor`` when given: a cost
+    axis starts at 0); clipped says whether a value lies outside, edge is where to draw such a value."""
     values = sorted(v for v in values if math.isfinite(v))
     lo, hi = values[0], values[-1]
     if len(values) >= 4:
@@ -688,8 +700,8 @@ def robust_limits(values: list[float], floor: float | None = None) -> tuple[floa
         span = q90 - q10
         if span > 0:
             lo, hi = max(lo, q10 - 1.5 * span), min(hi, q90 + 1.5 * span)
-    pad = (hi - lo) * 0.08 or abs(hi) * 0.05 or 1.0
-    low = lo - pad if floor is None else max(floor, lo - pad)
+    pad = (hi - (lo if floor is None else floor)) * 0.08 or abs(hi) * 0.05 or 1.0
+    low = lo - pad if floor is None else floor
     clipped = values[0] < lo or values[-1] > hi
     return low, hi + pad, hi + pad / 2, clipped
 
@@ -710,7 +722,8 @@ def place_labels(ax, points: list[tuple[float, float, str]], colours: list) -> l
     for (x, y, label), colour in zip(points, colours, strict=True):
         for dx, dy in offsets:
             text = ax.annotate(label, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=8,
-                               color=colour, fontweight="bold",
+                               color=colour, fontweight="bold", zorder=5,
+                               bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85},
                                arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.5} if abs(dx) > 20 else None)
             box = text.get_window_extent(renderer)
             if not any(box.overlaps(other) for other in taken) and inside.contains(box.x0, box.y0) \
