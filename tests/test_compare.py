@@ -265,8 +265,9 @@ def test_a_big_search_fits_120_columns_and_plots_8_labelled_lines(client, experi
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     renderer = FigureCanvasAgg(figure).get_renderer()  # the figure was closed after saving
-    labels = [t for t in scatter.texts if t.get_text().isdigit()]
-    assert sorted(int(t.get_text()) for t in labels) == list(range(1, 9))
+    labels = scatter.texts
+    assert sorted(int(t.get_text().split()[0]) for t in labels) == list(range(1, 9))
+    assert "6 (60 s)" in [t.get_text() for t in labels]  # the clipped point says its value
     boxes = [t.get_window_extent(renderer) for t in labels]
     assert not [(a, b) for a, b in itertools.combinations(range(len(boxes)), 2) if boxes[a].overlaps(boxes[b])]
     legend_box = figure.legends[0].get_window_extent(renderer)

@@ -789,12 +789,12 @@ def plot(rows: list[Group], metric: str, curve_metric: str, path: Path, max_line
     if pts:
         low, high, edge, clipped = robust_limits([x for x, _, _ in pts], floor=0.0)
         ax1.set_xlim(low, high)
-        pts = [(min(x, edge), y, g, x > edge) for x, y, g in pts]
+        pts = [(min(x, edge), y, g, x if x > edge else None) for x, y, g in pts]
         for x, y, g, beyond in reversed(pts):
             top = rows.index(g) < max_lines
             ci = g.ci("score")
             ax1.errorbar([x], [y], yerr=[[ci or 0.0], [ci or 0.0]], color=colour[id(g)],
-                         marker=">" if beyond else ("o" if g.pareto else "s"), markersize=7 if top else 4,
+                         marker=">" if beyond is not None else ("o" if g.pareto else "s"), markersize=7 if top else 4,
                          capsize=3 if ci else 0, linewidth=1, zorder=3 if top else 1)
         front = sorted((x, y) for x, y, g, _ in pts if g.pareto)
         if len(front) > 1:
@@ -806,8 +806,9 @@ def plot(rows: list[Group], metric: str, curve_metric: str, path: Path, max_line
     fig.legend(handles=handles, loc="outside lower center", ncol=min(2, len(handles)), fontsize=8, frameon=False)
     fig.canvas.draw()  # the final layout, so that label boxes are measured where they will be drawn
     fig.set_layout_engine("none")
-    labelled = [(x, y, str(rows.index(g) + 1)) for x, y, g, _ in pts if rows.index(g) < max_lines]
-    place_labels(ax1, labelled, [colour[id(rows[int(label) - 1])] for _, _, label in labelled])
+    labelled = [(x, y, str(rows.index(g) + 1) + (f" ({_num(beyond, 3)} s)" if beyond else ""), colour[id(g)])
+                for x, y, g, beyond in pts if rows.index(g) < max_lines]
+    place_labels(ax1, [point[:3] for point in labelled], [point[3] for point in labelled])
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return fig
@@ -896,7 +897,8 @@ def report(args) -> Report:
     png, md, table_csv = out / "compare.png", out / "compare.md", out / "compare.csv"
     figure = plot(rows, metric, curve_metric, png)
     write_csv(rows, varying, table_csv)
-    document = [f"# Comparison: {scope}", "", intro + ".", "", render_markdown(header, body), "",
+    full_header, full_body, _ = table(rows, varying, metric, by_data, width=10 ** 6)  # a page scrolls: all columns
+    document = [f"# Comparison: {scope}", "", intro + ".", "", render_markdown(full_header, full_body), "",
                 f"**Verdict:** {result.text}.", "", *[f"- {n}" for n in notes], "",
                 "![metric vs epoch time, and validation curves](compare.png)", ""]
     md.write_text("\n".join(document), encoding="utf-8")
