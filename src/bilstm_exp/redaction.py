@@ -55,7 +55,11 @@ def has_credentials(uri: str) -> bool:
 
 
 def _names_secret(key: str) -> bool:
-    return any(word in str(key).lower() for word in SECRET_WORDS)
+    """The key's last part names a secret: contains password/secret/credential, or ends in token or
+    api key (``auth_token`` is a secret, ``data.min_token_frequency`` is not)."""
+    last = str(key).lower().rsplit(".", 1)[-1]
+    return any(word in last for word in ("password", "passwd", "secret", "credential")) or last.endswith(
+        ("token", "api_key", "apikey"))
 
 
 def is_secret(key: str, value: Any) -> bool:
