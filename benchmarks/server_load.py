@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/server_load.py                 # both servers, default load
     .venv/bin/python benchmarks/server_load.py --clients 8 --runs 15 --batches 10
 
-Two servers are started on 127.0.0.1, each with 2 worker processes, and given the same load in turn:
+Two servers run at once on 127.0.0.1, each with 2 worker processes, and get the same load in turn, in
+alternating rounds (A B B A ...) so that a change in the machine's load hits both; medians per server:
 
 * ``team``:   bilstm_exp.server (PostgreSQL backend, basic auth, proxied artifacts), as ``make server``
 * ``sqlite``: ``mlflow server`` on a sqlite file, no auth (the single-machine setup the tests use)
@@ -22,9 +23,11 @@ itself: a floor for a server on its own hardware, not a ceiling.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -145,6 +148,7 @@ def main() -> None:
     parser.add_argument("--singles", type=int, default=40, help="one-row log_metric calls per client")
     parser.add_argument("--deadline", type=float, default=120, help="seconds per phase at most")
     parser.add_argument("--servers", default="team,sqlite")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds (ABBA order)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "server_load.json"))
     args = parser.parse_args()
 
@@ -157,39 +161,46 @@ def main() -> None:
                            "python": platform.python_version(), "mlflow": mlflow.__version__,
                            "load_before": load_average()},
                "load": {"clients": args.clients, "runs_per_client": args.runs, "batches_per_client": args.batches,
-                        "singles_per_client": args.singles}, "servers": {}}
-    with tempfile.TemporaryDirectory(prefix="bilstm-exp-load-") as tmp:
+                        "singles_per_client": args.singles, "rounds": args.rounds}, "servers": {}}
+    names = args.servers.split(",")
+    credentials = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+    saved = {k: os.environ.get(k) for k in credentials}
+    with tempfile.TemporaryDirectory(prefix="bilstm-exp-load-") as tmp, contextlib.ExitStack() as stack:
         tmp = Path(tmp)
-        for name in args.servers.split(","):
-            saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
+        uris, envs = {}, {}
+        for name in names:  # both up at once; the load alternates between them, round by round
             if name == "team":
                 team = team_server.start(tmp / "team", port=0, workers=2)
-                os.environ.update({k: v for k, v in team.client_env().items() if k in saved})
-                stop = lambda team=team: team.stop(remove=True)  # noqa: E731
-                uri = team.tracking_uri
+                stack.callback(team.stop, remove=True)
+                uris[name] = team.tracking_uri
+                envs[name] = {k: v for k, v in team.client_env().items() if k in credentials}
             else:
-                for key in saved:
-                    os.environ.pop(key, None)
                 (tmp / name).mkdir()
-                uri, process = sqlite_server(tmp / name)
-                stop = lambda process=process: stop_process(process)  # noqa: E731
-            try:
-                load_start = load_average()
-                results["servers"][name] = {**load(uri, args.clients, args.runs, args.batches, args.singles,
-                                                   args.deadline), "load_at_start": load_start}
-            finally:
-                stop()
-                for key, value in saved.items():
-                    os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
-            print(f"{name}: {json.dumps(results['servers'][name])}", flush=True)
+                uris[name], process = sqlite_server(tmp / name)
+                stack.callback(stop_process, process)
+                envs[name] = {}
+        for round_index in range(args.rounds):
+            for name in names if round_index % 2 == 0 else reversed(names):
+                for key in credentials:
+                    os.environ.pop(key, None)
+                os.environ.update(envs[name])
+                entry = {**load(uris[name], args.clients, args.runs, args.batches, args.singles, args.deadline),
+                         "load_at_start": load_average()}
+                results["servers"].setdefault(name, []).append(entry)
+                print(f"round {round_index} {name}: {json.dumps(entry)}", flush=True)
+    for key, value in saved.items():
+        os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
     results["machine"]["load_after"] = load_average()
-    servers = results["servers"]
-    if "team" in servers and "sqlite" in servers:
-        results["ratios_team_over_sqlite"] = {
-            "runs_per_s": round(servers["team"]["runs"]["per_s"] / servers["sqlite"]["runs"]["per_s"], 2),
-            "rows_per_s": round(servers["team"]["rows"]["rows_per_s"] / servers["sqlite"]["rows"]["rows_per_s"], 2),
-            "single_per_s": round(servers["team"]["single"]["per_s"] / servers["sqlite"]["single"]["per_s"], 2),
-        }
+
+    def median(name: str, phase_name: str, field: str) -> float:
+        return statistics.median(entry[phase_name][field] for entry in results["servers"][name])
+
+    results["medians"] = {name: {"runs_per_s": median(name, "runs", "per_s"),
+                                 "rows_per_s": median(name, "rows", "rows_per_s"),
+                                 "single_per_s": median(name, "single", "per_s")} for name in names}
+    if "team" in names and "sqlite" in names:
+        team_m, sqlite_m = results["medians"]["team"], results["medians"]["sqlite"]
+        results["ratios_team_over_sqlite"] = {key: round(team_m[key] / sqlite_m[key], 2) for key in team_m}
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps({k: v for k, v in results.items() if k != "servers"}, indent=2))
     print(f"written to {args.out}")

@@ -153,7 +153,7 @@ def cli_run(team, tmp_path_factory):
     out = run_module(["model=basic", *TINY, "model.lstm_units=8", "profiling.latency_samples=0", "tracking=server",
                       f"tracking.experiment_name={name}", f"tracking.registered_model_name={name}"],
                      cwd=cwd, env=team.env())
-    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.returncode == 0, f"exit {out.returncode}\n{out.stdout[-1500:]}\n{out.stderr[-3000:]}"
     return {"name": name, "out": out, "cwd": cwd}
 
 
@@ -267,7 +267,8 @@ def test_two_optuna_workers_share_one_study_and_submitit_launches_jobs(team, tmp
                  for name, args in workers.items()}
     outputs = {name: process.communicate(timeout=400) for name, process in processes.items()}
     for name, process in processes.items():
-        assert process.returncode == 0, f"{name} worker: {outputs[name][1][-3000:]}"
+        assert process.returncode == 0, f"{name} worker exit {process.returncode}: {outputs[name][0][-1500:]}\n" \
+                                        f"{outputs[name][1][-3000:]}"
         assert_no_secret(team, "".join(outputs[name]), f"the {name} worker's output")
 
     os.environ["PGPASSFILE"] = str(team.pgpass)
@@ -290,7 +291,8 @@ def test_two_optuna_workers_share_one_study_and_submitit_launches_jobs(team, tmp
     dropouts = sorted(float(c.data.params["model.dropout"]) for c in children)
     assert dropouts == pytest.approx(sorted(t.params["model.dropout"] for t in trials))
     # The submitit worker ran its two jobs through submitit's local executor.
-    assert len([p for p in (tmp_path / "submitit" / ".submitit").iterdir() if p.is_dir()]) == 2
+    job_folders = [p for p in (tmp_path / "submitit" / ".submitit").iterdir() if p.name.isdigit()]  # %j = job id
+    assert len(job_folders) == 2, job_folders
     hydra_yaml = next((tmp_path / "basic").rglob(".hydra/hydra.yaml")).read_text()
     assert team.db_url("optuna") in hydra_yaml
     assert_no_secret(team, hydra_yaml, "the sweep's hydra.yaml")
