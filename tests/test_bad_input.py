@@ -3,15 +3,23 @@
 Every case runs the real CLI (`python -m bilstm_exp` or `bilstm-exp`) in a subprocess in a fresh
 folder and must: exit with the expected code, print a message that names the problem and the fix,
 and leave nothing behind: no run in any store, no registered model version, no checkpoint, no
-offline store. The cases run in parallel threads; each test then checks one case's outcome.
+offline store, no params.yaml. A case may first build a state with real components (``setup``: a
+store with a deleted experiment or run, a checkpoint); then what it built is all that is left
+(``runs``: statuses of the runs left in ./mlflow.db, ``keeps``: files that must survive unchanged).
+The setups run one after another (Hydra's composition is process-global), the cases in parallel
+threads; each test then checks one case's outcome.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +27,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import tiny
+from tests.conftest import ROOT, tiny
 from tests.servers import HOST, free_port
 
 CSV_OK = "text,label\na fine film,positive\na dull film,negative\n"
@@ -36,6 +44,9 @@ class Case:
     module: str = "bilstm_exp"
     files: dict[str, str | bytes] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
+    setup: Callable[[Path], None] | None = None  # builds a state in the case's folder before it runs
+    runs: tuple[str, ...] = ()  # statuses of the (active) runs left in ./mlflow.db afterwards
+    keeps: tuple[str, ...] = ()  # files under the folder that must be left as they were
 
 
 def data(path: str) -> list[str]:
@@ -44,6 +55,86 @@ def data(path: str) -> list[str]:
 
 
 DOWN = f"http://{HOST}:{free_port()}"  # nothing listens there
+WITH_PASSWORD = f"http://user:hunter2@{DOWN.split('//')[1]}"
+RUN_ID = "0123456789abcdef0123456789abcdef"
+TINY = tiny("basic")
+
+
+# ---------------------------------------------------------------- setups: states built with real components
+
+
+def _client(folder: Path):
+    return MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+
+
+def _experiment(folder: Path) -> str:
+    return _client(folder).create_experiment("bilstm-exp", artifact_location=(folder / "mlartifacts").as_uri())
+
+
+def deleted_experiment(folder: Path) -> None:
+    _client(folder).delete_experiment(_experiment(folder))
+
+
+def _run(folder: Path, status: str) -> str:
+    client = _client(folder)
+    run = client.create_run(_experiment(folder), run_name="interrupted")
+    client.set_tag(run.info.run_id, "failure_reason", "terminated")
+    client.set_terminated(run.info.run_id, status)
+    return run.info.run_id
+
+
+def _checkpoint(folder: Path, run_id: str, args: list[str], weights: bytes | None = None, **changes) -> None:
+    """checkpoints/<run_id>/ as an interrupted run of ``args`` leaves it (config made as training.run does),
+    with ``changes`` in its config and ``weights`` (default: a readable HDF5 file) as its weights."""
+    import h5py
+
+    from bilstm_exp import checkpoints
+    from bilstm_exp.compose import compose
+    from bilstm_exp.config import flatten, to_dict, validate
+
+    from bilstm_exp.tracking.store import is_secret
+
+    flat = {k: v for k, v in flatten(to_dict(validate(compose(args)))).items() if not is_secret(k, v)}
+    config = checkpoints.Checkpointer.open(folder, flat, False, None).config
+    target = folder / "checkpoints" / run_id
+    target.mkdir(parents=True)
+    if weights is None:
+        with h5py.File(target / "epoch-0000.weights.h5", "w") as handle:
+            handle.create_group("layers")
+    else:
+        (target / "epoch-0000.weights.h5").write_bytes(weights)
+    state = {"run_id": run_id, "epoch": 0, "fit_done": False, "weights": "epoch-0000.weights.h5",
+             "saved_at": time.time(), "config": {**config, **changes}, "data_md5": None,
+             "history": {"loss": [0.69]}, "early_stopping": None}
+    (target / "state.json").write_text(json.dumps(state))
+
+
+def deleted_run_with_checkpoint(folder: Path) -> None:
+    run_id = _run(folder, "KILLED")
+    _client(folder).delete_run(run_id)
+    _checkpoint(folder, run_id, [*TINY, "training.resume=true", f"training.resume_run_id={run_id}"])
+    (folder / "run_id").write_text(run_id)
+
+
+def killed_run_with_corrupt_checkpoint(folder: Path) -> None:
+    _checkpoint(folder, _run(folder, "KILLED"), [*TINY, "training.resume=true"], weights=b"\x89HDF\r\n truncated")
+
+
+def checkpoint_of_another_config(folder: Path) -> None:
+    _checkpoint(folder, RUN_ID, [*TINY, "training.resume=true"], **{"model.lstm_units": 16, "training.epochs": 5})
+
+
+def project_conf(folder: Path) -> None:
+    shutil.copytree(ROOT / "conf", folder / "conf")
+
+
+def store_with_a_run(folder: Path) -> None:
+    _run(folder, "FINISHED")
+
+
+def offline_run(folder: Path) -> None:
+    (folder / "offline").mkdir()
+    _run(folder / "offline", "FINISHED")
 
 CASES = [
     # ---------------------------------------------------------------- config overrides (python -m bilstm_exp)
@@ -62,8 +153,7 @@ CASES = [
     Case("verbose-choice", tiny("basic", "training.verbose=7"), "training.verbose: '7' is not one of", "Fix:"),
     Case("model-name-slash", tiny("basic", "tracking.registered_model_name=a/b"),
          "tracking.registered_model_name", "Fix:"),
-    Case("monitor-choice", tiny("basic", "training.early_stopping.monitor=accuracy"),
-         "training.early_stopping.monitor", "Fix:"),
+    Case("monitor-choice", tiny("basic", "training.monitor=accuracy"), "training.monitor", "Fix:"),
     Case("resume-id-without-resume", tiny("basic", "training.resume_run_id=0123456789abcdef0123456789abcdef"),
          "training.resume is false", "add training.resume=true"),
     Case("resume-id-malformed", tiny("basic", "training.resume=true", "training.resume_run_id=run-7"),
@@ -115,14 +205,115 @@ CASES = [
          "holds credentials", "MLFLOW_TRACKING_PASSWORD"),
     Case("sqlite-folder-missing", tiny("basic", "tracking.tracking_uri=sqlite:///no/such/folder/mlflow.db"),
          "folder no/such/folder does not exist", "Fix:"),
+    # ---------------------------------------------------------------- issue 12: named cases
+    Case("split-leaves-little-to-train", tiny("basic", "data.val_fraction=0.49", "data.test_fraction=0.49"),
+         "leave 0.02 of the examples for training", "keep the train share the largest"),
+    Case("split-too-few-examples", tiny("basic", "data.num_samples=12", "data.val_fraction=0.25",
+                                        "data.test_fraction=0.25"), "the train split is too small", "fewer than 10"),
+    Case("champion-metric-never-logged", tiny("basic", "tracking.champion_metric=val/nope"),
+         "tracking.champion_metric", "Fix:"),
+    Case("file-blank-label", data("blank-label.csv"), "row 81: empty label", "Fix: fill in every label",
+         files={"blank-label.csv": ROWS + "an unlabelled film,\n"}),
+    Case("file-nan-label", data("nan.jsonl"), "row 3: empty label", "Fix:",
+         files={"nan.jsonl": '{"text": "fine", "label": "positive"}\n{"text": "dull", "label": "negative"}\n'
+                             '{"text": "so-so", "label": null}\n'}),
+    Case("file-numeric-text-column", data("numbers.csv"), "column 'text' holds a number", "data.text_column",
+         files={"numbers.csv": "text,label\n" + "".join(f"{i},{'positive' if i % 2 else 'negative'}\n"
+                                                          for i in range(40))}),
+    Case("file-path-is-a-folder", data("raw"), "raw: is a folder, not a data file", "Fix: point data.path at a file",
+         files={"raw/reviews.csv": CSV_OK}),
+    Case("predict-empty-text", ["predict", ""], "text 1 of 1 is empty", "Fix: pass non-empty texts",
+         module="bilstm_exp.cli"),
+    Case("predict-whitespace-text", ["predict", "fine", "   "], "text 2 of 2 is empty or only whitespace",
+         "Fix:", module="bilstm_exp.cli"),
+    Case("credentials-in-env-uri", tiny("basic", "tracking=server"), "holds credentials", "MLFLOW_TRACKING_PASSWORD",
+         env={"MLFLOW_TRACKING_URI": WITH_PASSWORD}),
+    Case("predict-server-down", ["predict", "--tracking-uri", DOWN, "fine"], f"{DOWN} is unreachable", "Fix:",
+         module="bilstm_exp.cli"),
+    Case("compare-server-down", ["compare", "--tracking-uri", DOWN], f"{DOWN} is unreachable", "Fix:",
+         module="bilstm_exp.cli"),
+    Case("store-corrupt", TINY, "is not a usable sqlite database", "mlflow.db.broken) and start a new store",
+         files={"mlflow.db": b"this is not a database" * 50}, keeps=("mlflow.db",)),
+    Case("experiment-soft-deleted", TINY, "experiment 'bilstm-exp' (id 1) is deleted",
+         "mlflow experiments restore --experiment-id 1", setup=deleted_experiment),
+    Case("experiment-name-rejected", tiny("basic", "tracking.experiment_name=" + "x" * 501),
+         "MLflow refuses the name", "Fix: pick a shorter plain name"),
+    Case("resume-deleted-run", [*TINY, "training.resume=true"], "is deleted in the tracking store",
+         "mlflow runs restore --run-id", setup=deleted_run_with_checkpoint, keeps=("checkpoints",)),
+    Case("resume-corrupt-checkpoint", [*TINY, "training.resume=true"], "epoch-0000.weights.h5 of run",
+         "cannot be read", setup=killed_run_with_corrupt_checkpoint, runs=("KILLED",), keeps=("checkpoints",)),
+    Case("resume-changed-config", [*TINY, "training.resume=true"],
+         f"the newest, run {RUN_ID}, differs in 2 key(s): model.lstm_units=16 (now 8); training.epochs=5 (now 1)",
+         "Fix: repeat the interrupted run's overrides", setup=checkpoint_of_another_config, keeps=("checkpoints",)),
+    # ---------------------------------------------------------------- issue 12: our own cases
+    Case("split-val-test-sum", tiny("basic", "data.val_fraction=0.4", "data.test_fraction=0.4"),
+         "data.val_fraction + data.test_fraction", "Fix:"),
+    Case("file-whitespace-label", data("spaces.csv"), "row 81: empty label", "Fix:",
+         files={"spaces.csv": ROWS + "a film,   \n"}),
+    Case("file-numeric-text-jsonl", data("n.jsonl"), "holds a number (3.5)", "data.text_column",
+         files={"n.jsonl": '{"text": 3.5, "label": "a"}\n{"text": "x", "label": "b"}\n'}),
+    Case("credentials-token-query", tiny("basic", "tracking=server", f"tracking.tracking_uri='{DOWN}/?token=hunter2'"),
+         "holds credentials", "MLFLOW_TRACKING_TOKEN"),
+    Case("credentials-https-env-uri", tiny("basic", "tracking=server"), "holds credentials", "Fix:",
+         env={"MLFLOW_TRACKING_URI": f"https://user:hunter2@{DOWN.split('//')[1]}"}),
+    Case("predict-credentials", ["predict", "--tracking-uri", WITH_PASSWORD, "fine"], "holds credentials",
+         "MLFLOW_TRACKING_USERNAME", module="bilstm_exp.cli"),
+    Case("compare-credentials", ["compare", "--tracking-uri", WITH_PASSWORD], "holds credentials",
+         "MLFLOW_TRACKING_USERNAME", module="bilstm_exp.cli"),
+    Case("runs-credentials", ["runs", "--tracking-uri", WITH_PASSWORD], "holds credentials",
+         "MLFLOW_TRACKING_USERNAME", module="bilstm_exp.cli"),
+    Case("runs-server-down", ["runs", "--stale", "--tracking-uri", DOWN], f"{DOWN} is unreachable", "Fix:",
+         module="bilstm_exp.cli"),
+    Case("runs-no-store", ["runs", "--stale"], "no MLflow store at mlflow.db", "Fix: run in the folder",
+         module="bilstm_exp.cli"),
+    Case("runs-close-without-stale", ["runs", "--close"], "--close ends stale runs only", "Fix: add --stale",
+         module="bilstm_exp.cli"),
+    Case("runs-negative-age", ["runs", "--stale", "--older-than", "-5"], "--older-than -5: must be >= 0", "Fix:",
+         module="bilstm_exp.cli"),
+    Case("predict-no-store", ["predict", "--model", "models:/bilstm-sentiment@champion", "fine"],
+         "no MLflow store at mlflow.db", "Fix:", module="bilstm_exp.cli"),
+    Case("predict-corrupt-store", ["predict", "fine"], "is not a usable sqlite database", "Fix: move mlflow.db aside",
+         module="bilstm_exp.cli", files={"mlflow.db": b"\x00garbage" * 100}, keeps=("mlflow.db",)),
+    Case("compare-corrupt-store", ["compare"], "is not a usable sqlite database", "Fix:",
+         module="bilstm_exp.cli", files={"mlflow.db": b"SQLite format 3\x00" + b"\xff" * 200}, keeps=("mlflow.db",)),
+    Case("sqlite-uri-is-a-folder", tiny("basic", "tracking.tracking_uri=sqlite:///stores"), "is a folder, not a sqlite",
+         "Fix:", files={"stores/readme.txt": "a folder"}),
+    Case("compose-params-credentials", ["compose-params", f"tracking.tracking_uri={WITH_PASSWORD}"],
+         "tracking.tracking_uri: holds credentials, and params.yaml is tracked by git", "MLFLOW_TRACKING_PASSWORD",
+         module="bilstm_exp.cli", setup=project_conf),
+    Case("sync-credentials", ["sync", "--from", "offline", "--to", WITH_PASSWORD], "holds credentials", "Fix:",
+         module="bilstm_exp.cli", setup=offline_run, runs=("FINISHED",)),
+    Case("resume-finished-run", [*TINY, "training.resume=true"], "has already FINISHED", "Fix:",
+         setup=lambda folder: _checkpoint(folder, _run(folder, "FINISHED"), [*TINY, "training.resume=true"]),
+         runs=("FINISHED",), keeps=("checkpoints",)),
+    Case("file-nan-label-csv", data("nan.csv"), "row 81: empty label", "Fix:", files={"nan.csv": ROWS + "a film,NaN\n"}),
+    Case("predict-only-blank-lines", ["predict", "--file", "blank.txt"], "no texts given", "Fix:",
+         module="bilstm_exp.cli", files={"blank.txt": "\n   \n\t\n"}),
+    Case("runs-unknown-experiment", ["runs", "--experiment", "nope"], "experiment 'nope' not found", "Fix:",
+         module="bilstm_exp.cli", setup=store_with_a_run, runs=("FINISHED",)),
 ]
 
 
-def run_case(case: Case) -> tuple[subprocess.CompletedProcess, Path]:
+def prepare_case(case: Case) -> Path:
     folder = Path(tempfile.mkdtemp(prefix=f"bad-{case.id}-"))
     for name, content in case.files.items():
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    if case.setup is not None:
+        case.setup(folder)
+    return folder
+
+
+def snapshot(folder: Path, paths: tuple[str, ...]) -> dict[str, bytes]:
+    found = {}
+    for name in paths:
+        for path in [folder / name] if (folder / name).is_file() else sorted((folder / name).rglob("*")):
+            if path.is_file():
+                found[str(path.relative_to(folder))] = path.read_bytes()
+    return found
+
+
+def run_case(case: Case, folder: Path) -> tuple[subprocess.CompletedProcess, Path]:
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env.update({"TF_CPP_MIN_LOG_LEVEL": "2", **case.env})
     out = subprocess.run([sys.executable, "-m", case.module, *case.args], cwd=folder, capture_output=True,
@@ -133,17 +324,18 @@ def run_case(case: Case) -> tuple[subprocess.CompletedProcess, Path]:
 @pytest.fixture(scope="module")
 def outcomes():
     """All cases, four at a time (most fail within seconds, before TensorFlow is imported)."""
+    folders = [prepare_case(c) for c in CASES]  # one after another: Hydra's composition is process-global
+    before = {c.id: snapshot(f, c.keeps) for c, f in zip(CASES, folders, strict=True)}
     with ThreadPoolExecutor(max_workers=4) as pool:
-        results = dict(zip([c.id for c in CASES], pool.map(run_case, CASES), strict=True))
+        results = dict(zip([c.id for c in CASES], pool.map(run_case, CASES, folders), strict=True))
+    results = {key: (*value, before[key]) for key, value in results.items()}
     yield results
-    import shutil
-
-    for _, folder in results.values():
+    for _, folder, _ in results.values():
         shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_there_are_at_least_thirty_cases_across_the_four_kinds():
-    assert len(CASES) >= 30 and len({c.id for c in CASES}) == len(CASES)
+    assert len(CASES) >= 80 and len({c.id for c in CASES}) == len(CASES)
     data_files = [c for c in CASES if "data=file" in c.args]
     cli = [c for c in CASES if c.module == "bilstm_exp.cli"]
     uris = [c for c in CASES if any(a.startswith("tracking") for a in c.args) or c.env]
@@ -153,15 +345,22 @@ def test_there_are_at_least_thirty_cases_across_the_four_kinds():
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_fails_clearly_and_leaves_nothing_behind(outcomes, case):
-    out, folder = outcomes[case.id]
+    out, folder, before = outcomes[case.id]
     assert out.returncode == case.code, out.stderr[-2000:]
     assert case.problem in out.stderr, out.stderr[-2000:]
     assert case.fix in out.stderr, out.stderr[-2000:]
     assert "Traceback" not in out.stderr, out.stderr[-2000:]
     assert "Epoch 1/" not in out.stdout + out.stderr  # no training started
     assert "hunter2" not in out.stdout + out.stderr
-    for db in folder.rglob("*.db"):  # a store may exist (created by the check), but holds no run or version
+    statuses = []
+    for db in folder.rglob("*.db"):  # a store may exist (created by the check), but holds no new run or version
+        if str(db.relative_to(folder)) in case.keeps:
+            continue
         client = MlflowClient(f"sqlite:///{db}")
-        assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == [], db
+        statuses += [r.info.status for r in client.search_runs([e.experiment_id for e in client.search_experiments()])]
         assert client.search_model_versions() == [], db
-    assert not (folder / "checkpoints").exists() and not (folder / "mlruns-offline").exists()
+    assert sorted(statuses) == sorted(case.runs)  # only the runs the setup made, in the status it left them
+    assert snapshot(folder, case.keeps) == before  # what the case started with is left as it was
+    if "checkpoints" not in case.keeps:
+        assert not (folder / "checkpoints").exists()
+    assert not (folder / "mlruns-offline").exists() and not (folder / "params.yaml").exists()
