@@ -404,7 +404,7 @@ def metric_mode(metric: str) -> str:
 @dataclass
 class EarlyStoppingConfig:
     enabled: bool = True  # stop when training.monitor stops improving
-    patience: int = 2  # epochs without improvement before stopping
+    patience: int = 2  # epochs without improvement of training.monitor before stopping
 
     def __post_init__(self) -> None:
         _check(self.patience >= 0, "training.early_stopping.patience",
@@ -413,7 +413,7 @@ class EarlyStoppingConfig:
 
 @dataclass
 class TrainingConfig:
-    epochs: int = 3  # passes over the training split
+    epochs: int = 20  # at most this many passes; early stopping ends a default run first (README: Defaults)
     batch_size: int = 32  # examples per step (bucketing keeps it per bucket)
     deterministic: bool = False  # enable_op_determinism: identical metrics for a seed, slower
     steps_per_execution: int = 1  # train steps per tf.function call; >1 cuts Python overhead
