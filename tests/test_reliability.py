@@ -7,6 +7,10 @@
 * The server goes down and comes back -> the buffered logging is delivered, nothing goes offline.
 * Four processes on one sqlite store (deterministic: identical metric histories) and eight on one
   server: every run, metric and model version is there, no duplicate versions.
+* Issue 12: the first open of a new sqlite store by several processes at once; `kill -9` and
+  `bilstm-exp runs --stale --close`; an interrupt or a failure during model registration; a value
+  from ``${oc.env:...}`` never reaching MLflow, params.yaml or the logs; the served model refusing
+  empty, null and non-text input with HTTP 400; a refusing DVC stage keeping the earlier outputs.
 """
 
 from __future__ import annotations
@@ -107,6 +111,7 @@ def test_sigterm_checkpoints_and_resume_continues_the_same_run(tmp_path):
 
     run = only_run(client, "bilstm-exp")
     assert run.info.status == "KILLED" and run.data.tags["failure_reason"] == "terminated"
+    assert f"checkpoints/{run.info.run_id}/" in stderr and "<run_id>" not in stderr  # the real run, by its id
     assert state.parent.name == run.info.run_id and state.is_file()  # the checkpoint survived the signal
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
     assert steps == list(range(len(steps))) and 1 <= len(steps) < EPOCHS
@@ -115,6 +120,8 @@ def test_sigterm_checkpoints_and_resume_continues_the_same_run(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     run = only_run(client, "bilstm-exp")  # still one run: the same one, now FINISHED
     assert run.info.status == "FINISHED" and run.data.tags["resumed_from_epoch"] == str(len(steps))
+    assert "failure_reason" not in run.data.tags and "error" not in run.data.tags  # no stale failure record
+    assert run.data.tags["resumed_after"] == "terminated"
     assert run.data.metrics["epochs_trained"] == EPOCHS
     assert not (interrupted / "checkpoints").exists()  # deleted after a FINISHED run
     [version] = client.search_model_versions("name='bilstm-sentiment'")
@@ -289,3 +296,236 @@ def test_eight_processes_on_one_server_all_recorded_without_duplicate_versions(t
     assert sorted(int(v.version) for v in versions) == list(range(1, 9))  # no duplicates, no gaps
     assert sorted(v.run_id for v in versions) == sorted(r.info.run_id for r in runs)  # one per run
     assert not (tmp_path / "mlruns-offline").exists()
+
+
+# --------------------------------------------------------------------------- issue 12: store creation, kill -9
+
+
+OPEN_STORE = "from bilstm_exp.tracking import store; store.check_store('sqlite:///mlflow.db')"
+
+
+def test_several_processes_opening_a_new_store_at_once_all_succeed(tmp_path):
+    """Four light openers (what every command does first) and one tiny training start together on a
+    folder without mlflow.db: the first open and its schema migration are serialised by a file lock."""
+    openers = [subprocess.Popen([sys.executable, "-c", OPEN_STORE], cwd=tmp_path, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env()) for _ in range(4)]
+    trained = run_all([tiny("basic", "profiling.latency_samples=0")], tmp_path)[0]
+    outs = [p.communicate(timeout=WAIT_S) for p in openers]
+    assert [p.returncode for p in openers] == [0] * 4, [err[-2000:] for _, err in outs]
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    [run] = client.search_runs([client.get_experiment_by_name("bilstm-exp").experiment_id])
+    assert run.info.status == "FINISHED"
+
+
+def test_kill_9_leaves_a_running_run_that_runs_stale_close_ends_killed(tmp_path):
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with training(tiny("basic", *LONGER), tmp_path) as process:
+        wait_for(lambda: logged_epochs(client, "bilstm-exp") >= 1, "the first epoch", process)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=WAIT_S)
+    run = only_run(client, "bilstm-exp")
+    assert run.info.status == "RUNNING"  # what a hard kill leaves: nothing could end the run
+    assert run.data.tags["bilstm_exp.heartbeat"] and run.data.tags["bilstm_exp.pid"] == str(process.pid)
+
+    listed = run_module(["runs", "--stale"], cwd=tmp_path, module="bilstm_exp.cli")
+    assert listed.returncode == 0 and run.info.run_id in listed.stdout, listed.stderr[-2000:]
+    assert f"its process (pid {process.pid}" in listed.stdout and "--close" in listed.stdout
+    assert client.get_run(run.info.run_id).info.status == "RUNNING"  # listing changes nothing
+
+    closed = run_module(["runs", "--stale", "--close"], cwd=tmp_path, module="bilstm_exp.cli")
+    assert closed.returncode == 0 and "1 stale run(s): ended KILLED" in closed.stdout, closed.stderr[-2000:]
+    run = client.get_run(run.info.run_id)
+    assert run.info.status == "KILLED" and run.data.tags["failure_reason"] == "stale"
+    assert "runs --stale --close" in run.data.tags["error"]
+    again = run_module(["runs", "--stale", "--older-than", "0"], cwd=tmp_path, module="bilstm_exp.cli")
+    assert again.returncode == 0 and "no stale runs" in again.stdout
+    assert client.search_model_versions() == []
+
+
+# --------------------------------------------------------------------------- issue 12: registration and signals
+
+
+class Echo:
+    """A trivial pyfunc model (registration is what is tested, not the model)."""
+
+    @staticmethod
+    def model():
+        import mlflow.pyfunc
+
+        class Model(mlflow.pyfunc.PythonModel):
+            def predict(self, context, model_input, params=None):
+                return model_input
+
+        return Model()
+
+
+class SignalsWhileRead(dict):
+    """Metrics that send this process SIGINT when registration reads them (mid-registration), or raise."""
+
+    def __init__(self, values, fail: bool = False):
+        super().__init__(values)
+        self.fail, self.sent = fail, False
+
+    def items(self):
+        if self.fail:
+            raise RuntimeError("the registry went away")
+        if not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGINT)
+        return super().items()
+
+
+def register_in_a_session(folder: Path, metrics: dict):
+    """One run in a real sqlite store that logs a model and registers it with ``metrics``."""
+    import mlflow
+
+    from bilstm_exp.tracking import store
+    from bilstm_exp.tracking.session import Session
+
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    store.check_store(uri)
+    mlflow.set_tracking_uri(uri)
+    experiment = MlflowClient(uri).create_experiment("e", artifact_location=(folder / "artifacts").as_uri())
+    try:
+        with Session.start(experiment, run_name="registering") as session:
+            session.log_metrics({"val/accuracy": 0.8}, step=0)
+            info = mlflow.pyfunc.log_model(name="model", python_model=Echo.model(), pip_requirements=["mlflow"])
+            session.register(info.model_uri, "m", metrics, "val/accuracy", True)
+    finally:
+        mlflow.set_tracking_uri(None)
+    return MlflowClient(uri)
+
+
+def test_an_interrupt_during_registration_waits_for_a_complete_version_and_a_finished_run(tmp_path, capfd):
+    client = register_in_a_session(tmp_path, SignalsWhileRead({"val/accuracy": 0.8}))
+    [run] = client.search_runs([client.get_experiment_by_name("e").experiment_id])
+    assert run.info.status == "FINISHED"  # not KILLED with a version
+    [version] = client.search_model_versions("name='m'")
+    assert version.run_id == run.info.run_id and version.tags["champion.decision"] == "promoted"  # fully tagged
+    assert "interrupted while the run was registering its model" in capfd.readouterr().err
+
+
+def test_a_registration_failing_midway_leaves_no_version_on_the_failed_run(tmp_path):
+    with pytest.raises(RuntimeError, match="registry went away"):
+        register_in_a_session(tmp_path, SignalsWhileRead({"val/accuracy": 0.8}, fail=True))
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    [run] = client.search_runs([client.get_experiment_by_name("e").experiment_id])
+    assert run.info.status == "FAILED" and "registry went away" in run.data.tags["error"]
+    assert client.search_model_versions("name='m'") == []  # the half-registered version was deleted
+
+
+def test_a_champion_metric_the_run_never_logged_fails_before_registering(tmp_path):
+    import mlflow
+
+    from bilstm_exp.errors import TrackingError
+    from bilstm_exp.tracking.session import Session
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    try:
+        experiment = MlflowClient(uri).create_experiment("e")
+        with pytest.raises(TrackingError, match="tracking.champion_metric=test/f1: this run logged no such metric"):
+            with Session.start(experiment) as session:
+                session.register("models:/none", "m", {"val/accuracy": 0.8}, "test/f1")
+    finally:
+        mlflow.set_tracking_uri(None)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    [run] = client.search_runs([client.get_experiment_by_name("e").experiment_id])
+    assert run.info.status == "FAILED" and client.search_model_versions() == []
+
+
+# --------------------------------------------------------------------------- issue 12: secrets from the environment
+
+
+SECRET = "hunter2-s3cr3t"
+
+
+def test_a_value_from_the_environment_is_recorded_as_its_interpolation_never_its_value(tmp_path):
+    data_file = tmp_path / f"{SECRET}.csv"
+    data_file.write_text("text,label\n" + "".join(f"great film number {i},positive\nawful film number {i},negative\n"
+                                                    for i in range(60)))
+    args = ["data=file", "data.path=${oc.env:REVIEWS_FILE}", "model.lstm_units=8", "model.embedding_dim=8",
+            "training.epochs=1", "profiling.latency_samples=0", "training.verbose=2"]
+    out = run_module(args, cwd=tmp_path, env={"REVIEWS_FILE": str(data_file)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert SECRET not in out.stdout + out.stderr
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = only_run(client, "bilstm-exp")
+    assert run.data.params["data.path"] == "${oc.env:REVIEWS_FILE}"
+    assert all(SECRET not in value for value in [*run.data.params.values(), *run.data.tags.values()])
+    for name in ("config.yaml", "overrides.yaml"):
+        text = Path(client.download_artifacts(run.info.run_id, name, str(tmp_path))).read_text()
+        assert SECRET not in text and "${oc.env:REVIEWS_FILE}" in text, name
+
+
+def test_compose_params_keeps_a_conf_file_interpolation_out_of_params_yaml(tmp_path, monkeypatch):
+    """An ${oc.env:...} written in a conf/ file: params.yaml (git-tracked) holds the interpolation; the
+    validated config records it masked too."""
+    import shutil
+
+    import yaml
+
+    from bilstm_exp import pipeline
+    from bilstm_exp.compose import compose
+    from bilstm_exp.config import validate
+    from bilstm_exp.tracking import store
+    from tests.conftest import ROOT
+
+    shutil.copytree(ROOT / "conf", tmp_path / "conf")
+    local = tmp_path / "conf" / "tracking" / "local.yaml"
+    local.write_text(local.read_text() + "\nregistered_model_name: ${oc.env:MODEL_NAME_SECRET}\n")
+    monkeypatch.setenv("MODEL_NAME_SECRET", SECRET)
+    config = validate(compose([], conf_dir=tmp_path / "conf"))
+    assert config.tracking.registered_model_name == SECRET  # the run uses the value...
+    recorded = store.masked_config(config)  # ...and records the interpolation
+    assert recorded["tracking"]["registered_model_name"] == "${oc.env:MODEL_NAME_SECRET}"
+    assert SECRET not in repr(recorded) and SECRET not in store.redact_text(f"model {SECRET} registered")
+    path = pipeline.compose_params(tmp_path, [])
+    text = path.read_text()
+    assert SECRET not in text and "${oc.env:MODEL_NAME_SECRET}" in text
+    assert validate(yaml.safe_load(text)).tracking.registered_model_name == SECRET  # a stage resolves it
+
+
+# --------------------------------------------------------------------------- issue 12: the served model
+
+
+def test_the_served_model_answers_400_for_empty_null_and_non_text_input(trained, tmp_path):
+    import requests
+
+    from tests.servers import model_server
+
+    with model_server("models:/bilstm-sentiment/1", trained.uri, tmp_path) as url:
+        ok = requests.post(f"{url}/invocations", json={"inputs": ["a fine film"]}, timeout=60)
+        assert ok.status_code == 200, ok.text[-2000:]
+        for bad in ([""], ["   "], [None], [5], ["fine", ""]):
+            answer = requests.post(f"{url}/invocations", json={"inputs": bad}, timeout=60)
+            assert answer.status_code == 400, (bad, answer.status_code, answer.text[-2000:])
+            assert "Traceback" not in answer.text and len(answer.text) < 2000, answer.text[-2000:]
+        answer = requests.post(f"{url}/invocations", json={"inputs": [""]}, timeout=60)
+        assert "empty or only whitespace" in answer.json()["message"]
+
+
+# --------------------------------------------------------------------------- issue 12: DVC refusals keep outputs
+
+
+def test_a_refusing_dvc_stage_keeps_the_earlier_outputs(tmp_path):
+    from tests.test_dvc import TINY_PARAMS, dvc, git_commit, project_copy, sh
+
+    repo = project_copy(tmp_path / "repo", *TINY_PARAMS)
+    dvc(repo, "repro", "prepare")
+    git_commit(repo, "prepared")
+    outputs = ["data/prepared/splits.npz", "data/prepared/vocab.json", "reports/prepare/stats.json",
+               "reports/prepare/length_histogram.csv"]
+    before = {name: (repo / name).read_bytes() for name in outputs}
+
+    bad = dvc(repo, "exp", "run", "-S", "training.epochs=abc", check=False)  # re-runs prepare (params changed)
+    assert bad.returncode != 0 and "training.epochs" in bad.stdout + bad.stderr
+    assert {name: (repo / name).read_bytes() for name in outputs} == before  # nothing lost
+
+    sh(repo, "git", "checkout", "-q", "--", "params.yaml")  # the experiment left `epochs: abc` in the workspace
+    synthetic = repo / "conf" / "data" / "synthetic.yaml"
+    synthetic.write_text(synthetic.read_text() + "\nlabel_noise: 0.05\n")  # conf/ edited: params.yaml is stale
+    stale = dvc(repo, "repro", "prepare", check=False)
+    assert stale.returncode != 0 and "conf/ changed since params.yaml was composed" in stale.stdout + stale.stderr
+    assert {name: (repo / name).read_bytes() for name in outputs} == before
