@@ -64,8 +64,6 @@ def stop(workers) -> None:
             process.wait()
 
 
-@pytest.mark.xfail(strict=True, reason="cli.train's summary.start/report_run open the store on a non-chief worker "
-                                       "(hook requested: skip them unless distribute.is_chief(config))")
 def test_two_workers_train_and_only_the_chief_records(tmp_path):
     workers = start_workers(tmp_path)
     try:

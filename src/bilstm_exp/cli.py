@@ -6,6 +6,7 @@
     bilstm-exp predict --model URI TEXT...   one prediction per text (or --file)
     bilstm-exp compare [--parent RUN_ID]     rank runs: table, Pareto front, plot, report
     bilstm-exp sync --from DIR --to URI      upload a run kept offline while the server was down
+    bilstm-exp runs --stale [--close]        runs a dead process (kill -9) left RUNNING; close them KILLED
     bilstm-exp promote --model NAME --version N --reason TEXT   move the champion alias by hand
     bilstm-exp bench [--quick]               the benchmarks quoted in the README
     bilstm-exp pretrain-embeddings --input FILE --out vectors.txt   word vectors from your own text
@@ -25,27 +26,45 @@ from bilstm_exp.compose import CONF_DIR, compose  # noqa: F401  (CONF_DIR, compo
 from bilstm_exp.config import ExperimentConfig, validate
 from bilstm_exp.errors import ConfigError, exit_on_user_error, fail
 
-INTERRUPTED = ("the run ended KILLED; its last finished epoch is checkpointed in checkpoints/<run_id>/. "
-               "Continue it with the same overrides plus training.resume=true")
+INTERRUPTED = "stopped before a run was started; nothing was recorded"
+
+
+def interrupted(run_id: str | None, root: Path | None = None) -> str:
+    """What an interrupted `train` tells the user, naming the real run and its checkpoint."""
+    if not run_id:
+        return INTERRUPTED
+    folder = Path("checkpoints") / run_id
+    if ((root or Path.cwd()) / folder / "state.json").is_file():
+        return (f"run {run_id} ended KILLED; its last finished epoch is checkpointed in {folder}/. Continue it "
+                f"with the same overrides plus training.resume=true (or training.resume=true "
+                f"training.resume_run_id={run_id})")
+    return f"run {run_id} ended KILLED before its first epoch was checkpointed; nothing to resume, start it again"
 
 
 def train(config: ExperimentConfig, overrides: list[str], **run_kwargs):
     """One run, or with data.folds a cross-validation (a parent run and one child per fold)."""
-    from bilstm_exp import summary  # no TensorFlow: the first line, a down server and bad data answer in seconds
+    from bilstm_exp import distribute, summary  # no TensorFlow: the first line, a down server and bad data
+    # answer in seconds
 
     with exit_on_user_error(interrupted=INTERRUPTED):
-        if not config.data.folds and "prepared" not in run_kwargs:
+        chief = distribute.is_chief(config)  # a bad TF_CONFIG stops here, before the store is touched
+        if chief and not config.data.folds and "prepared" not in run_kwargs:
             run_kwargs["prepared"] = summary.start(config, Path.cwd())  # before any experiment or run exists
     from bilstm_exp import training  # imports TensorFlow: only after the config and the data are valid
 
     with exit_on_user_error(interrupted=INTERRUPTED):
-        if config.data.folds:
-            from bilstm_exp import crossval
+        try:
+            if config.data.folds:
+                from bilstm_exp import crossval
 
-            return crossval.run(config, root=Path.cwd(), overrides=overrides, **run_kwargs)
-        result = training.run(config, root=Path.cwd(), overrides=overrides, **run_kwargs)
-        summary.report_run(config, Path.cwd(), result.run_id)  # test metrics, champion, where to look
-        return result
+                return crossval.run(config, root=Path.cwd(), overrides=overrides, **run_kwargs)
+            result = training.run(config, root=Path.cwd(), overrides=overrides, **run_kwargs)
+            if chief:  # a multi_worker worker records nothing: the chief's run is the record
+                summary.report_run(config, Path.cwd(), result.run_id)  # test metrics, champion, where to look
+            return result
+        except KeyboardInterrupt as interrupt:  # the session put the run id on it
+            with exit_on_user_error(interrupted=interrupted(getattr(interrupt, "run_id", None))):
+                raise
 
 
 def objective(config: ExperimentConfig, result) -> float:
@@ -106,10 +125,19 @@ def _predict_command(args: argparse.Namespace) -> None:
         texts += read_texts(Path(args.file))
     if not texts:
         fail("no texts given. Fix: pass texts as arguments or --file PATH")
+    blank = [i for i, text in enumerate(texts) if not text.strip()]
+    if blank:
+        fail(f"text {blank[0] + 1} of {len(texts)} is empty or only whitespace: there is nothing to classify. "
+             "Fix: pass non-empty texts")
     import mlflow.pyfunc
+    from mlflow.exceptions import MlflowException
 
-    if args.tracking_uri:
-        mlflow.set_tracking_uri(args.tracking_uri)
+    from bilstm_exp.tracking import store
+
+    if args.model.startswith(("models:/", "runs:/")) or args.tracking_uri:  # needs the store: checked first
+        uri = store.existing_store(args.tracking_uri)
+        store.open_store(uri)  # credentials refused; a down server fails in seconds, naming the URI
+        mlflow.set_tracking_uri(uri)
     try:
         model = mlflow.pyfunc.load_model(args.model)
     except Exception as error:
@@ -117,7 +145,10 @@ def _predict_command(args: argparse.Namespace) -> None:
              "(models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/model) and the tracking URI")
     import pandas as pd
 
-    result = model.predict(pd.DataFrame({"text": texts}))  # matches any raw-text signature, old or new
+    try:
+        result = model.predict(pd.DataFrame({"text": texts}))  # matches any raw-text signature, old or new
+    except MlflowException as error:
+        fail(f"the model refused the input: {error.message.splitlines()[0]}. Fix: pass non-empty texts")
     for text, prob, label in zip(texts, result["probability"], result["label"], strict=True):
         print(f"{label}\t{prob:.4f}\t{text}")
 
@@ -151,7 +182,7 @@ def read_texts(path: Path) -> list[str]:
 
 
 def parser() -> argparse.ArgumentParser:
-    from bilstm_exp import bench, compare, embeddings, offline, pipeline
+    from bilstm_exp import bench, compare, embeddings, offline, pipeline, runs
 
     top = argparse.ArgumentParser(prog="bilstm-exp", description=__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -171,7 +202,6 @@ def parser() -> argparse.ArgumentParser:
     compare.add_arguments(p)
     p.set_defaults(func=compare.command)
     offline.add_command(sub)  # bilstm-exp sync: upload runs kept offline while the server was down
-    embeddings.add_command(sub)  # bilstm-exp pretrain-embeddings: word2vec/fastText vectors from your text
     p = sub.add_parser("promote", help="move the champion alias to a model version by hand, recording who and why")
     p.add_argument("--model", required=True, help="registered model name, e.g. bilstm-sentiment")
     p.add_argument("--version", required=True, type=int, help="the version to serve as champion")
@@ -179,6 +209,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
     p.set_defaults(func=_promote_command)
+    embeddings.add_command(sub)  # bilstm-exp pretrain-embeddings: word2vec/fastText vectors from your text
+    runs.add_command(sub)  # bilstm-exp runs --stale --close: runs a dead process left RUNNING
     p = sub.add_parser("bench", help=bench.HELP)
     bench.add_arguments(p)
     p.set_defaults(func=bench.command)

@@ -24,6 +24,12 @@ from bilstm_exp import architectures
 from bilstm_exp.config import ModelConfig
 from bilstm_exp.fast_lstm import recurrent_layer, xla_apply
 
+try:  # Keras's own train_step undoes the per-replica loss scaling the same way
+    from keras.src.losses.loss import unscale_loss_for_distribution
+except ImportError:  # a Keras without it: no strategy scaling to undo
+    def unscale_loss_for_distribution(value):
+        return value
+
 
 class RunningMax(keras.metrics.Metric):
     """The largest value seen since the last reset (Keras ships Mean but no Max)."""
@@ -91,8 +97,8 @@ class TelemetryModel(keras.Model):
         self.grad_norm_max.update_state(norm)
         self.grad_clip_fraction.update_state(tf.cast(clipped, "float32"))
         for metric in self.metrics:
-            if metric.name == "loss":
-                metric.update_state(loss)
+            if metric.name == "loss":  # under a distribution strategy compute_loss divides by the replicas
+                metric.update_state(unscale_loss_for_distribution(loss))
             elif not metric.name.startswith("grad_"):
                 metric.update_state(y, y_pred)
         return {metric.name: metric.result() for metric in self.metrics}
