@@ -46,6 +46,7 @@ SWEEP_TAG = "bilstm_exp.sweep"
 GROUP_TAG = "config.group"  # hash of the config without seed, fold and runtime keys (set by training)
 FINGERPRINT_TAGS = ("data.fingerprint", "data_md5")  # the evaluation data; the first one present wins
 FOLD_TAG = "fold"  # on the child runs of a K-fold run
+CV_ROLE_TAG = "cv.role"  # "parent" on a K-fold run's parent (crossval.py)
 WIDTH = 120  # every printed line fits
 MAX_LINES = 8  # labelled lines in the plot; the rest are grey
 # Params that do not make a configuration: repetition (seeds, folds) and runtime keys.
@@ -153,8 +154,8 @@ def load_runs(client, experiment: str | None, parent: str | None) -> tuple[list,
 
 
 def expand_folds(client, runs: list) -> tuple[list, dict[str, Any]]:
-    """Replace each K-fold parent (``cv/...`` metrics, or children with a ``fold`` tag) by its fold
-    runs: one evaluation, K samples. Returns (runs, each fold run's id -> its K-fold parent), each
+    """Replace each K-fold parent (tag ``cv.role=parent``, ``cv/...`` metrics, or children with a ``fold``
+    tag) by its fold runs: one evaluation, K samples. Returns (runs, each fold run's id -> its K-fold parent), each
     run once."""
     by_id = {run.info.run_id: run for run in runs}
     folds: dict[str, list] = defaultdict(list)
@@ -165,7 +166,8 @@ def expand_folds(client, runs: list) -> tuple[list, dict[str, Any]]:
     out = []
     for run in runs:
         run_id = run.info.run_id
-        if run_id not in folds and not any(key.startswith("cv/") for key in run.data.metrics):
+        kfold = run.data.tags.get(CV_ROLE_TAG) == "parent" or any(key.startswith("cv/") for key in run.data.metrics)
+        if run_id not in folds and not kfold:
             out.append(run)
             continue
         if run_id not in folds:  # the folds are not in the list (a sweep of K-fold runs): fetch them
