@@ -217,6 +217,23 @@ def test_early_stop_line_counts_epochs_from_one():
         "[bilstm-exp] early stopping at epoch 6: val/loss did not improve for 3 epochs; kept epoch 3")
 
 
+def test_sweep_table_lists_every_job_with_its_varying_overrides_and_marks_the_best(trained):
+    from bilstm_exp.summary import sweep_lines
+
+    client = trained.client()
+    runs = [client.get_run(trained.basic.run_id), client.get_run(trained.attention.run_id)]
+    best = max(runs, key=lambda run: run.data.metrics["val/accuracy"])
+    lines = sweep_lines(client, runs, "val/accuracy", "max", best.info.run_id,
+                        score=lambda run: run.data.metrics["val/accuracy"])
+    assert lines[0].split()[:4] == ["job", "status", "overrides", "val/accuracy"]
+    rows = lines[2:]
+    assert len(rows) == 2 and all("FINISHED" in row for row in rows)
+    assert {("model=basic" in row, "model=attention" in row) for row in rows} == {(True, False), (False, True)}
+    (marked,) = [row for row in rows if row.startswith("*")]
+    assert f"{best.data.metrics['val/accuracy']:.4f}" in marked
+    assert f"model={best.data.params['model.name']}" in marked
+
+
 def test_readme_examples_script_exists_and_lists_the_predict_example():
     text = (ROOT / "scripts" / "readme_examples.py").read_text()
     assert "bilstm-exp predict" in text or '"predict"' in text

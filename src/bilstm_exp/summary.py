@@ -191,9 +191,15 @@ def sweep_lines(client, children: list, metric: str, mode: str, best_run_id: str
 
 def report_sweep(client, parent_run_id: str, children: list, metric: str, mode: str, best: Any | None,
                  score: Callable[[Any], float | None] | None = None) -> None:
+    try:
+        lines = sweep_lines(client, children, metric, mode, best.info.run_id if best is not None else None, score)
+    except Exception as error:  # the table is a courtesy: the sweep's record is already complete
+        print(f"bilstm-exp: warning: sweep {parent_run_id}: no jobs table ({type(error).__name__}: {error})",
+              file=sys.stderr, flush=True)
+        return
     say()
     say(f"{PREFIX} sweep {parent_run_id}: {len(children)} job(s), best {metric} ({mode}) marked *")
-    for line in sweep_lines(client, children, metric, mode, best.info.run_id if best is not None else None, score):
+    for line in lines:
         say("  " + line)
     if best is not None:
         say(f"  best: {best.info.run_name} ({best.info.run_id}) {best.data.tags.get('hydra_overrides', '')}")
