@@ -504,6 +504,10 @@ def test_the_served_model_answers_400_for_empty_null_and_non_text_input(trained,
             assert "Traceback" not in answer.text and len(answer.text) < 2000, answer.text[-2000:]
         answer = requests.post(f"{url}/invocations", json={"inputs": [""]}, timeout=60)
         assert "empty or only whitespace" in answer.json()["message"]
+        answer = requests.post(f"{url}/invocations", json={"inputs": [None]}, timeout=60)
+        assert "not a text" in answer.json()["message"]
+        records = requests.post(f"{url}/invocations", json={"dataframe_records": [{"text": None}]}, timeout=60)
+        assert records.status_code == 400 and "is null" in records.json()["message"]
 
 
 # --------------------------------------------------------------------------- issue 12: DVC refusals keep outputs

@@ -4,7 +4,8 @@
 ``text`` column returns a DataFrame with ``probability`` (of the positive class for two
 classes, of the predicted class otherwise) and ``label`` (the class name).
 
-An input that is not a non-empty text (``""``, whitespace, ``null``, a number) is refused with an
+An input that is not a non-empty text (``""``, whitespace, ``null``, a number, or the ``"None"`` or
+``"5"`` that MLflow's ``{"inputs": ...}`` parsing makes of a JSON null or number) is refused with an
 ``MlflowException(error_code=INVALID_PARAMETER_VALUE)`` naming it: `mlflow models serve` answers
 HTTP 400 with that message, ``bilstm-exp predict`` prints it; no confident label for no text.
 """
@@ -50,14 +51,31 @@ def texts_of(model_input: Any) -> list[str]:
         model_input = [model_input]
     texts = list(model_input)
     for index, text in enumerate(texts):
-        if isinstance(text, str) and text.strip():
+        if isinstance(text, str) and text.strip() and not _cast_non_text(text):
             continue
+        if isinstance(text, str) and text.strip():  # MLflow's "inputs" parsing turned null or a number into text
+            raise invalid_input(f"input {index + 1} of {len(texts)} is {text!r}, not a text (a JSON null or number "
+                                "arrives as such a string): there is nothing to classify. Send non-empty strings, "
+                                "e.g. {\"inputs\": [\"a fine film\"]}")
         what = "empty or only whitespace" if isinstance(text, str) else (
             "null" if text is None or (isinstance(text, float) and text != text)
             else f"not a text but {type(text).__name__} {text!r}")
         raise invalid_input(f"input {index + 1} of {len(texts)} is {what}: there is nothing to classify. "
                             "Send non-empty strings, e.g. {\"inputs\": [\"a fine film\"]}")
     return [str(t) for t in texts]
+
+
+def _cast_non_text(text: str) -> bool:
+    """``"None"``, ``"nan"`` or a bare number: what the scoring server's ``{"inputs": [...]}`` parsing
+    makes of a JSON null or number when it casts the input to the signature's string type."""
+    stripped = text.strip()
+    if stripped in ("None", "nan", "NaN", "null"):
+        return True
+    try:
+        float(stripped)
+    except ValueError:
+        return False
+    return True
 
 
 def pad_right(sequences: list[np.ndarray]) -> np.ndarray:
