@@ -230,6 +230,22 @@ def check_store(uri: str, timeout_s: float = 5.0, write: bool = True) -> None:
                             "Fix: check the URI, or use tracking=local") from None
 
 
+def preflight(uri: str, experiment_name: str) -> None:
+    """Every check of :func:`check_store` and :func:`setup` that creates nothing, for before the data
+    is read: credentials, a down server, a corrupt or read-only sqlite file, a deleted experiment of
+    that name (an existing local store is opened, a missing one is left for :func:`setup` to create)."""
+    check_credentials(uri)
+    db = sqlite_path(uri)
+    if db is None:
+        check_store(uri)
+    else:
+        _check_sqlite_file(db, uri, write=True)
+        if not db.is_file():
+            return
+        check_store(uri)
+    _experiment(MlflowClient(uri), experiment_name, uri)
+
+
 def existing_store(explicit: str | None = None) -> str:
     """The store a command that reads runs or models uses (predict, runs, compare): ``explicit``
     (--tracking-uri), else MLFLOW_TRACKING_URI, else ./mlflow.db; a sqlite store must already exist
