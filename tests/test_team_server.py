@@ -185,7 +185,10 @@ def test_no_credential_in_output_record_or_artifacts(team, cli_run):
     (run,) = client.search_runs([client.get_experiment_by_name(cli_run["name"]).experiment_id])
     record = json.dumps({"params": run.data.params, "tags": run.data.tags})
     assert_no_secret(team, record, "the run's params or tags")
-    assert not [k for k in {**run.data.params, **run.data.tags} if "password" in k.lower() or "token" in k.lower()]
+    words = ("password", "secret", "credential")
+    secret_like = [k for k in {**run.data.params, **run.data.tags}
+                   if any(word in k.lower() for word in words) or k.lower().endswith("token")]
+    assert not secret_like
     stored = team.state_dir / "artifacts"
     for path in stored.rglob("*"):
         if path.is_file() and path.stat().st_size < 5_000_000:
