@@ -34,6 +34,12 @@ TINY = [
 ]
 
 
+def epoch_steps(key: str, epochs: int) -> list[int]:
+    """The steps a metric is logged at: one per epoch, and for ``val/*`` one more, one past the last
+    epoch: the evaluation of the weights the run keeps (the best epoch's)."""
+    return list(range(epochs + 1 if key.startswith("val/") else epochs))
+
+
 def tiny(architecture: str = "basic", *extra: str) -> list[str]:
     """Overrides for a tiny run of one architecture (unit sizes per architecture's keys)."""
     sizes = {"stacked": ["model.layer_sizes=[8,4]"], "attention": ["model.lstm_units=8", "model.attention_units=8"]}

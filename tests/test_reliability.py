@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import run_module, tiny
+from tests.conftest import epoch_steps, run_module, tiny
 from tests.servers import HOST, MLFLOW, background, free_port, log_tail, stop
 
 pytestmark = pytest.mark.slow
@@ -133,7 +133,7 @@ def test_sigterm_checkpoints_and_resume_continues_the_same_run(tmp_path):
     per_process = {"time/first_epoch_overhead_s"}  # measured within one process: absent after 1 resumed epoch
     assert set(got) - per_process == set(expected) - per_process
     for key in PER_EPOCH:
-        assert [step for step, _ in got[key]] == list(range(EPOCHS)), key
+        assert [step for step, _ in got[key]] == epoch_steps(key, EPOCHS), key
     assert {k: len(v) for k, v in got.items()} == {k: len(expected[k]) for k in got}
 
 
@@ -178,7 +178,7 @@ def assert_complete(client: MlflowClient, run_id: str) -> None:
     assert run.info.status == "FINISHED"
     assert run.data.params["model.name"] == "basic" and run.data.params["training.epochs"] == str(EPOCHS)
     for key in PER_EPOCH:  # every epoch exactly once
-        assert [m.step for m in client.get_metric_history(run_id, key)] == list(range(EPOCHS)), key
+        assert [m.step for m in client.get_metric_history(run_id, key)] == epoch_steps(key, EPOCHS), key
     for key in ("test/accuracy", "test/loss", "epochs_trained"):
         assert len(client.get_metric_history(run_id, key)) == 1, key
     files = {a.path for a in client.list_artifacts(run_id)} | {a.path for a in client.list_artifacts(run_id, "reports")}
@@ -266,7 +266,7 @@ def test_four_processes_on_one_sqlite_store_deterministic_runs_agree(tmp_path):
     assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
     for run in runs:
         for key in PER_EPOCH:
-            assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [0, 1], key
+            assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == epoch_steps(key, 2), key
     versions = client.search_model_versions("name='bilstm-sentiment'")
     assert sorted(int(v.version) for v in versions) == [1, 2, 3, 4]
     assert sorted(v.run_id for v in versions) == sorted(r.info.run_id for r in runs)
@@ -290,7 +290,7 @@ def test_eight_processes_on_one_server_all_recorded_without_duplicate_versions(t
     assert sorted(r.data.params["seed"] for r in runs) == [str(s) for s in range(8)]
     for run in runs:
         for key in PER_EPOCH:
-            assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [0, 1], key
+            assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == epoch_steps(key, 2), key
         assert "test/accuracy" in run.data.metrics
     versions = client.search_model_versions(f"name='{unique_name}'")
     assert sorted(int(v.version) for v in versions) == list(range(1, 9))  # no duplicates, no gaps
