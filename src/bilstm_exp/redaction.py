@@ -45,7 +45,7 @@ def redact(uri: str) -> str:
     if "@" not in parts.netloc and not secret_query:
         return uri
     netloc = parts.netloc.rsplit("@", 1)[-1]
-    query = urllib.parse.urlencode([(k, MASK if _names_secret(k) else v) for k, v in pairs], safe="*")
+    query = urllib.parse.urlencode([(k, MASK if _names_secret(k) else v) for k, v in pairs])
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
