@@ -236,12 +236,10 @@ def test_user_without_permission_cannot_write_and_gets_one_clear_line(team, tmp_
     assert_no_secret(team, out.stdout + out.stderr, "the denied command's output")
     assert bob_password not in out.stdout + out.stderr
     assert not admin.search_runs([other]), "a denied user's run reached the experiment"
-    if "Traceback" in out.stderr:
-        errors = [line for line in out.stderr.splitlines() if "Error" in line or "Exception" in line]
-        pytest.xfail("the training CLI prints a traceback for HTTP 403 (tracking must turn it into a UserError "
-                     "naming the experiment and the fix): " + (errors[-1] if errors else "")[:300])
+    assert "Traceback" not in out.stderr, out.stderr[-2000:]
     assert out.returncode == 2
-    assert "permission" in out.stderr.lower(), out.stderr[-1500:]
+    assert f"user {bob} may not write to experiment {other}" in out.stderr, out.stderr[-1500:]
+    assert "EDIT permission" in out.stderr and "HTTP 403" in out.stderr
 
 
 # --------------------------------------------------------------------------- distributed search

@@ -4,7 +4,8 @@
     bilstm-exp prepare|train|evaluate --params params.yaml   the DVC stages
     bilstm-exp compose-params [overrides...] conf/ -> params.yaml
     bilstm-exp predict --model URI TEXT...   one prediction per text (or --file)
-    bilstm-exp compare [--parent RUN_ID]     rank runs: table, Pareto front, plot, report
+    bilstm-exp compare [--parent RUN_ID]     rank configurations: mean ±95% CI, a verdict on the noise
+    bilstm-exp server start|stop|user        a local team tracking server (PostgreSQL + MLflow basic auth)
     bilstm-exp sync --from DIR --to URI      upload a run kept offline while the server was down
     bilstm-exp runs --stale [--close]        runs a dead process (kill -9) left RUNNING; close them KILLED
     bilstm-exp promote --model NAME --version N --reason TEXT   move the champion alias by hand
@@ -182,7 +183,7 @@ def read_texts(path: Path) -> list[str]:
 
 
 def parser() -> argparse.ArgumentParser:
-    from bilstm_exp import bench, compare, embeddings, offline, pipeline, runs
+    from bilstm_exp import bench, compare, embeddings, offline, pipeline, runs, server
 
     top = argparse.ArgumentParser(prog="bilstm-exp", description=__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -198,7 +199,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--file", default=None, help="a text file (one text per line) or a CSV with a text column")
     p.add_argument("texts", nargs="*")
     p.set_defaults(func=_predict_command)
-    p = sub.add_parser("compare", help="rank runs or a sweep's child runs: table, Pareto front, plot, report")
+    p = sub.add_parser("compare", help="rank configurations: mean ±95%% CI, a verdict on the noise, plot, report")
     compare.add_arguments(p)
     p.set_defaults(func=compare.command)
     offline.add_command(sub)  # bilstm-exp sync: upload runs kept offline while the server was down
@@ -211,6 +212,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_promote_command)
     embeddings.add_command(sub)  # bilstm-exp pretrain-embeddings: word2vec/fastText vectors from your text
     runs.add_command(sub)  # bilstm-exp runs --stale --close: runs a dead process left RUNNING
+    server.add_command(sub)  # bilstm-exp server start|stop|user: a local team server (PostgreSQL + basic auth)
     p = sub.add_parser("bench", help=bench.HELP)
     bench.add_arguments(p)
     p.set_defaults(func=bench.command)

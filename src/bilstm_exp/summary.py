@@ -24,7 +24,7 @@ UI = "http://127.0.0.1:5000"  # where `mlflow ui` (and `make ui`) serve by defau
 
 
 def say(line: str = "") -> None:
-    print(line, flush=True)
+    print(store.redact_text(line), flush=True)  # names can come from the environment: never print a secret
 
 
 # --------------------------------------------------------------------------- where
@@ -45,12 +45,12 @@ def shown_uri(uri: str, cwd: Path | None = None) -> str:
 
 def announce(config: ExperimentConfig, root: Path) -> str:
     """The run's first line: the store it will be recorded in (explicit tracking.tracking_uri >
-    MLFLOW_TRACKING_URI > ./mlflow.db). A server is checked now, so a down one fails in seconds,
-    before the data is read; a local store is not touched yet. Returns the URI."""
+    MLFLOW_TRACKING_URI > ./mlflow.db). The store is checked now without creating anything (a down
+    server, a corrupt or read-only sqlite file, a deleted experiment fail in seconds, before the data
+    is read). Returns the URI."""
     uri = store.resolve_uri(config.tracking, root)
     say(f"{PREFIX} recording to {shown_uri(uri)} (experiment '{config.tracking.experiment_name}')")
-    if store.is_http(uri):
-        store.check_store(uri)
+    store.preflight(uri, config.tracking.experiment_name)
     return uri
 
 

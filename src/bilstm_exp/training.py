@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from bilstm_exp import checkpoints, distribute, embeddings, models, optim, profiling, recording, reports, serving
 from bilstm_exp import data as data_mod
-from bilstm_exp.config import ExperimentConfig, flatten, to_dict
+from bilstm_exp.config import ExperimentConfig, flatten
 from bilstm_exp.errors import ConfigError
 from bilstm_exp.evaluation import evaluate
 from bilstm_exp.tracking import store
@@ -279,7 +279,7 @@ def _tags(config: ExperimentConfig, overrides: list[str], extra: dict[str, str] 
 
 def _open_checkpointer(config: ExperimentConfig, root: Path) -> checkpoints.Checkpointer:
     """Epoch checkpoints in checkpoints/<run_id>/; with training.resume=true, the interrupted run's."""
-    flat = {k: v for k, v in flatten(to_dict(config)).items() if not store.is_secret(k, v)}
+    flat = {k: v for k, v in flatten(store.masked_config(config)).items() if not store.is_secret(k, v)}
     checkpointer = checkpoints.Checkpointer.open(root, flat, config.training.resume, config.training.resume_run_id)
     if checkpointer.resuming:
         store.check_resumable(checkpointer.run_id)

@@ -65,7 +65,7 @@ FAILURE_TAGS = ("error", "failure_reason")  # cleared when a resumed run finishe
 
 
 def heartbeat() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def process_tags() -> dict[str, str]:
@@ -130,12 +130,20 @@ class Session:
         tags = {key: store.redact_text(str(value)) for key, value in (tags or {}).items()}
         with store.short_http_retries():
             previous = None
-            if run_id is not None:
-                previous = MlflowClient().get_run(run_id)
-                active = mlflow.start_run(run_id=run_id)
-            else:
-                active = mlflow.start_run(experiment_id=experiment_id, run_name=run_name,
-                                          tags={**tags, **process_tags()}, parent_run_id=parent_run_id)
+            try:
+                if run_id is not None:
+                    previous = MlflowClient().get_run(run_id)
+                    active = mlflow.start_run(run_id=run_id)
+                else:
+                    active = mlflow.start_run(experiment_id=experiment_id, run_name=run_name,
+                                              tags={**tags, **process_tags()}, parent_run_id=parent_run_id)
+            except BaseException as error:  # nothing was opened: put the handlers back, explain a refusal
+                signal.signal(signal.SIGTERM, previous_term)
+                signal.signal(signal.SIGINT, previous_int)
+                refusal = _refusal(error, experiment_id)
+                if refusal is None:
+                    raise
+                raise refusal from None
             session = cls(mlflow.get_tracking_uri(), active)
             opened.append(session)
             if previous is not None:
@@ -340,6 +348,23 @@ class Session:
             return {v.version for v in client.search_model_versions(f"name='{name}' and run_id='{self.run_id}'")}
         except Exception:
             return set()
+
+
+def _refusal(error: BaseException, experiment_id: str | None) -> TrackingError | None:
+    """A server's 401/403 as a user error naming who, where and the fix; None for anything else."""
+    from mlflow.exceptions import MlflowException
+
+    status = error.get_http_status_code() if isinstance(error, MlflowException) else None
+    if status not in (401, 403):
+        return None
+    uri = store.redact(mlflow.get_tracking_uri())
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    if status == 401:
+        return TrackingError(f"{uri} refused the credentials (HTTP 401). Fix: set MLFLOW_TRACKING_USERNAME and "
+                             "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) to a user of that server")
+    return TrackingError(f"user {user or '(anonymous)'} may not write to experiment {experiment_id} on {uri} "
+                         "(HTTP 403). Fix: ask its owner or the server admin for EDIT permission (bilstm-exp "
+                         "server user NAME --experiment ID:EDIT), or use another tracking.experiment_name")
 
 
 def caused_by_interrupt(error: BaseException, kind: type[BaseException] = KeyboardInterrupt) -> bool:
