@@ -115,8 +115,9 @@ def test_champion_refuses_runs_on_other_data_until_promoted_by_hand(runs):
 
     # by hand, with who and why recorded
     b_version = versions[runs.b.run_id].version
-    done = run_module(["promote", "--model", NAME, "--version", str(b_version), "--reason", "split seed 7 is the new data"],
-                      runs.folder, module="bilstm_exp.cli", env={"MLFLOW_TRACKING_USERNAME": "alice"}, timeout=120)
+    reason = "split seed 7 is the new data"
+    done = run_module(["promote", "--model", NAME, "--version", str(b_version), "--reason", reason], runs.folder,
+                      module="bilstm_exp.cli", env={"MLFLOW_TRACKING_USERNAME": "alice"}, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     champion = client.get_model_version_by_alias(NAME, "champion")
     assert champion.run_id == runs.b.run_id

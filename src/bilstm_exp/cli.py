@@ -87,10 +87,9 @@ def check_sweeper_direction(config: ExperimentConfig, direction) -> None:
 def run_from_hydra(cfg: DictConfig) -> float | None:
     """Body of the @hydra.main entry point: validate, run, return the value sweepers optimise."""
     from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
 
     from bilstm_exp.sweep import job_run_kwargs  # a multirun job: child of the sweep's parent run
-
-    from omegaconf import OmegaConf
 
     hydra_cfg = HydraConfig.get()
     overrides = list(hydra_cfg.overrides.task)

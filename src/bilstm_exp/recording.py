@@ -17,8 +17,8 @@ import mlflow
 import numpy as np
 import yaml
 
-from bilstm_exp import data as data_mod
 from bilstm_exp import checkpoints, models, reports, serving
+from bilstm_exp import data as data_mod
 from bilstm_exp.config import ExperimentConfig, flatten, to_dict
 from bilstm_exp.evaluation import Evaluation
 from bilstm_exp.tracking import registry, store

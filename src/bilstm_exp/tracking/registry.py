@@ -156,8 +156,9 @@ def promote(client: MlflowClient, name: str, version: int | str, reason: str, us
             client.get_registered_model(name)
         except MlflowException:
             known = sorted(m.name for m in client.search_registered_models())
-            raise TrackingError(f"no registered model '{name}' in {where} (registered: {', '.join(known) or 'none'}). "
-                                "Fix: pass --model NAME of a registered model, or --tracking-uri of its store") from None
+            raise TrackingError(f"no registered model '{name}' in {where} "
+                                f"(registered: {', '.join(known) or 'none'}). Fix: pass --model NAME of a registered "
+                                "model, or --tracking-uri of its store") from None
         try:
             target = client.get_model_version(name, str(version))
         except MlflowException:
@@ -166,7 +167,7 @@ def promote(client: MlflowClient, name: str, version: int | str, reason: str, us
                                 "Fix: pass --version of an existing version") from None
         current = champion(client, name)
         tags = {"champion.decision": "promoted", "champion.promoted_by": user,
-                "champion.promoted_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "champion.promoted_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                 "champion.reason": f"promoted by hand: {reason.strip()}",
                 "champion.previous_version": str(current.version) if current is not None else "none"}
         for key, text in tags.items():
