@@ -13,7 +13,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from bilstm_exp.config import register_schemas
+from bilstm_exp.config import check_renamed, register_schemas
 from bilstm_exp.errors import ConfigError
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -33,6 +33,7 @@ def compose(overrides: list[str] | tuple[str, ...] = (), conf_dir: Path | str | 
         raise ConfigError(f"{conf_dir}: no {CONFIG_NAME}.yaml. Fix: run this in the project root (where conf/ is)")
     register_schemas()
     overrides = list(overrides)
+    check_renamed(overrides)
     try:
         with initialize_config_dir(config_dir=str(conf_dir), version_base=VERSION_BASE):
             return hydra_compose(config_name=CONFIG_NAME, overrides=overrides)

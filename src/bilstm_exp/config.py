@@ -529,10 +529,25 @@ SCHEMAS: dict[str, dict[str, type]] = {
 SCHEMA_GROUP = "schema"  # conf/<group>/<option>.yaml extends /schema/<group>/<option> from the ConfigStore
 
 
+RENAMED = {  # keys of earlier versions, and what replaced them
+    "training.early_stopping.monitor": "use training.monitor (e.g. training.monitor=val/accuracy): one metric now "
+                                       "decides early stopping, the kept weights, the champion and every ranking",
+}
+
+
+def check_renamed(overrides: list[str]) -> None:
+    """Refuse a key an earlier version had, naming what replaced it (Hydra would say "not in struct")."""
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key in RENAMED:
+            raise ConfigError(f"{key}: this key is gone. Fix: {RENAMED[key]}")
+
+
 def check_option_keys(overrides: list[str], defaults: dict[str, str]) -> None:
     """Refuse ``group.key=value`` when the group's chosen option (picked in ``overrides``, else in
     ``defaults``) has no ``key`` but another option of the group has: Hydra would only say "Key 'path'
     is not in struct"; this names the option to add (``data.path=...`` needs ``data=file``)."""
+    check_renamed(overrides)
     if any(o.startswith(("experiment=", "hparams_search=")) for o in overrides):
         return  # a preset may pick options itself
     chosen = dict(defaults)

@@ -265,7 +265,7 @@ def _tracking_root() -> Path:
 def prepare_stage(config: ExperimentConfig) -> None:
     from bilstm_exp import data
 
-    prepared = data.prepare(config.data, config.seed)
+    prepared = data.prepare(config.data)  # data.split_seed: the split (seed is for the weights)
     stats = {"data_md5": prepared.md5(), "class_names": prepared.class_names, **prepared.stats}
     with staging(PREPARED, PREPARE_REPORTS / "length_histogram.csv", PREPARE_REPORTS / "stats.json") as (
             folder, histogram, stats_file):
@@ -290,6 +290,9 @@ def train_stage(config: ExperimentConfig) -> None:
     from bilstm_exp import summary
 
     summary.announce(config, _tracking_root())  # the first line: where the run is recorded
+    if config.data.folds:
+        raise ConfigError(f"data.folds={config.data.folds}: the DVC pipeline trains one model on one split. Fix: run "
+                          "cross-validation with `python -m bilstm_exp data.folds=K`, and set data.folds=null here")
     prepared = _load_prepared()  # before TensorFlow is imported: a missing input fails in a second
 
     from bilstm_exp import training
@@ -300,8 +303,9 @@ def train_stage(config: ExperimentConfig) -> None:
     history = result.history
     epochs = len(history.get("loss", []))
     last = {metric_name(k): float(v[-1]) for k, v in history.items() if v}
+    kept = {k: float(v) for k, v in result.metrics.items() if k.startswith(("val/", "best/"))}  # the kept weights'
     metrics = {"mlflow_run_id": result.run_id, "epochs_trained": epochs,
-               **{k: last[k] for k in sorted(last) if k.split("/")[0] in ("train", "val")},
+               **{k: last[k] for k in sorted(last) if k.split("/")[0] == "train"}, **dict(sorted(kept.items())),
                **{k: result.metrics[k] for k in ("model/params", "model/size_mb") if k in result.metrics}}
     columns = [k for k in history if len(history[k]) == epochs]
     with staging(MODEL, TRAIN_REPORTS / "history.csv", TRAIN_REPORTS / "metrics.json") as (
