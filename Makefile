@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test test-fast lint ui clean browser screenshot plots-screenshot plots-template server
+.PHONY: help install run test test-fast postgres lint ui clean browser screenshot plots-screenshot plots-template server
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -19,7 +19,7 @@ install: $(STAMP) ## create .venv and install the pinned dependencies
 run: $(STAMP) ## the default experiment on built-in data, tracked in ./mlflow.db
 	$(PY) -m bilstm_exp $(ARGS)
 
-test: $(STAMP) browser ## the whole test suite (CI runs this)
+test: $(STAMP) browser postgres ## the whole test suite (CI runs this)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP) ## the inner loop: no training subprocesses, no servers (under 2 minutes)
@@ -29,6 +29,12 @@ browser: ## Debian's chromium for the UI test (apt-get install when /usr/bin/chr
 	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq \
 		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
 		|| echo "make browser: no /usr/bin/chromium and no apt-get as root: tests/test_ui.py will skip"
+
+postgres: ## Debian's PostgreSQL for the team-server tests (apt-get install when initdb is missing)
+	@test -x "$$(pg_config --bindir 2>/dev/null)/initdb" || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+		|| { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq \
+		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; } \
+		|| echo "make postgres: no PostgreSQL and no apt-get as root: tests/test_team_server.py will skip"
 
 screenshot: $(STAMP) browser ## re-record docs/mlflow-compare.png (the README's run comparison)
 	UPDATE_SCREENSHOTS=1 $(PY) -m pytest tests/test_ui.py

@@ -126,10 +126,10 @@ BAD_FILES = [
     ("missing", None, "no such file"),
     ("empty", b"", "the file is empty"),
     ("header only", b"text,label\n", "no rows"),
-    ("no label column", b"text,stars\nnice,1\nbad,0\n", "missing column(s) label"),
+    ("no label column", b"text,stars\nnice,1\nbad,0\n", "missing column 'label' (data.label_column); found text, stars"),
     ("empty text", b"text,label\nnice,1\n ,0\nbad,0\n", "row 2: empty text"),
     ("bad label", b"text,label\nnice,1\nbad,0.5\n", "row 2: label 0.5 cannot be parsed"),
-    ("missing label", b"text,label\nnice,1\nbad,\n", "row 2: label None cannot be parsed"),
+    ("missing label", b"text,label\nnice,1\nbad,\n", "row 2: empty label"),
     ("single class", b"text,label\nnice,1\ngood,1\n", "only one class"),
     ("wrong encoding", "text,label\ncaf\u00e9,1\nbad,0\n".encode("latin-1"), "not valid UTF-8"),
 ]
