@@ -363,4 +363,4 @@ def test_bad_input_fails_clearly_and_leaves_nothing_behind(outcomes, case):
     assert snapshot(folder, case.keeps) == before  # what the case started with is left as it was
     if "checkpoints" not in case.keeps:
         assert not (folder / "checkpoints").exists()
-    assert not (folder / "mlruns-offline").exists() and not (folder / "params.yaml").exists()
+    assert not (folder / "outputs" / "mlruns-offline").exists() and not (folder / "params.yaml").exists()

@@ -3,7 +3,7 @@
 * SIGTERM mid-training -> the run ends KILLED with its last epoch checkpointed; `training.resume=true`
   continues it into the same run, which ends like an uninterrupted one (epochs, metric histories).
 * The server goes down mid-run and stays down -> training finishes, the run is kept in
-  mlruns-offline/ and the printed `bilstm-exp sync` command uploads it (twice is harmless).
+  outputs/mlruns-offline/ and the printed `bilstm-exp sync` command uploads it (twice is harmless).
 * The server goes down and comes back -> the buffered logging is delivered, nothing goes offline.
 * Four processes on one sqlite store (deterministic: identical metric histories) and eight on one
   server: every run, metric and model version is there, no duplicate versions.
@@ -196,7 +196,7 @@ def test_server_down_until_the_end_keeps_the_run_offline_and_sync_uploads_it(tmp
     assert "is unreachable; training continues" in stderr
     command = re.search(r"bilstm-exp sync --from (\S+) --to (\S+)", stderr)
     assert command, stderr[-3000:]
-    assert command.group(1) == f"mlruns-offline/{run_id}" and command.group(2) == server.uri
+    assert command.group(1) == f"outputs/mlruns-offline/{run_id}" and command.group(2) == server.uri
     assert (tmp_path / command.group(1) / "mlflow.db").is_file()
     assert not (tmp_path / "checkpoints").exists()  # the run FINISHED (offline): nothing to resume
 
@@ -232,7 +232,7 @@ def test_server_back_before_the_end_gets_the_buffered_logging(tmp_path, server):
         assert process.wait(timeout=WAIT_S) == 0, log_tail(tmp_path / "stderr.txt")
     stderr = (tmp_path / "stderr.txt").read_text()
     assert "reachable again" in stderr and "bilstm-exp sync" not in stderr
-    assert not (tmp_path / "mlruns-offline").exists()
+    assert not (tmp_path / "outputs" / "mlruns-offline").exists()
     assert_complete(client, run_id)
     [version] = client.search_model_versions("name='bilstm-sentiment'")
     assert version.run_id == run_id
@@ -295,7 +295,7 @@ def test_eight_processes_on_one_server_all_recorded_without_duplicate_versions(t
     versions = client.search_model_versions(f"name='{unique_name}'")
     assert sorted(int(v.version) for v in versions) == list(range(1, 9))  # no duplicates, no gaps
     assert sorted(v.run_id for v in versions) == sorted(r.info.run_id for r in runs)  # one per run
-    assert not (tmp_path / "mlruns-offline").exists()
+    assert not (tmp_path / "outputs" / "mlruns-offline").exists()
 
 
 # --------------------------------------------------------------------------- issue 12: store creation, kill -9

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 USERNAME = "bilstm-user-" + uuid.uuid4().hex[:6]
 PASSWORD = "pw-" + uuid.uuid4().hex  # a value that can only come from the environment
-STORE_FILES = ("mlflow.db", "mlruns", "mlartifacts", "mlruns-offline")
+STORE_FILES = ("mlflow.db", "mlruns", "mlartifacts", "outputs/mlruns-offline")
 
 
 @pytest.fixture(scope="module")

@@ -4,13 +4,13 @@ When the server is still unreachable after training, the run's
 :class:`~bilstm_exp.tracking.session.Session` replays everything
 the run has logged so far (kept in a :class:`Journal`) into a local store and records the rest there:
 
-    mlruns-offline/<server run id>/
+    outputs/mlruns-offline/<server run id>/
         mlflow.db     sqlite MLflow store with the run: params, metrics with their steps and
                       timestamps, tags, status, and what `sync` needs (target URI, registration wish)
         artifacts/    the run's artifacts and its logged model
         synced.json   written by `bilstm-exp sync` after a successful upload
 
-    bilstm-exp sync --from mlruns-offline/<run id> --to http://127.0.0.1:5000
+    bilstm-exp sync --from outputs/mlruns-offline/<run id> --to http://127.0.0.1:5000
 
 uploads it into the same server run (or a new run when the server no longer has it): missing params,
 metric values not already there (so a second sync adds nothing), tags, artifacts, the logged model,
@@ -34,7 +34,7 @@ from mlflow.tracking import MlflowClient
 from bilstm_exp.errors import TrackingError
 from bilstm_exp.tracking import registry, store
 
-FOLDER = "mlruns-offline"
+FOLDER = "outputs/mlruns-offline"  # under the working directory's one ignored outputs/ root
 PREFIX = "bilstm_exp.offline."
 ORIGIN_TAG = PREFIX + "origin_run_id"  # the run's id on the server
 TARGET_TAG = PREFIX + "target_uri"  # the server (without credentials)
@@ -223,7 +223,7 @@ def _sync_model(local: MlflowClient, target: MlflowClient, model, run_id: str, e
 
 def add_command(sub) -> None:
     p = sub.add_parser("sync", help="upload runs kept offline (the tracking server was down) to a server",
-                       description="Upload a run kept in mlruns-offline/ because its tracking server was "
+                       description=f"Upload a run kept in {FOLDER}/ because its tracking server was "
                                    "unreachable: params, metrics, tags, artifacts, model and registry version.")
     p.add_argument("--from", dest="source", required=True, help=f"an offline run folder, e.g. {FOLDER}/RUN_ID, "
                                                                  f"or {FOLDER}/ for all of them")
