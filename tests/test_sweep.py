@@ -1,17 +1,27 @@
-"""Hydra multiruns as MLflow parent and child runs: parallel workers, Optuna, failures, single runs.
+"""Hydra multiruns as MLflow parent and child runs: parallel workers, Optuna, failures, single runs,
+a sweep stopped by SIGTERM and resumed.
 
 Every test runs `python -m bilstm_exp -m ...` in a fresh folder, as a user would, and reads the
-resulting ./mlflow.db with MlflowClient. The 2x2 grid sweep and its comparison are in
-test_compare.py.
+resulting ./mlflow.db with MlflowClient.
 """
 
 from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bilstm_exp.cli import compose
 from bilstm_exp.config import validate
-from tests.conftest import TINY, run_module
+from tests.conftest import TINY, run_module, tiny
 
 ALL_METRICS = ["train/loss", "train/accuracy", "val/loss", "val/accuracy", "val/auc", "test/accuracy",
                "test/auc", "time/epoch_s", "throughput/train_tokens_per_s", "latency/predict_p50_ms",
@@ -135,3 +145,138 @@ def test_clipping_study_settings_are_valid_clipping_configs():
 def test_optuna_search_space_composes():
     config = validate(compose(["hparams_search=optuna"]))
     assert config.clipping.name == "global_norm"
+
+
+# --------------------------------------------------------------------------- a sweep stopped and resumed
+
+RESUME_SWEEP = ["-m", *tiny("basic", "training.epochs=2", "training.early_stopping.enabled=false"), "seed=1,2"]
+
+
+@dataclass
+class ResumedSweep:
+    """A 2-job sweep SIGTERM'd while job 1 trained (after its first epoch was logged), then rerun
+    with training.resume=true in the same folder."""
+
+    folder: Path
+    first_code: int
+    first_stderr: str
+    before: dict[str, Any]  # job number -> its child run when the first attempt ended
+    first_parent: Any
+    checkpointed: bool  # job 1's checkpoint existed when the first attempt ended
+    second: subprocess.CompletedProcess
+
+    def client(self):
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(f"sqlite:///{self.folder / 'mlflow.db'}")
+
+
+def jobs(client, parent_id: str) -> dict[str, Any]:
+    runs = client.search_runs([client.get_experiment_by_name("bilstm-exp").experiment_id],
+                              filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
+    return {run.data.tags["sweep_job"]: run for run in runs}
+
+
+@pytest.fixture(scope="module")
+def resumed_sweep(tmp_path_factory) -> ResumedSweep:
+    from mlflow.tracking import MlflowClient
+
+    folder = tmp_path_factory.mktemp("sweep-resume")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    out, err = folder / "first.out", folder / "first.err"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "bilstm_exp", *RESUME_SWEEP], cwd=folder,
+                                   stdout=stdout, stderr=stderr, env=env)
+        try:
+            deadline, client, parent_id = time.monotonic() + 400, None, None
+            # poll the store until job 0 FINISHED and job 1 logged its first epoch (and checkpointed it: a
+            # signal is not held back between the two while TensorFlow's threads run, see the report)
+            while True:
+                assert process.poll() is None, f"the sweep ended before it was stopped:\n{err.read_text()[-3000:]}"
+                assert time.monotonic() < deadline, "job 1 never logged an epoch"
+                found = re.search(r"sweep parent run ([0-9a-f]{32})", out.read_text())
+                if found and client is None:  # the store exists and is migrated: safe to open
+                    client, parent_id = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}"), found.group(1)
+                if client is not None:
+                    children = jobs(client, parent_id)
+                    if ("1" in children and children.get("0") and children["0"].info.status == "FINISHED"
+                            and client.get_metric_history(children["1"].info.run_id, "train/loss")
+                            and (folder / "checkpoints" / children["1"].info.run_id / "state.json").is_file()):
+                        break
+                time.sleep(0.2)
+            process.send_signal(signal.SIGTERM)
+            code = process.wait(timeout=120)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    before, first_parent = jobs(client, parent_id), client.get_run(parent_id)
+    checkpointed = "1" in before and (folder / "checkpoints" / before["1"].info.run_id / "state.json").is_file()
+    second = run_module([*RESUME_SWEEP, "training.resume=true"], folder, timeout=600)
+    return ResumedSweep(folder, code, err.read_text(), before, first_parent, checkpointed, second)
+
+
+@pytest.mark.slow
+def test_a_sigtermed_sweep_resumes_under_its_parent(resumed_sweep):
+    """Finished jobs are skipped, the interrupted one continues in its own run, all under one parent."""
+    sweep = resumed_sweep
+    # the first attempt: stopped honestly, with the counts right
+    assert sweep.first_code == 143, sweep.first_stderr[-3000:]
+    assert sweep.first_parent.info.status == "FAILED"
+    assert sweep.before["0"].info.status == "FINISHED" and sweep.before["1"].info.status == "KILLED"
+    assert "1 of 2 jobs failed" in sweep.first_stderr
+    killed = sweep.before["1"].info.run_id
+    assert sweep.checkpointed
+
+    result = sweep.second
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = sweep.client()
+    parents = [r for r in client.search_runs([sweep.first_parent.info.experiment_id])
+               if r.data.tags.get("bilstm_exp.sweep") == "parent"]
+    assert [p.info.run_id for p in parents] == [sweep.first_parent.info.run_id]  # reopened, not a new one
+    parent = parents[0]
+    assert parent.info.status == "FINISHED" and parent.data.tags["sweep.resumed"] == "1"
+    assert parent.data.metrics["sweep/jobs_finished"] == 2 and parent.data.metrics["sweep/jobs_failed"] == 0
+    after = jobs(client, parent.info.run_id)
+    assert set(after) == {"0", "1"}
+    # job 0 was not trained again: the same run, ended at the same time
+    assert after["0"].info.run_id == sweep.before["0"].info.run_id
+    assert after["0"].info.end_time == sweep.before["0"].info.end_time
+    assert f"job 0: finished in run {after['0'].info.run_id}, skipped" in result.stdout
+    # job 1 continued in its own run: each epoch logged once, no resume flag in its record
+    assert after["1"].info.run_id == killed and after["1"].info.status == "FINISHED"
+    assert "resumed_from_epoch" in after["1"].data.tags and "failure_reason" not in after["1"].data.tags
+    assert [m.step for m in client.get_metric_history(killed, "train/loss")] == [0, 1]
+    assert "training.resume" not in after["1"].data.tags["hydra_overrides"]
+    assert not (sweep.folder / "checkpoints" / killed).exists()
+    # the printed table: both jobs, finished, with their seeds; nothing failed
+    table = result.stdout[result.stdout.index("2 job(s)"):]
+    for job, seed in (("0", "1"), ("1", "2")):
+        assert re.search(rf"^\s+\*?{job}\s+FINISHED\s+seed={seed}\s+\d\.\d{{4}}$", table, re.M), table
+    assert "2/2 jobs finished" in result.stdout and "jobs failed" not in result.stderr
+
+
+@pytest.mark.slow
+def test_a_two_job_sweep_is_one_parent_with_two_finished_children(resumed_sweep):
+    """The resumed sweep's record reads as any finished sweep's: one parent, a child per job with its
+    own overrides, the best job (lowest val/loss of its kept weights) on the parent."""
+    client = resumed_sweep.client()
+    experiment = client.get_experiment_by_name("bilstm-exp")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("bilstm_exp.sweep") == "parent"]
+    assert len(parents) == 1
+    parent = parents[0]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 2 == len(runs) - 1 and {c.info.status for c in children} == {"FINISHED"}
+    assert sorted(c.data.params["seed"] for c in children) == ["1", "2"]
+    for child in children:
+        assert f"seed={child.data.params['seed']}" in child.data.tags["hydra_overrides"].split()
+    assert parent.data.tags["sweeper"] == "BasicSweeper" and "seed=1,2" in parent.data.tags["sweep_overrides"]
+    assert "training.resume" not in parent.data.tags["sweep_overrides"]
+    best = min(children, key=lambda c: c.data.metrics["val/loss"])
+    assert parent.data.tags["best_run_id"] == best.info.run_id
+    assert parent.data.metrics["best/val/loss"] == pytest.approx(best.data.metrics["val/loss"])
+    assert parent.data.params["best.seed"] == best.data.params["seed"]
+    assert "best.training.epochs" not in parent.data.params  # not swept, so not a "best" choice
+    assert [a.path for a in client.list_artifacts(parent.info.run_id, "best")] == ["best/config.yaml"]

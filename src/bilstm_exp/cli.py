@@ -70,9 +70,11 @@ def train(config: ExperimentConfig, overrides: list[str], **run_kwargs):
 
 def objective(config: ExperimentConfig, result) -> float:
     """What sweepers optimise: training.monitor of the kept weights (its final, logged value), or its
-    cross-validation mean ``cv/<monitor>_mean`` with data.folds."""
+    cross-validation mean ``cv/<monitor>_mean`` with data.folds. ``result``: a RunResult, or an MLflow
+    run (a resumed sweep's job that had FINISHED: its latest logged values)."""
     key = f"cv/{config.training.monitor}_mean" if config.data.folds else config.training.monitor
-    return float(result.metrics.get(key, float("nan")))
+    metrics = result.data.metrics if hasattr(result, "data") else result.metrics
+    return float(metrics.get(key, float("nan")))
 
 
 def check_sweeper_direction(config: ExperimentConfig, direction) -> None:
@@ -89,14 +91,17 @@ def run_from_hydra(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
-    from bilstm_exp.sweep import job_run_kwargs  # a multirun job: child of the sweep's parent run
+    from bilstm_exp.sweep import plan_job  # a multirun job: child of the sweep's parent run
 
     hydra_cfg = HydraConfig.get()
     overrides = list(hydra_cfg.overrides.task)
     with exit_on_user_error():
         config = validate(cfg)
         check_sweeper_direction(config, OmegaConf.select(hydra_cfg, "sweeper.direction", default=None))
-    return objective(config, train(config, overrides, **job_run_kwargs()))
+        job = plan_job(config, overrides)  # a resumed sweep: skip a finished job, resume an interrupted one
+    if job.finished is not None:
+        return objective(config, job.finished)
+    return objective(config, train(config, job.overrides, **job.run_kwargs))
 
 
 def check_overrides(args: list[str]) -> None:
