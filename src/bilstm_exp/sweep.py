@@ -163,8 +163,10 @@ def parent_to_resume(client, experiment_id: str, experiment_name: str, sweep_ove
         raise UserError(f"training.resume=true: run {alive[0].info.run_id} of the sweep (parent run {parent_id}) is "
                         "still RUNNING: its sweep may still be going. Fix: wait for it to end, or if its process is "
                         "gone, close it with `bilstm-exp runs --stale --close` and resume again")
-    for run in running:  # their processes are gone: end them KILLED as `bilstm-exp runs --stale --close` would
-        runs.close(client, runs.Stale(run, redact_text(experiment_name), 0.0, "its process is gone (sweep resumed)"))
+    gone = "its process is gone (sweep resumed)"
+    for run in running:  # their processes are gone: end the jobs KILLED as `bilstm-exp runs --stale --close` would
+        if run.info.run_id != parent_id:  # (the parent is reopened as it is)
+            runs.close(client, runs.Stale(run, redact_text(experiment_name), 0.0, gone))
     return client.get_run(parent_id)
 
 
@@ -259,8 +261,9 @@ class MLflowSweepCallback(Callback):
         if resumed is not None:  # reopened: its finished jobs are skipped, interrupted ones resume
             self.parent_run_id = resumed.info.run_id
             client.update_run(self.parent_run_id, "RUNNING")
-            for key in ("best_run_id", "best_run_name", "best_overrides", "registry.skipped", "registry.version"):
-                if key in resumed.data.tags:  # the earlier attempt's provisional best: decided again at the end
+            for key in ("best_run_id", "best_run_name", "best_overrides", "registry.skipped", "registry.version",
+                        "failure_reason", "error"):  # the earlier attempt's end: decided again at this one's
+                if key in resumed.data.tags:
                     client.delete_tag(self.parent_run_id, key)
             count = int(resumed.data.tags.get(RESUMED_TAG, "0") or 0) + 1
             store.log_batch(client, self.parent_run_id, tags=store.as_tags({**process_tags(), RESUMED_TAG: count}))
@@ -274,7 +277,10 @@ class MLflowSweepCallback(Callback):
         os.environ[PARENT_ENV] = self.parent_run_id
         atexit.register(self._end_if_open)
         if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # between jobs too, SIGTERM ends the parent, not
-            signal.signal(signal.SIGTERM, _terminated)  # the process alone (each run handles it while it trains)
+            try:  # the process alone (each run handles it while it trains)
+                signal.signal(signal.SIGTERM, _terminated)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
         print(store.redact_text(f"{PREFIX} {'resuming sweep' if resumed else 'sweep'} parent run "
                                 f"{self.parent_run_id} ({name}) in experiment '{cfg.experiment_name}'"), flush=True)
 
