@@ -533,3 +533,22 @@ def test_a_refusing_dvc_stage_keeps_the_earlier_outputs(tmp_path):
     stale = dvc(repo, "repro", "prepare", check=False)
     assert stale.returncode != 0 and "conf/ changed since params.yaml was composed" in stale.stdout + stale.stderr
     assert {name: (repo / name).read_bytes() for name in outputs} == before
+
+
+def test_a_signal_during_logging_and_checkpointing_arrives_after_it():
+    """held_signals swaps the Python-level handlers (a thread's signal mask would not hold a signal the
+    kernel gives to one of TensorFlow's threads): the handler runs once, after the block."""
+    import threading
+
+    from bilstm_exp.checkpoints import held_signals
+
+    calls = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: calls.append("handled"))
+    try:
+        with held_signals():
+            threading.Thread(target=os.kill, args=(os.getpid(), signal.SIGTERM)).start()  # from another thread
+            time.sleep(0.3)
+            assert calls == []  # held back while the epoch is being logged and checkpointed
+        assert calls == ["handled"]  # then handled once, by the handler in place before
+    finally:
+        signal.signal(signal.SIGTERM, previous)

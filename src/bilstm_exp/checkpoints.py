@@ -74,7 +74,7 @@ class Checkpointer:
     state: dict[str, Any] | None = None
     run_id: str | None = None
     history: dict[str, list[float]] = field(default_factory=dict)
-    held_mask: Any = None  # the signal mask to restore once the epoch is checkpointed
+    held: Any = None  # the Deferral holding SIGINT/SIGTERM while an epoch is logged and checkpointed
     data_md5: str | None = None
 
     # ------------------------------------------------------------------ finding one
@@ -202,14 +202,14 @@ class Checkpointer:
 
 
 class _HoldSignals(keras.callbacks.Callback):
-    """Blocks SIGINT and SIGTERM at the end of an epoch, until :class:`_EpochCheckpoint` has saved it."""
+    """Holds SIGINT and SIGTERM back at the end of an epoch, until :class:`_EpochCheckpoint` has saved it."""
 
     def __init__(self, checkpointer: Checkpointer):
         super().__init__()
         self.checkpointer = checkpointer
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
-        self.checkpointer.held_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HELD)
+        self.checkpointer.held = Deferral().hold()
 
 
 class _EpochCheckpoint(keras.callbacks.Callback):
@@ -239,9 +239,9 @@ class _EpochCheckpoint(keras.callbacks.Callback):
             if finite:  # a NaN epoch is no state to resume from
                 self.checkpointer.save(self.model, epoch, logs, self.stopping)
         finally:
-            mask, self.checkpointer.held_mask = self.checkpointer.held_mask, None
-            if mask is not None:
-                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            held, self.checkpointer.held = self.checkpointer.held, None
+            if held is not None:
+                held.release()  # a signal that arrived meanwhile is handled now
 
     def on_train_end(self, logs=None) -> None:
         epochs = len(next(iter(self.checkpointer.history.values()), []))
@@ -251,14 +251,45 @@ class _EpochCheckpoint(keras.callbacks.Callback):
                 self.checkpointer.save(self.model, epochs - 1, {}, self.stopping, fit_done=True)
 
 
+class Deferral:
+    """SIGINT and SIGTERM recorded instead of handled between :meth:`hold` and :meth:`release`, which
+    then hands the first one to the handler that was in place (so it arrives as usual, only later).
+
+    Python handles signals in the main thread, whichever thread the kernel delivered them to, so
+    swapping the Python-level handlers holds them back reliably; a thread's signal mask would not
+    (TensorFlow's threads would still receive them). Must be used from the main thread.
+    """
+
+    def __init__(self):
+        self.previous: dict[int, Any] = {}
+        self.pending: list[int] = []
+
+    def hold(self) -> Deferral:
+        for sig in HELD:
+            self.previous[sig] = signal.signal(sig, lambda signum, frame: self.pending.append(signum))
+        return self
+
+    def release(self) -> None:
+        previous, self.previous = self.previous, {}
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        if self.pending:
+            sig = self.pending[0]
+            handler = previous.get(sig)
+            if callable(handler):
+                handler(sig, None)  # e.g. the session's: raises Terminated / KeyboardInterrupt
+            elif handler != signal.SIG_IGN:
+                signal.raise_signal(sig)  # the default action
+
+
 @contextmanager
 def held_signals():
-    """SIGINT and SIGTERM wait (pending) until the block is done, then arrive as usual."""
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, HELD)
+    """SIGINT and SIGTERM wait until the block is done, then arrive as usual."""
+    held = Deferral().hold()
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        held.release()
 
 
 def _subfolders(folder: Path) -> list[Path]:
