@@ -296,7 +296,7 @@ class Bench:
         def arm(model, pipes, stats):
             def fit():
                 callbacks = [self.profiling.EpochProfiler(self.samples, stats.real_tokens),
-                             self.self.MLflowLogger()]
+                             self.MLflowLogger()]
                 return self._plugin_fit(model, pipes["train"], callbacks)[0].last()
             return fit
 
@@ -336,7 +336,7 @@ class Bench:
 
         def run_ours():
             # the default run's callbacks for model=basic (EarlyStopping, off here, costs nothing per step)
-            callbacks = [keras.callbacks.TerminateOnNaN(), ours_profiler, self.self.MLflowLogger()]
+            callbacks = [keras.callbacks.TerminateOnNaN(), ours_profiler, self.MLflowLogger()]
             clock, total = self._plugin_fit(ours, self.pipes["train"], callbacks, self.pipes["val"])
             run_ids["ours"] = mlflow.last_active_run().info.run_id
             setup_s["ours"].append(total - clock.seconds[-1])
