@@ -8,7 +8,7 @@ counting imports inside functions too (a lazy import is still a dependency):
     2  data, context, embeddings
     3  layers, fast_lstm, architectures, models, optim, tracking.store, tracking.registry, offline, tracking.session
     4  tracking.callback, profiling, reports, serving, checkpoints, evaluation, server
-    5  recording, training, distribute, summary
+    5  recording, training, distribute, crossval, summary
     6  pipeline, sweep, compare, bench, runs
     7  cli, __main__
 """
