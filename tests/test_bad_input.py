@@ -91,7 +91,6 @@ def _checkpoint(folder: Path, run_id: str, args: list[str], weights: bytes | Non
     from bilstm_exp import checkpoints
     from bilstm_exp.compose import compose
     from bilstm_exp.config import flatten, to_dict, validate
-
     from bilstm_exp.tracking.store import is_secret
 
     flat = {k: v for k, v in flatten(to_dict(validate(compose(args)))).items() if not is_secret(k, v)}
@@ -286,7 +285,8 @@ CASES = [
     Case("resume-finished-run", [*TINY, "training.resume=true"], "has already FINISHED", "Fix:",
          setup=lambda folder: _checkpoint(folder, _run(folder, "FINISHED"), [*TINY, "training.resume=true"]),
          runs=("FINISHED",), keeps=("checkpoints",)),
-    Case("file-nan-label-csv", data("nan.csv"), "row 81: empty label", "Fix:", files={"nan.csv": ROWS + "a film,NaN\n"}),
+    Case("file-nan-label-csv", data("nan.csv"), "row 81: empty label", "Fix:",
+         files={"nan.csv": ROWS + "a film,NaN\n"}),
     Case("predict-only-blank-lines", ["predict", "--file", "blank.txt"], "no texts given", "Fix:",
          module="bilstm_exp.cli", files={"blank.txt": "\n   \n\t\n"}),
     Case("runs-unknown-experiment", ["runs", "--experiment", "nope"], "experiment 'nope' not found", "Fix:",

@@ -165,7 +165,8 @@ def test_min_token_frequency_drops_rare_words():
     texts = ["good good good film", "good film bad", "film odd"]
     assert Vocabulary.fit(texts, 100).words == ["good", "film", "bad", "odd"]
     assert Vocabulary.fit(texts, 100, min_frequency=2).words == ["good", "film"]
-    assert Vocabulary.fit(texts, 100, min_frequency=2).encode("bad film", 5).tolist() == [1, 3]  # bad: out of vocabulary
+    # "bad" is seen once: out of vocabulary
+    assert Vocabulary.fit(texts, 100, min_frequency=2).encode("bad film", 5).tolist() == [1, 3]
     with pytest.raises(ConfigError, match="data.min_token_frequency"):
         validate(compose(["data.min_token_frequency=0"]))
 

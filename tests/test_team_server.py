@@ -171,7 +171,8 @@ def test_training_run_lands_with_proxied_artifacts_and_the_champion_alias(team, 
     assert run.info.artifact_uri.startswith("mlflow-artifacts:")
     stored = team.state_dir / "artifacts" / experiment.experiment_id / run.info.run_id / "artifacts"
     assert (stored / "config.yaml").is_file()
-    assert not [p for p in ("mlflow.db", "mlartifacts", "mlruns", "outputs/mlruns-offline") if (cli_run["cwd"] / p).exists()]
+    left = ("mlflow.db", "mlartifacts", "mlruns", "outputs/mlruns-offline")
+    assert not [p for p in left if (cli_run["cwd"] / p).exists()]
     champion = client.get_model_version_by_alias(name, "champion")
     assert champion.run_id == run.info.run_id
     model_dir = Path(mlflow.artifacts.download_artifacts(f"models:/{name}@champion", tracking_uri=team.tracking_uri))

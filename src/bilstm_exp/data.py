@@ -596,7 +596,9 @@ def make_dataset(sequences: list[np.ndarray], labels: np.ndarray, batch_size: in
     """Right-padded batches (so the cuDNN LSTM kernel stays usable), cached and prefetched.
 
     ``padding="bucket"`` groups texts of similar length (``bucket_by_sequence_length``) and pads
-    each batch to its own longest text; ``padding="max"`` pads every batch to ``max_length``.
+    each batch to its bucket's upper boundary (the last bucket to the longest text), so a run sees
+    one sequence length per bucket: a compiled recurrent kernel (``model.kernel=fast``: XLA) is
+    compiled once per bucket, not once per batch. ``padding="max"`` pads every batch to ``max_length``.
     """
     import tensorflow as tf
 
@@ -610,7 +612,9 @@ def make_dataset(sequences: list[np.ndarray], labels: np.ndarray, batch_size: in
     if shuffle:
         ds = ds.shuffle(len(sequences), seed=seed, reshuffle_each_iteration=True)
     if padding == "bucket":
-        bounds = boundaries if boundaries is not None else []
+        # pad_to_bucket_boundary needs every length below the last boundary: close the last bucket
+        # just above the longest text
+        bounds = [b for b in (boundaries or []) if b <= int(lengths.max())] + [int(lengths.max()) + 1]
         per_bucket = np.bincount(np.searchsorted(bounds, lengths, side="right"), minlength=len(bounds) + 1)
         batches = int(sum(-(-count // batch_size) for count in per_bucket))
         ds = ds.bucket_by_sequence_length(
@@ -619,6 +623,7 @@ def make_dataset(sequences: list[np.ndarray], labels: np.ndarray, batch_size: in
             bucket_batch_sizes=[batch_size] * (len(bounds) + 1),
             padded_shapes=([None], []),
             padding_values=(PAD_ID, 0),
+            pad_to_bucket_boundary=True,
         )
     else:
         batches = -(-len(sequences) // batch_size)

@@ -47,7 +47,7 @@ def last_sign_of_life(run) -> float:
     if text:
         try:
             return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(
-                tzinfo=datetime.timezone.utc).timestamp()
+                tzinfo=datetime.UTC).timestamp()
         except ValueError:
             pass
     return run.info.start_time / 1000.0

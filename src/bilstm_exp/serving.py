@@ -78,9 +78,16 @@ def _cast_non_text(text: str) -> bool:
     return True
 
 
+LENGTH_MULTIPLE = 16  # padded lengths are multiples of this: few shapes for a compiled kernel to compile
+
+
 def pad_right(sequences: list[np.ndarray]) -> np.ndarray:
-    """Right-pad to the longest sequence (masks stay cuDNN-compatible)."""
-    out = np.full((len(sequences), max(len(s) for s in sequences)), PAD_ID, dtype=np.int32)
+    """Right-pad to the longest sequence rounded up to a multiple of :data:`LENGTH_MULTIPLE` (masks
+    stay cuDNN-compatible; the padding is masked, so results do not change, while a compiled
+    recurrent kernel sees a bounded set of lengths instead of one per batch)."""
+    longest = max(len(s) for s in sequences)
+    out = np.full((len(sequences), max(LENGTH_MULTIPLE, -(-longest // LENGTH_MULTIPLE) * LENGTH_MULTIPLE)),
+                  PAD_ID, dtype=np.int32)
     for row, seq in enumerate(sequences):
         out[row, : len(seq)] = seq
     return out

@@ -22,7 +22,6 @@ from bilstm_exp.config import TrackingConfig
 from bilstm_exp.errors import TrackingError
 from bilstm_exp.redaction import SECRET_WORDS, has_credentials, is_secret, redact, redact_text, scrub  # noqa: F401
 
-
 # MLflow's per-request limits (log_batch)
 MAX_PARAMS, MAX_METRICS, MAX_TAGS = 100, 1000, 100
 PARAM_MAX_CHARS = 250
@@ -300,8 +299,9 @@ def setup(cfg: TrackingConfig, root: Path) -> str:
         experiment = _experiment(client, cfg.experiment_name, uri)  # created by a parallel server run meanwhile?
         if experiment is not None:
             return experiment.experiment_id
-        raise TrackingError(f"tracking.experiment_name: MLflow refuses the name '{redact_text(cfg.experiment_name)[:80]}"
-                            f"{'...' if len(cfg.experiment_name) > 80 else ''}' ({error.message.splitlines()[0][:200]})."
+        shown = redact_text(cfg.experiment_name)[:80] + ("..." if len(cfg.experiment_name) > 80 else "")
+        raise TrackingError(f"tracking.experiment_name: MLflow refuses the name '{shown}' "
+                            f"({error.message.splitlines()[0][:200]})."
                             " Fix: pick a shorter plain name, e.g. tracking.experiment_name=bilstm-exp") from None
 
 
