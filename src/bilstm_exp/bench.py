@@ -584,7 +584,7 @@ def render(results: dict[str, Any]) -> str:
         f"- **peak_fraction**: {p['achieved_gflops']:.1f} useful GFLOP/s ({p['real_tokens_per_s']:,.0f} real "
         f"tokens/s x {p['train_flops_per_token']:,.0f} training FLOPs per token) over a dense float32 matmul "
         f"peak of {p['matmul_peak_gflops']:.1f} GFLOP/s on {p.get('matmul_threads', '?')} threads (all cores, "
-        "measured at a quiet moment: `profiling.matmul_peak_gflops`). Best grid cell: {_best_cell(r['grid'])}.",
+        f"measured at a quiet moment: `profiling.matmul_peak_gflops`). Best grid cell: {_best_cell(r['grid'])}.",
         f"- **serving_latency_ratio**: registered pyfunc p50 {sv['served_p50_ms']:.2f} ms on one raw text vs "
         f"bare `tf.function` forward pass p50 {sv['bare_p50_ms']:.2f} ms on its token ids.", "",
         "## Epoch time over sequence length and batch size", "",
