@@ -28,7 +28,6 @@ import json
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -327,7 +326,6 @@ def load_classifier(model_dir: Path):
 
 
 def evaluate_stage(config: ExperimentConfig) -> None:
-    from mlflow.entities import Metric, RunTag
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
@@ -363,10 +361,8 @@ def evaluate_stage(config: ExperimentConfig) -> None:
         _write_csv(buckets, ["length", "examples", "accuracy"], tables["length_buckets"])
         _write_json(metrics_json, out)
         logged = {**metrics, **{f"test/accuracy_length_{row[0]}": row[2] for row in tables["length_buckets"]}}
-        now = int(time.time() * 1000)
-        client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in logged.items()],
-                         tags=[RunTag("dvc_evaluate_stage", os.environ.get("DVC_STAGE", "evaluate"))],
-                         synchronous=True)
+        store.log_batch(client, run_id, metrics=store.as_metrics(logged),
+                        tags=store.as_tags({"dvc_evaluate_stage": os.environ.get("DVC_STAGE", "evaluate")}))
         for path in (confusion, roc, pr, buckets, metrics_json):
             client.log_artifact(run_id, str(path), artifact_path="evaluate")
     summary = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
