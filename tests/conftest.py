@@ -128,3 +128,11 @@ def unique_name(request) -> str:
     import uuid
 
     return f"{request.node.name.split('[')[0].replace('_', '-')}-{uuid.uuid4().hex[:8]}"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that read runs trained by a shared fixture (the session's `trained`, test_trust's `runs`)
+    count as slow: `make test-fast` skips them (the full `make test` runs them)."""
+    for item in items:
+        if {"trained", "runs"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

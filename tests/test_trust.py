@@ -151,6 +151,7 @@ def test_a_run_has_at_most_one_version(runs):
 # --------------------------------------------------------------------------- separate seeds, repeated evaluation
 
 
+@pytest.mark.slow  # trains three folds
 def test_three_fold_cross_validation_is_one_parent_with_three_fold_children(workdir):
     from scipy import stats
 
