@@ -9,7 +9,7 @@ mean +/- 95% confidence interval over the splits, and the paired difference to r
 (paired t-test over the same splits, scipy). No MLflow: it times nothing and records only accuracy.
 
     .venv/bin/python benchmarks/embeddings.py               # full: 5 splits, 5 epochs -> benchmarks/embeddings.md
-    .venv/bin/python benchmarks/embeddings.py --smoke --out /tmp/embeddings_smoke.md   # a few-minute check
+    .venv/bin/python benchmarks/embeddings.py --smoke --out embeddings_smoke.md   # a few-minute check
 
 Both variants share one vocabulary per split, fitted with ``data.min_token_frequency=2`` (word2vec's
 min count), so every vocabulary word can have a vector.
