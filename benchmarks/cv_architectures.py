@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after.", "",
         f"`python -m bilstm_exp -m model={ARCHITECTURES} data=tweets data.folds={folds}` with every other setting "
         "at its default (early stopping on val/loss, the kept weights evaluated), then `bilstm-exp compare`:", "",
-        "```", shown.stdout.strip(), "```", "",
+        "```", "\n".join(line for line in shown.stdout.strip().splitlines()
+                          if not line.startswith(("wrote ", "  /"))), "```", "",
         "![compare.png](cv_architectures.png)", ""])
     out.write_text(text, encoding="utf-8")
     print(text)
