@@ -8,7 +8,6 @@ file next to their data, so a failing test can show the tail.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -36,18 +35,9 @@ def log_tail(path: Path, chars: int = 3000) -> str:
 
 def stop(process: subprocess.Popen, timeout_s: float = 20) -> None:
     """SIGTERM the process group (uvicorn workers included), then SIGKILL after a bounded wait."""
-    if process.poll() is not None:
-        return
-    for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout=wait_s)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    from bilstm_exp.server import stop_process
+
+    stop_process(process, timeout_s)
 
 
 @contextmanager

@@ -168,12 +168,8 @@ def _filter_mlflow_stream() -> None:
 # --------------------------------------------------------------------------- TensorFlow's import
 
 
-class _FilteredLoader(importlib.abc.Loader):
-    """Wraps the real loader of ``tensorflow`` / ``keras``: stderr (file descriptor 2, where the
-    C++ libraries write) goes to a temporary file during the import; afterwards every line that is
-    not IMPORT_NOISE is written to the real stderr."""
-
-    depth = 0
+class _WrappedLoader(importlib.abc.Loader):
+    """A module's real loader, with something done around ``exec_module`` by a subclass."""
 
     def __init__(self, loader):
         self.loader = loader
@@ -183,6 +179,14 @@ class _FilteredLoader(importlib.abc.Loader):
 
     def create_module(self, spec):
         return self.loader.create_module(spec)
+
+
+class _FilteredLoader(_WrappedLoader):
+    """Wraps the real loader of ``tensorflow`` / ``keras``: stderr (file descriptor 2, where the
+    C++ libraries write) goes to a temporary file during the import; afterwards every line that is
+    not IMPORT_NOISE is written to the real stderr."""
+
+    depth = 0
 
     def exec_module(self, module) -> None:
         if _FilteredLoader.depth or not is_quiet():
@@ -228,15 +232,8 @@ class _ImportHook(importlib.abc.MetaPathFinder):
         return spec
 
 
-class _AfterLoader(importlib.abc.Loader):
-    def __init__(self, loader):
-        self.loader = loader
-
-    def __getattr__(self, name: str):
-        return getattr(self.loader, name)
-
-    def create_module(self, spec):
-        return self.loader.create_module(spec)
+class _AfterLoader(_WrappedLoader):
+    """Wraps MLflow's logging module: its stream is quieted right after it is imported."""
 
     def exec_module(self, module) -> None:
         self.loader.exec_module(module)  # the import system has put the module in sys.modules already

@@ -364,6 +364,7 @@ class TeamServer:
 
 
 def stop_process(process: subprocess.Popen, timeout_s: float = 20) -> None:
+    """SIGTERM the process group (e.g. uvicorn's workers), then SIGKILL after a bounded wait."""
     if process.poll() is not None:
         return
     for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 10)):
