@@ -19,8 +19,8 @@ install: $(STAMP) ## create .venv and install the pinned dependencies
 run: $(STAMP) ## the default experiment on built-in data, tracked in ./mlflow.db
 	$(PY) -m bilstm_exp $(ARGS)
 
-test: $(STAMP) browser postgres ## the whole test suite (CI runs this)
-	$(PY) -m pytest $(PYTEST_ARGS)
+test: $(STAMP) browser postgres ## the whole test suite, one pytest-xdist worker per core (CI runs this)
+	$(PY) -m pytest -n auto --dist loadgroup $(PYTEST_ARGS)
 
 test-fast: $(STAMP) ## the inner loop: no training subprocesses, no servers (under 2 minutes)
 	$(PY) -m pytest -m "not slow and not services" $(PYTEST_ARGS)
@@ -56,7 +56,7 @@ server: $(STAMP) ## a local team tracking server: PostgreSQL + MLflow basic auth
 	$(PY) -m bilstm_exp.server start $(ARGS)
 
 ui: $(STAMP) ## the MLflow UI on the default store: http://127.0.0.1:5000
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=$${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false} $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
 clean: ## remove runs, outputs and the environment
 	rm -rf $(VENV) mlflow.db mlartifacts outputs multirun dvc_plots

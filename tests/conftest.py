@@ -26,12 +26,17 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 # Caches (the matmul peak) go to a temporary folder, never into the user's home.
 os.environ["BILSTM_EXP_CACHE_DIR"] = tempfile.mkdtemp(prefix="bilstm-exp-test-cache-")
 
-# Small enough that one epoch of any architecture takes a second or two on a CPU.
+# Small enough that one epoch of any architecture takes a second or two on a CPU. Keras's own LSTM
+# kernel: the default fast kernel compiles XLA code for each new batch shape (about 0.3 s per shape
+# and direction), which is most of a tiny run's time. Tests about what a run records, not about the
+# kernel, use this; the kernel's own tests (test_fast_lstm.py), the shared `trained` runs and the
+# per-architecture runs of test_training.py run the default fast kernel (`FAST`).
 TINY = [
     "data.num_samples=160", "data.median_length=24", "data.max_length=48", "data.num_buckets=3",
     "training.epochs=1", "training.batch_size=16", "model.embedding_dim=8",
-    "profiling.latency_samples=5",
+    "profiling.latency_samples=5", "model.kernel=keras",
 ]
+FAST = "model.kernel=fast"
 
 
 def epoch_steps(key: str, epochs: int) -> list[int]:
@@ -56,6 +61,26 @@ def workdir(tmp_path, monkeypatch) -> Path:
     if mlflow.active_run():
         mlflow.end_run()
     mlflow.set_tracking_uri(None)
+
+
+_STORE_TEMPLATE: list[Path] = []
+
+
+def migrated_store(folder: Path) -> str:
+    """FOLDER/mlflow.db as a new, empty MLflow store, already created and migrated (a copy of one made
+    once per test process: creating a sqlite store runs MLflow's migrations, about 2 s); its URI. For
+    tests that set up a state, not for tests of how a run creates its store."""
+    import shutil
+
+    if not _STORE_TEMPLATE:
+        from mlflow.tracking import MlflowClient
+
+        template = Path(tempfile.mkdtemp(prefix="bilstm-exp-test-store-")) / "mlflow.db"
+        MlflowClient(f"sqlite:///{template}").search_experiments()
+        _STORE_TEMPLATE.append(template)
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_STORE_TEMPLATE[0], folder / "mlflow.db")
+    return f"sqlite:///{folder / 'mlflow.db'}"
 
 
 @dataclass
@@ -87,8 +112,8 @@ def trained(tmp_path_factory) -> Trained:
 
     folder = tmp_path_factory.mktemp("trained")
     common = ["training.epochs=2", "training.early_stopping.enabled=false"]
-    basic = tiny("basic", *common, "profiling=trace", "profiling.trace_start_step=1", "profiling.trace_steps=2")
-    attention = tiny("attention", *common)
+    basic = tiny("basic", *common, FAST, "profiling=trace", "profiling.trace_start_step=1", "profiling.trace_steps=2")
+    attention = tiny("attention", *common, FAST)
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(folder)
         try:
@@ -130,9 +155,54 @@ def unique_name(request) -> str:
     return f"{request.node.name.split('[')[0].replace('_', '-')}-{uuid.uuid4().hex[:8]}"
 
 
+# Shared fixtures each xdist worker may start for itself: cheaper than keeping their tests on one worker.
+PER_WORKER = {"mlflow_server"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's loadgroup reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     """Tests that read runs trained by a shared fixture (the session's `trained`, test_trust's `runs`)
-    count as slow: `make test-fast` skips them (the full `make test` runs them)."""
+    count as slow: `make test-fast` skips them (the full `make test` runs them).
+
+    Under pytest-xdist (`make test` runs `-n auto --dist loadgroup`), tests that share an expensive
+    session- or module-scoped fixture of this suite go to one worker (one xdist_group), so the fixture
+    is built once, not once per worker; every other test is scheduled on its own."""
+    shared: dict[str, str] = {}  # union-find over "tests that share a fixture"
+
+    def root(key: str) -> str:
+        while shared.setdefault(key, key) != key:
+            key = shared[key]
+        return key
+
+    groups = {}
     for item in items:
         if {"trained", "runs"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+        info = getattr(item, "_fixtureinfo", None)
+        keys = []
+        for name, definitions in (info.name2fixturedefs.items() if info else ()):
+            fixture = definitions[-1]
+            if fixture.scope in ("session", "module") and name not in PER_WORKER \
+                    and str(getattr(fixture, "baseid", "")).startswith("tests"):
+                keys.append(name if fixture.scope == "session" else f"{item.module.__name__}::{name}")
+        for key in keys[1:]:
+            first, other = root(keys[0]), root(key)
+            if first != other:  # a group is named after its session fixture, if it has one
+                shared.update({first: other} if "::" in first else {other: first})
+        if keys:
+            groups[item] = keys[0]
+    for item, key in groups.items():
+        item.add_marker(pytest.mark.xdist_group(root(key).rsplit(".", 1)[-1].replace("::", "-")))
+
+
+def pytest_collection_finish(session):
+    """Grouped tests whose node ids lack the "@group" suffix (pytest-xdist on a pytest it does not
+    support): each shared fixture is built on every worker. Still correct, only slower: a warning."""
+    if getattr(session.config.option, "loadgroup", False):
+        lost = [i.nodeid for i in session.items if i.get_closest_marker("xdist_group") and "@" not in i.nodeid]
+        if lost:
+            import warnings
+
+            warnings.warn(f"pytest-xdist --dist loadgroup did not group {len(lost)} tests (pytest-dev/pytest-xdist"
+                          "#1386, pytest 9.2): shared fixtures are built on every worker. Fix: pip install -c "
+                          "constraints.txt -e '.[dev]' (pytest<9.2)", pytest.PytestWarning, stacklevel=1)

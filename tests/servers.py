@@ -44,7 +44,8 @@ def stop(process: subprocess.Popen, timeout_s: float = 20) -> None:
 def background(args: list[str], url: str, log: Path, *, env: dict[str, str] | None = None,
                cwd: Path | None = None, timeout_s: float = 120) -> Iterator[subprocess.Popen]:
     """Start ARGS in its own process group, wait until GET URL answers 200, and stop it at exit."""
-    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+    # No MLflow job runner (eight processes for GenAI jobs, which nothing here uses), as `make server` starts it.
+    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})}
     # As in an activated virtualenv: `mlflow models serve` starts `uvicorn` found on PATH.
     full_env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), full_env.get("PATH", "")])
     with open(log, "ab") as out:

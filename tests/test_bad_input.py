@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import ROOT, tiny
+from tests.conftest import ROOT, migrated_store, tiny
 from tests.servers import HOST, free_port
 
 CSV_OK = "text,label\na fine film,positive\na dull film,negative\n"
@@ -64,7 +64,8 @@ TINY = tiny("basic")
 
 
 def _client(folder: Path):
-    return MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    return MlflowClient(f"sqlite:///{folder / 'mlflow.db'}" if (folder / "mlflow.db").exists() else
+                        migrated_store(folder))
 
 
 def _experiment(folder: Path) -> str:

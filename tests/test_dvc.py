@@ -104,15 +104,19 @@ def all_runs(repo: Path) -> list:
     return client.search_runs(ids)
 
 
-def running_runs(db: Path) -> int:
-    """RUNNING runs in an MLflow sqlite store, read-only (never creating or migrating it)."""
+def running_runs(db: Path, logged: str | None = None) -> int:
+    """RUNNING runs in an MLflow sqlite store (that have logged metric ``logged``), read-only (never
+    creating or migrating it)."""
     import sqlite3
 
     if not db.is_file():
         return 0
+    query = "SELECT count(*) FROM runs WHERE status = 'RUNNING'"
+    if logged is not None:
+        query += " AND run_uuid IN (SELECT run_uuid FROM metrics WHERE key = ?)"
     try:
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as connection:
-            return connection.execute("SELECT count(*) FROM runs WHERE status = 'RUNNING'").fetchone()[0]
+            return connection.execute(query, () if logged is None else (logged,)).fetchone()[0]
     except sqlite3.Error:  # the store is still being created
         return 0
 
@@ -409,15 +413,16 @@ def test_interrupted_repro_leaves_nothing_a_later_run_trusts(tmp_path):
     import signal
     import time
 
-    repo = project_copy(tmp_path, *TINY_PARAMS)
+    # many epochs: the interrupt lands in the middle of fit, not in the (signal-deferring) registration
+    repo = project_copy(tmp_path, *TINY_PARAMS, "training.epochs=200", "training.early_stopping.enabled=false")
     dvc(repo, "repro", "prepare")
     process = subprocess.Popen([str(BIN / "dvc"), "repro"], cwd=repo, env=env_for(repo), stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:  # Ctrl-C (SIGINT to the process group, as a terminal sends it) once the train stage's run has begun
+    try:  # Ctrl-C (SIGINT to the process group, as a terminal sends it) once the train stage's first epoch is logged
         deadline = time.monotonic() + 120
-        while not running_runs(repo / "mlflow.db"):
-            assert process.poll() is None and time.monotonic() < deadline, "train never started its MLflow run"
-            time.sleep(0.5)
+        while not running_runs(repo / "mlflow.db", logged="train/loss"):
+            assert process.poll() is None and time.monotonic() < deadline, "train never logged its first epoch"
+            time.sleep(0.2)
         os.killpg(process.pid, signal.SIGINT)
         output, _ = process.communicate(timeout=120)
     finally:

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import epoch_steps, run_module, tiny
+from tests.conftest import epoch_steps, migrated_store, run_module, tiny
 from tests.servers import HOST, MLFLOW, background, free_port, log_tail, stop
 
 pytestmark = pytest.mark.slow
@@ -50,9 +50,10 @@ def env() -> dict[str, str]:
 
 @contextmanager
 def training(args: list[str], cwd: Path) -> Iterator[subprocess.Popen]:
-    """`python -m bilstm_exp ARGS` in the background, stderr to cwd/stderr.txt; always stopped."""
-    with open(cwd / "stderr.txt", "w") as err:
-        process = subprocess.Popen([sys.executable, "-m", "bilstm_exp", *args], cwd=cwd, stdout=subprocess.DEVNULL,
+    """`python -m bilstm_exp ARGS` in the background, stdout and stderr to cwd/stdout.txt and cwd/stderr.txt;
+    always stopped."""
+    with open(cwd / "stdout.txt", "w") as out, open(cwd / "stderr.txt", "w") as err:
+        process = subprocess.Popen([sys.executable, "-m", "bilstm_exp", *args], cwd=cwd, stdout=out,
                                    stderr=err, env=env(), start_new_session=True)
     try:
         yield process
@@ -97,7 +98,7 @@ def test_sigterm_checkpoints_and_resume_continues_the_same_run(tmp_path):
     interrupted, reference = tmp_path / "interrupted", tmp_path / "reference"
     for folder in (interrupted, reference):
         folder.mkdir()
-        MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").search_experiments()  # create the store once
+        migrated_store(folder)  # the store exists before the two processes open it
     args = tiny("basic", *LONGER)
     client = MlflowClient(f"sqlite:///{interrupted / 'mlflow.db'}")
     with training(args, reference) as uninterrupted, training(args, interrupted) as process:
@@ -111,6 +112,7 @@ def test_sigterm_checkpoints_and_resume_continues_the_same_run(tmp_path):
 
     run = only_run(client, "bilstm-exp")
     assert run.info.status == "KILLED" and run.data.tags["failure_reason"] == "terminated"
+    assert client.search_model_versions("name='bilstm-sentiment'") == []  # an interrupted run registers nothing
     assert f"checkpoints/{run.info.run_id}/" in stderr and "<run_id>" not in stderr  # the real run, by its id
     assert state.parent.name == run.info.run_id and state.is_file()  # the checkpoint survived the signal
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
@@ -198,6 +200,8 @@ def test_server_down_until_the_end_keeps_the_run_offline_and_sync_uploads_it(tmp
     assert command, stderr[-3000:]
     assert command.group(1) == f"outputs/mlruns-offline/{run_id}" and command.group(2) == server.uri
     assert (tmp_path / command.group(1) / "mlflow.db").is_file()
+    summary = (tmp_path / "stdout.txt").read_text()  # read from the offline store, not waited for from the server
+    assert "run finished: " in summary and f"{command.group(1)}/mlflow.db" in summary, summary[-2000:]
     assert not (tmp_path / "checkpoints").exists()  # the run FINISHED (offline): nothing to resume
 
     server.start()
@@ -256,8 +260,7 @@ def run_all(arg_lists: list[list[str]], cwd: Path) -> list[subprocess.CompletedP
 
 def test_four_processes_on_one_sqlite_store_deterministic_runs_agree(tmp_path):
     """Four deterministic runs of one config at once: all recorded, and their metrics identical."""
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    client.search_experiments()  # create and migrate the store before the processes open it
+    client = MlflowClient(migrated_store(tmp_path))  # created and migrated before the processes open it
     args = tiny("basic", "training.epochs=2", "training.early_stopping.enabled=false", "training.deterministic=true",
                 "model.dropout=0.2", "profiling.latency_samples=0")
     outs = run_all([args] * 4, tmp_path)

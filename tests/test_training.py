@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 from bilstm_exp import training
 from bilstm_exp.cli import compose
 from bilstm_exp.config import validate
-from tests.conftest import epoch_steps, run_module, tiny
+from tests.conftest import FAST, epoch_steps, run_module, tiny
 
 pytestmark = pytest.mark.slow
 
@@ -19,7 +19,7 @@ PER_EPOCH = ["train/loss", "train/accuracy", "val/loss", "val/accuracy"]
 
 @pytest.mark.parametrize("architecture", ["stacked", "unidirectional"])  # basic, attention: the `trained` fixture
 def test_full_tiny_run_is_recorded(workdir, architecture):
-    config = validate(compose(tiny(architecture, "training.epochs=2", "training.early_stopping.enabled=false")))
+    config = validate(compose(tiny(architecture, FAST, "training.epochs=2", "training.early_stopping.enabled=false")))
     result = training.run(config, root=workdir, overrides=[f"model={architecture}"])
 
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")

@@ -61,7 +61,8 @@ def train(config: ExperimentConfig, overrides: list[str], **run_kwargs):
                 return crossval.run(config, root=Path.cwd(), overrides=overrides, **run_kwargs)
             result = training.run(config, root=Path.cwd(), overrides=overrides, **run_kwargs)
             if chief:  # a multi_worker worker records nothing: the chief's run is the record
-                summary.report_run(config, Path.cwd(), result.run_id)  # test metrics, champion, where to look
+                # test metrics, champion, where to look
+                summary.report_run(config, Path.cwd(), result.run_id, result.kept_offline)
             return result
         except KeyboardInterrupt as interrupt:  # the session put the run id on it
             with exit_on_user_error(interrupted=interrupted(getattr(interrupt, "run_id", None))):

@@ -314,7 +314,7 @@ def train_stage(config: ExperimentConfig) -> None:
                    [[i + 1, *(history[k][i] for k in columns)] for i in range(epochs)])
         _write_json(metrics_json, metrics)
     print(f"trained {epochs} epoch(s): MLflow run {result.run_id}; model -> {MODEL}/")
-    summary.report_run(config, root, result.run_id)  # test metrics, champion, where to look
+    summary.report_run(config, root, result.run_id, result.kept_offline)  # test metrics, champion, where
 
 
 def load_classifier(model_dir: Path):

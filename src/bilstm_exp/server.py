@@ -445,6 +445,9 @@ def start(state_dir: Path | str = DEFAULT_DIR, *, port: int = 0, db_port: int = 
            "MLFLOW_FLASK_SERVER_SECRET_KEY": keys.flask_secret_key}
     for name in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
         env.pop(name, None)
+    # MLflow 3's server also starts a job runner and seven huey consumers (for GenAI jobs: scorers, prompt
+    # optimisation), eight more processes that import MLflow; nothing here uses them. Set it to true to get them.
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     args = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", pg.url("mlflow"),
             "--serve-artifacts", "--artifacts-destination", artifacts.as_uri(), "--app-name", "basic-auth",

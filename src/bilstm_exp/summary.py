@@ -147,10 +147,17 @@ def run_lines(uri: str, run_id: str, config: ExperimentConfig, cwd: Path | None 
     return lines
 
 
-def report_run(config: ExperimentConfig, root: Path, run_id: str) -> None:
-    """Print the end-of-run summary; a store that cannot be read back costs a warning, not the run."""
+def report_run(config: ExperimentConfig, root: Path, run_id: str,
+               kept_offline: tuple[str, str] | None = None) -> None:
+    """Print the end-of-run summary; a store that cannot be read back costs a warning, not the run.
+    ``kept_offline``: (URI, run id) of the offline store a run went to while its server was down: the
+    summary is read from there (asking the down server would wait out MLflow's retries, minutes)."""
     uri = store.resolve_uri(config.tracking, root)
+    if kept_offline is not None:
+        uri, run_id = kept_offline
     try:
+        if not store.reachable(uri):
+            raise ConnectionError(f"{uri} does not answer")
         lines = run_lines(uri, run_id, config)
     except Exception as error:  # e.g. the server went down after the run was kept offline
         print(f"bilstm-exp: warning: run {run_id} finished, but its summary could not be read from "

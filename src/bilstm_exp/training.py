@@ -34,6 +34,7 @@ class RunResult:
     model_uri: str | None  # the logged pyfunc model
     classifier: serving.TextClassifier | None  # the trained model, raw text in (None: a multi_worker non-chief)
     prepared: data_mod.PreparedData
+    kept_offline: tuple[str, str] | None = None  # (URI, run id) of the offline store, if the server went down
 
 
 def configure_tensorflow(config: ExperimentConfig) -> None:
@@ -152,6 +153,8 @@ def run(config: ExperimentConfig, *, root: Path, overrides: list[str] | None = N
         model_uri = session.resilient(lambda: recording.results(session, config, classifier, prepared, evaluation,
                                                                 history, metrics, folder))
         result = RunResult(session.run_id, metrics, history, model_uri, classifier, prepared)
+    if session.offline_uri:
+        result.kept_offline = (session.offline_uri, session.offline_run_id)
     checkpointer.delete()  # the run is FINISHED: nothing left to resume
     return result
 
