@@ -29,8 +29,8 @@ os.environ["BILSTM_EXP_CACHE_DIR"] = tempfile.mkdtemp(prefix="bilstm-exp-test-ca
 # Small enough that one epoch of any architecture takes a second or two on a CPU. Keras's own LSTM
 # kernel: the default fast kernel compiles XLA code for each new batch shape (about 0.3 s per shape
 # and direction), which is most of a tiny run's time. Tests about what a run records, not about the
-# kernel, use this; the kernel's own tests (test_fast_lstm.py), the shared `trained` runs and the
-# per-architecture runs of test_training.py run the default fast kernel (`FAST`).
+# kernel, use this; the kernel's own tests (test_fast_lstm.py, every architecture) and the shared
+# `trained` runs (basic, attention) run the default fast kernel (`FAST`).
 TINY = [
     "data.num_samples=160", "data.median_length=24", "data.max_length=48", "data.num_buckets=3",
     "training.epochs=1", "training.batch_size=16", "model.embedding_dim=8",

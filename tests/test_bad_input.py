@@ -145,6 +145,7 @@ CASES = [
          "clipping.threshold: must be > 0", "Fix:"),
     Case("zero-batch", tiny("basic", "training.batch_size=0"), "training.batch_size: must be > 0", "Fix:"),
     Case("negative-epochs", tiny("basic", "training.epochs=-1"), "training.epochs: must be > 0", "Fix:"),
+    Case("zero-max-length", tiny("basic", "data.max_length=0"), "data.max_length: must be > 0", "Fix:"),
     Case("unknown-key", tiny("basic", "+model.lstm_unit=4"), "model.lstm_unit: unknown key", "Fix:"),
     Case("wrong-type", tiny("basic", "training.epochs=three"), "training.epochs", "Fix:"),
     Case("zero-learning-rate", tiny("basic", "optimizer.learning_rate=0"), "optimizer.learning_rate", "Fix:"),

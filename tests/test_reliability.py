@@ -5,8 +5,9 @@
 * The server goes down mid-run and stays down -> training finishes, the run is kept in
   outputs/mlruns-offline/ and the printed `bilstm-exp sync` command uploads it (twice is harmless).
 * The server goes down and comes back -> the buffered logging is delivered, nothing goes offline.
-* Four processes on one sqlite store (deterministic: identical metric histories) and eight on one
-  server: every run, metric and model version is there, no duplicate versions.
+* Four processes on a new sqlite store (deterministic: identical metric histories) and four on one
+  server: every run, metric and model version is there, no duplicate versions (sixteen concurrent
+  registrations on the team server: tests/test_team_server.py).
 * Issue 12: the first open of a new sqlite store by several processes at once; `kill -9` and
   `bilstm-exp runs --stale --close`; an interrupt or a failure during model registration; a value
   from ``${oc.env:...}`` never reaching MLflow, params.yaml or the logs; the served model refusing
@@ -34,8 +35,9 @@ from tests.servers import HOST, MLFLOW, background, free_port, log_tail, stop
 pytestmark = pytest.mark.slow
 
 EPOCHS = 4
-# Epochs of a few seconds, so a signal or a server stop lands while training is under way.
-LONGER = ["data.num_samples=1200", "data.median_length=100", "data.max_length=200", f"training.epochs={EPOCHS}",
+# Epochs of about a second, so a signal or a server stop lands while training is under way (the tests
+# also freeze the training process with SIGSTOP while they act on it).
+LONGER = ["data.num_samples=600", "data.median_length=80", "data.max_length=160", f"training.epochs={EPOCHS}",
           "training.early_stopping.enabled=false", "profiling.latency_samples=0", "training.verbose=0"]
 PER_EPOCH = ("train/loss", "train/accuracy", "val/loss", "val/accuracy", "lr", "time/epoch_s")
 TIMING = ("time/", "throughput/", "latency/", "memory/", "compute/achieved_gflops", "compute/peak_fraction")
@@ -71,7 +73,7 @@ def wait_for(condition, what: str, process: subprocess.Popen | None = None, time
             return value
         if process is not None and process.poll() is not None:
             raise AssertionError(f"training exited ({process.returncode}) before {what}")
-        time.sleep(0.5)
+        time.sleep(0.1)
     raise AssertionError(f"no {what} within {timeout_s} s")
 
 
@@ -104,7 +106,10 @@ def test_sigterm_checkpoints_and_resume_continues_the_same_run(tmp_path):
     with training(args, reference) as uninterrupted, training(args, interrupted) as process:
         state = wait_for(lambda: next((interrupted / "checkpoints").glob("*/state.json"), None),
                          "checkpoint", process)
+        os.killpg(process.pid, signal.SIGSTOP)  # frozen mid-training: the SIGTERM is handled when it continues
+        assert process.poll() is None
         process.send_signal(signal.SIGTERM)
+        os.killpg(process.pid, signal.SIGCONT)
         assert process.wait(timeout=WAIT_S) == 143
         assert uninterrupted.wait(timeout=WAIT_S) == 0, log_tail(reference / "stderr.txt")
     stderr = (interrupted / "stderr.txt").read_text()
@@ -192,7 +197,11 @@ def test_server_down_until_the_end_keeps_the_run_offline_and_sync_uploads_it(tmp
     with training(server_args(server.uri), tmp_path) as process:
         wait_for(lambda: logged_epochs(client, "bilstm-exp") >= 1, "the first epoch on the server", process)
         run_id = only_run(client, "bilstm-exp").info.run_id
-        server.stop()
+        os.killpg(process.pid, signal.SIGSTOP)  # hold training while the server stops (it is down mid-run)
+        try:
+            server.stop()
+        finally:
+            os.killpg(process.pid, signal.SIGCONT)
         assert process.wait(timeout=WAIT_S) == 0, log_tail(tmp_path / "stderr.txt")  # training went on
     stderr = (tmp_path / "stderr.txt").read_text()
     assert "is unreachable; training continues" in stderr
@@ -226,7 +235,11 @@ def test_server_back_before_the_end_gets_the_buffered_logging(tmp_path, server):
     with training(server_args(server.uri), tmp_path) as process:
         wait_for(lambda: logged_epochs(client, "bilstm-exp") >= 1, "the first epoch on the server", process)
         run_id = only_run(client, "bilstm-exp").info.run_id
-        server.stop()
+        os.killpg(process.pid, signal.SIGSTOP)  # hold training while the server stops (it is down mid-run)
+        try:
+            server.stop()
+        finally:
+            os.killpg(process.pid, signal.SIGCONT)
         wait_for(lambda: "is unreachable" in (tmp_path / "stderr.txt").read_text(), "the buffering warning", process)
         os.killpg(process.pid, signal.SIGSTOP)  # hold training while the server restarts (no race with its end)
         try:
@@ -245,6 +258,9 @@ def test_server_back_before_the_end_gets_the_buffered_logging(tmp_path, server):
 # --------------------------------------------------------------------------- concurrency, determinism
 
 
+OPEN_STORE = "from bilstm_exp.tracking import store; store.check_store('sqlite:///mlflow.db')"
+
+
 def run_all(arg_lists: list[list[str]], cwd: Path) -> list[subprocess.CompletedProcess]:
     processes = [subprocess.Popen([sys.executable, "-m", "bilstm_exp", *args], cwd=cwd, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True, env=env(), start_new_session=True)
@@ -258,13 +274,19 @@ def run_all(arg_lists: list[list[str]], cwd: Path) -> list[subprocess.CompletedP
             stop(p)
 
 
-def test_four_processes_on_one_sqlite_store_deterministic_runs_agree(tmp_path):
-    """Four deterministic runs of one config at once: all recorded, and their metrics identical."""
-    client = MlflowClient(migrated_store(tmp_path))  # created and migrated before the processes open it
+def test_four_processes_on_a_new_sqlite_store_all_recorded_and_deterministic_runs_agree(tmp_path):
+    """Four deterministic runs of one config and four light store openers (what every command does first)
+    start together on a folder without mlflow.db: the store's creation and migration are serialised by a
+    file lock, every run is recorded with its own version, and the four runs' metrics are identical."""
+    openers = [subprocess.Popen([sys.executable, "-c", OPEN_STORE], cwd=tmp_path, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env()) for _ in range(4)]
     args = tiny("basic", "training.epochs=2", "training.early_stopping.enabled=false", "training.deterministic=true",
                 "model.dropout=0.2", "profiling.latency_samples=0")
     outs = run_all([args] * 4, tmp_path)
+    opened = [p.communicate(timeout=WAIT_S) for p in openers]
+    assert [p.returncode for p in openers] == [0] * 4, [err[-2000:] for _, err in opened]
     assert [o.returncode for o in outs] == [0] * 4, [o.stderr[-2000:] for o in outs if o.returncode]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("bilstm-exp").experiment_id])
     assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
     for run in runs:
@@ -280,45 +302,28 @@ def test_four_processes_on_one_sqlite_store_deterministic_runs_agree(tmp_path):
     assert values[1:] == [values[0]] * 3
 
 
-def test_eight_processes_on_one_server_all_recorded_without_duplicate_versions(tmp_path, mlflow_server,
+def test_four_processes_on_one_server_all_recorded_without_duplicate_versions(tmp_path, mlflow_server,
                                                                                unique_name):
     args = tiny("basic", "tracking=server", f"tracking.tracking_uri={mlflow_server}", "training.epochs=2",
                 "training.early_stopping.enabled=false", "profiling.latency_samples=0",
                 f"tracking.experiment_name={unique_name}", f"tracking.registered_model_name={unique_name}")
-    outs = run_all([[*args, f"seed={seed}"] for seed in range(8)], tmp_path)
-    assert [o.returncode for o in outs] == [0] * 8, [o.stderr[-2000:] for o in outs if o.returncode]
+    outs = run_all([[*args, f"seed={seed}"] for seed in range(4)], tmp_path)
+    assert [o.returncode for o in outs] == [0] * 4, [o.stderr[-2000:] for o in outs if o.returncode]
     client = MlflowClient(mlflow_server)
     runs = client.search_runs([client.get_experiment_by_name(unique_name).experiment_id])
-    assert len(runs) == 8 and {r.info.status for r in runs} == {"FINISHED"}
-    assert sorted(r.data.params["seed"] for r in runs) == [str(s) for s in range(8)]
+    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
+    assert sorted(r.data.params["seed"] for r in runs) == [str(s) for s in range(4)]
     for run in runs:
         for key in PER_EPOCH:
             assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == epoch_steps(key, 2), key
         assert "test/accuracy" in run.data.metrics
     versions = client.search_model_versions(f"name='{unique_name}'")
-    assert sorted(int(v.version) for v in versions) == list(range(1, 9))  # no duplicates, no gaps
+    assert sorted(int(v.version) for v in versions) == list(range(1, 5))  # no duplicates, no gaps
     assert sorted(v.run_id for v in versions) == sorted(r.info.run_id for r in runs)  # one per run
     assert not (tmp_path / "outputs" / "mlruns-offline").exists()
 
 
 # --------------------------------------------------------------------------- issue 12: store creation, kill -9
-
-
-OPEN_STORE = "from bilstm_exp.tracking import store; store.check_store('sqlite:///mlflow.db')"
-
-
-def test_several_processes_opening_a_new_store_at_once_all_succeed(tmp_path):
-    """Four light openers (what every command does first) and one tiny training start together on a
-    folder without mlflow.db: the first open and its schema migration are serialised by a file lock."""
-    openers = [subprocess.Popen([sys.executable, "-c", OPEN_STORE], cwd=tmp_path, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env=env()) for _ in range(4)]
-    trained = run_all([tiny("basic", "profiling.latency_samples=0")], tmp_path)[0]
-    outs = [p.communicate(timeout=WAIT_S) for p in openers]
-    assert [p.returncode for p in openers] == [0] * 4, [err[-2000:] for _, err in outs]
-    assert trained.returncode == 0, trained.stderr[-3000:]
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    [run] = client.search_runs([client.get_experiment_by_name("bilstm-exp").experiment_id])
-    assert run.info.status == "FINISHED"
 
 
 def test_kill_9_leaves_a_running_run_that_runs_stale_close_ends_killed(tmp_path):

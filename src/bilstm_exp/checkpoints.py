@@ -25,6 +25,7 @@ metric-history length, not value for value.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -33,12 +34,14 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import keras
 import numpy as np
 
 from bilstm_exp.errors import UserError
+
+if TYPE_CHECKING:  # Keras is imported only where a callback is made: a resume is checked before TensorFlow
+    import keras
 
 FOLDER = "checkpoints"
 STATE = "state.json"
@@ -165,7 +168,8 @@ class Checkpointer:
         """The last callbacks of ``fit``, siblings in this order: hold signals, ``logger`` (the MLflow
         logger), checkpoint the epoch and release the signals. An epoch is thus either logged and
         checkpointed or neither. Also restores early stopping's counters on a resumption."""
-        return [_HoldSignals(self), logger, _EpochCheckpoint(self, stopping)]
+        hold, checkpoint = _callback_classes()
+        return [hold(self), logger, checkpoint(self, stopping)]
 
     # ------------------------------------------------------------------ writing
 
@@ -201,54 +205,74 @@ class Checkpointer:
                 (self.root / FOLDER).rmdir()
 
 
-class _HoldSignals(keras.callbacks.Callback):
-    """Holds SIGINT and SIGTERM back at the end of an epoch, until :class:`_EpochCheckpoint` has saved it."""
+def for_config(config, root: Path, tracking_uri: str | None = None) -> Checkpointer:
+    """The checkpointer of a run of ``config`` (an ExperimentConfig) in ROOT: epoch checkpoints in
+    checkpoints/<run_id>/; with training.resume=true, the interrupted run's, checked (files, config,
+    and that the run is in the tracking store, default: the current one, and not FINISHED)."""
+    from bilstm_exp.config import flatten
+    from bilstm_exp.tracking import store
 
-    def __init__(self, checkpointer: Checkpointer):
-        super().__init__()
-        self.checkpointer = checkpointer
+    flat = {k: v for k, v in flatten(store.masked_config(config)).items() if not store.is_secret(k, v)}
+    checkpointer = Checkpointer.open(root, flat, config.training.resume, config.training.resume_run_id)
+    if checkpointer.resuming:
+        store.check_resumable(checkpointer.run_id, tracking_uri)
+    return checkpointer
 
-    def on_epoch_end(self, epoch: int, logs=None) -> None:
-        self.checkpointer.held = Deferral().hold()
 
+@functools.cache
+def _callback_classes() -> tuple[type, type]:
+    """The two Keras callbacks of :meth:`Checkpointer.callbacks`, defined on first use."""
+    import keras
 
-class _EpochCheckpoint(keras.callbacks.Callback):
-    def __init__(self, checkpointer: Checkpointer, stopping: keras.callbacks.EarlyStopping | None):
-        super().__init__()
-        self.checkpointer, self.stopping = checkpointer, stopping
+    class HoldSignals(keras.callbacks.Callback):
+        """Holds SIGINT and SIGTERM back at the end of an epoch, until :class:`EpochCheckpoint` has saved it."""
 
-    def on_train_begin(self, logs=None) -> None:
-        state = self.checkpointer.state
-        if state and self.stopping is not None and state.get("early_stopping"):
-            # EarlyStopping.on_train_begin (called before this) has just reset these.
-            early = state["early_stopping"]
-            self.stopping.wait, self.stopping.best_epoch = early["wait"], early["best_epoch"]
-            self.stopping.best = early["best"]
-            best = self.checkpointer.folder / BEST
-            if best.exists():
-                with np.load(best) as arrays:
-                    self.stopping.best_weights = [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
+        def __init__(self, checkpointer: Checkpointer):
+            super().__init__()
+            self.checkpointer = checkpointer
 
-    def on_epoch_end(self, epoch: int, logs=None) -> None:
-        logs = logs or {}
-        try:
-            finite = all(np.isfinite(float(v)) for v in logs.values() if np.ndim(v) == 0)
-            for key, value in logs.items():
-                if np.ndim(value) == 0:
-                    self.checkpointer.history.setdefault(key, []).append(float(value))
-            if finite:  # a NaN epoch is no state to resume from
-                self.checkpointer.save(self.model, epoch, logs, self.stopping)
-        finally:
-            held, self.checkpointer.held = self.checkpointer.held, None
-            if held is not None:
-                held.release()  # a signal that arrived meanwhile is handled now
+        def on_epoch_end(self, epoch: int, logs=None) -> None:
+            self.checkpointer.held = Deferral().hold()
 
-    def on_train_end(self, logs=None) -> None:
-        epochs = len(next(iter(self.checkpointer.history.values()), []))
-        if epochs and all(np.isfinite(v) for values in self.checkpointer.history.values() for v in values):
-            # after EarlyStopping restored its best weights: what evaluation will use
-            with held_signals():
-                self.checkpointer.save(self.model, epochs - 1, {}, self.stopping, fit_done=True)
+    class EpochCheckpoint(keras.callbacks.Callback):
+        def __init__(self, checkpointer: Checkpointer, stopping: keras.callbacks.EarlyStopping | None):
+            super().__init__()
+            self.checkpointer, self.stopping = checkpointer, stopping
+
+        def on_train_begin(self, logs=None) -> None:
+            state = self.checkpointer.state
+            if state and self.stopping is not None and state.get("early_stopping"):
+                # EarlyStopping.on_train_begin (called before this) has just reset these.
+                early = state["early_stopping"]
+                self.stopping.wait, self.stopping.best_epoch = early["wait"], early["best_epoch"]
+                self.stopping.best = early["best"]
+                best = self.checkpointer.folder / BEST
+                if best.exists():
+                    with np.load(best) as arrays:
+                        self.stopping.best_weights = [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
+
+        def on_epoch_end(self, epoch: int, logs=None) -> None:
+            logs = logs or {}
+            try:
+                finite = all(np.isfinite(float(v)) for v in logs.values() if np.ndim(v) == 0)
+                for key, value in logs.items():
+                    if np.ndim(value) == 0:
+                        self.checkpointer.history.setdefault(key, []).append(float(value))
+                if finite:  # a NaN epoch is no state to resume from
+                    self.checkpointer.save(self.model, epoch, logs, self.stopping)
+            finally:
+                held, self.checkpointer.held = self.checkpointer.held, None
+                if held is not None:
+                    held.release()  # a signal that arrived meanwhile is handled now
+
+        def on_train_end(self, logs=None) -> None:
+            epochs = len(next(iter(self.checkpointer.history.values()), []))
+            if epochs and all(np.isfinite(v) for values in self.checkpointer.history.values() for v in values):
+                # after EarlyStopping restored its best weights: what evaluation will use
+                with held_signals():
+                    self.checkpointer.save(self.model, epochs - 1, {}, self.stopping, fit_done=True)
+
+    return HoldSignals, EpochCheckpoint
 
 
 class Deferral:

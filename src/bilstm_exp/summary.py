@@ -57,12 +57,16 @@ def announce(config: ExperimentConfig, root: Path) -> str:
 def start(config: ExperimentConfig, root: Path):
     """Everything a run does before TensorFlow is imported: the configured log level, the first line
     (where the run will be recorded; a down server fails here), and the data, read and validated, so
-    bad data exits in about a second without creating an experiment or a run. Returns PreparedData."""
-    from bilstm_exp import data, quiet
+    bad data exits in about a second without creating an experiment or a run; with training.resume,
+    the checkpoint to resume (a missing, unreadable or mismatched one fails here too). Returns PreparedData."""
+    from bilstm_exp import checkpoints, data, quiet
 
     quiet.setup(config.training.log_level)
     announce(config, root)
-    return data.prepare(config.data)
+    prepared = data.prepare(config.data)
+    if config.training.resume:
+        checkpoints.for_config(config, root, store.resolve_uri(config.tracking, root)).check_data(prepared.md5())
+    return prepared
 
 
 def run_url(uri: str, experiment_id: str, run_id: str) -> str:

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from bilstm_exp import checkpoints, distribute, embeddings, models, optim, profiling, recording, reports, serving
 from bilstm_exp import data as data_mod
-from bilstm_exp.config import ExperimentConfig, flatten
+from bilstm_exp.config import ExperimentConfig
 from bilstm_exp.errors import ConfigError
 from bilstm_exp.evaluation import evaluate
 from bilstm_exp.tracking import store
@@ -110,7 +110,7 @@ def run(config: ExperimentConfig, *, root: Path, overrides: list[str] | None = N
     prepared = prepared or data_mod.prepare(config.data)  # bad data fails here, before any experiment or run
     prepare_s = prepared.prepare_s if prepared.prepare_s is not None else time.perf_counter() - start
     experiment_id = store.setup(config.tracking, root)
-    checkpointer = _open_checkpointer(config, root)  # training.resume: fails here, before training
+    checkpointer = checkpoints.for_config(config, root)  # training.resume: fails here, before training
     overrides = overrides or []
     checkpointer.check_data(prepared.md5())
     # model.pretrained_embeddings: the vectors for this vocabulary; an unreadable file fails before a run exists
@@ -278,15 +278,6 @@ def _tags(config: ExperimentConfig, overrides: list[str], extra: dict[str, str] 
     return {**(extra or {}), "architecture": config.model.name, "hydra_overrides": " ".join(overrides),
             "mlflow.note.content": f"{config.model.name} on {config.data.name} data, "
                                    f"{config.optimizer.name}, clipping={config.clipping.name}"}
-
-
-def _open_checkpointer(config: ExperimentConfig, root: Path) -> checkpoints.Checkpointer:
-    """Epoch checkpoints in checkpoints/<run_id>/; with training.resume=true, the interrupted run's."""
-    flat = {k: v for k, v in flatten(store.masked_config(config)).items() if not store.is_secret(k, v)}
-    checkpointer = checkpoints.Checkpointer.open(root, flat, config.training.resume, config.training.resume_run_id)
-    if checkpointer.resuming:
-        store.check_resumable(checkpointer.run_id)
-    return checkpointer
 
 
 class NonFiniteLoss(RuntimeError):

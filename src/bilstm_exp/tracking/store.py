@@ -346,19 +346,20 @@ def best_value(client: MlflowClient, run, metric: str, mode: str = "max") -> flo
     return max(values) if mode == "max" else min(values)
 
 
-def check_resumable(run_id: str) -> None:
-    """The run to resume exists in the current store and has not FINISHED."""
+def check_resumable(run_id: str, uri: str | None = None) -> None:
+    """The run to resume exists in the store at URI (default: the current one) and has not FINISHED."""
     import mlflow
 
+    uri = uri or mlflow.get_tracking_uri()
     try:
-        run = MlflowClient().get_run(run_id)
+        run = MlflowClient(uri).get_run(run_id)
     except MlflowException:
         raise TrackingError(f"run {run_id} (from its checkpoint) is not in the tracking store "
-                            f"{redact(mlflow.get_tracking_uri())}. Fix: resume with the store the run was "
+                            f"{redact(uri)}. Fix: resume with the store the run was "
                             f"tracked in (tracking.tracking_uri), or delete checkpoints/{run_id}/") from None
     if run.info.lifecycle_stage == "deleted":
         raise TrackingError(f"run {run_id} (from its checkpoint) is deleted in the tracking store "
-                            f"{redact(mlflow.get_tracking_uri())}. Fix: restore it (mlflow runs restore --run-id "
+                            f"{redact(uri)}. Fix: restore it (mlflow runs restore --run-id "
                             f"{run_id}) and resume again, or delete checkpoints/{run_id}/ and start a new run")
     if run.info.status == "FINISHED":
         raise TrackingError(f"run {run_id} has already FINISHED. Fix: start a new run without training.resume, "
