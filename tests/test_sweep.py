@@ -68,7 +68,7 @@ def test_parallel_sweep_with_two_workers_loses_no_run(tmp_path):
 def test_optuna_search_three_trials_reports_the_best_on_the_parent(tmp_path):
     tiny = [o for o in TINY if not o.startswith("model.embedding_dim")]
     result = run_module(["-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3", *tiny,
-                         "profiling.latency_samples=0", "tracking.register_model=false"], tmp_path, timeout=600)
+                         "profiling.latency_samples=0"], tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     client, parents, children = store(tmp_path)
     assert len(parents) == 1
@@ -97,6 +97,12 @@ def test_optuna_search_three_trials_reports_the_best_on_the_parent(tmp_path):
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "best")}
     assert artifacts == {"best/config.yaml", "best/optimization_results.yaml"}
     assert "best val/loss=" in result.stdout
+    # the registry: the sweep registers its best job only (the others say why they did not), one data set
+    assert all("registry.skipped" in c.data.tags for c in children)
+    [version] = client.search_model_versions("name='bilstm-sentiment'")
+    assert version.run_id == best.info.run_id
+    assert parent.data.tags["registry.version"] == f"bilstm-sentiment/{version.version}"
+    assert len({c.data.tags["data.fingerprint"] for c in children}) == 1
 
 
 def test_a_failing_job_ends_the_parent_failed_not_running(tmp_path):

@@ -20,7 +20,7 @@ from bilstm_exp import crossval, training
 from bilstm_exp.compose import compose
 from bilstm_exp.config import validate
 from bilstm_exp.tracking import registry
-from tests.conftest import TINY, run_module, tiny
+from tests.conftest import run_module, tiny
 
 NAME = "bilstm-sentiment"
 
@@ -180,20 +180,12 @@ def test_three_fold_cross_validation_is_one_parent_with_three_fold_children(work
     assert client.search_model_versions(f"name='{NAME}'") == []  # folds estimate, they do not register
 
 
-@pytest.mark.slow
-def test_a_sweep_of_two_seeds_registers_its_best_job_only(tmp_path):
-    result = run_module(["-m", "seed=1,2", *TINY, "model.lstm_units=8", "profiling.latency_samples=0"], tmp_path,
-                        timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("bilstm-exp").experiment_id])
-    [parent] = [r for r in runs if r.data.tags.get("bilstm_exp.sweep") == "parent"]
-    children = [r for r in runs if r is not parent]
-    assert len(children) == 2 and all("registry.skipped" in c.data.tags for c in children)
-    best = min(children, key=lambda c: c.data.metrics["val/loss"])  # training.monitor of the kept weights
-    assert parent.data.tags["best_run_id"] == best.info.run_id
-    [version] = client.search_model_versions(f"name='{NAME}'")
-    assert version.run_id == best.info.run_id and parent.data.tags["registry.version"] == f"{NAME}/{version.version}"
-    # repeated seeds: one configuration group, one evaluation data set
-    assert len({c.data.tags["config.group"] for c in children}) == 1
-    assert len({c.data.tags["data.fingerprint"] for c in children}) == 1
+def test_runs_differing_only_in_seed_share_a_config_group():
+    """`-m seed=1,2,3` repeats one configuration: one `config.group` tag, which compare groups by;
+    another learning rate is another group."""
+    from bilstm_exp.recording import config_group
+
+    variants = (["seed=1"], ["seed=2", "data.split_seed=7", "tracking.experiment_name=other"],
+                ["optimizer.learning_rate=0.01"])
+    groups = [config_group(validate(compose(tiny("basic", *extra)))) for extra in variants]
+    assert groups[0] == groups[1] != groups[2]
