@@ -22,8 +22,8 @@ run: $(STAMP) ## the default experiment on built-in data, tracked in ./mlflow.db
 test: $(STAMP) browser postgres ## the whole test suite, one pytest-xdist worker per core (CI runs this)
 	$(PY) -m pytest -n auto --dist loadgroup $(PYTEST_ARGS)
 
-test-fast: $(STAMP) ## the inner loop: no training subprocesses, no servers (under 2 minutes)
-	$(PY) -m pytest -m "not slow and not services" $(PYTEST_ARGS)
+test-fast: $(STAMP) ## the inner loop: no training subprocesses, no servers (about a minute)
+	$(PY) -m pytest -m "not slow and not services" -n auto --dist loadgroup $(PYTEST_ARGS)
 
 browser: ## Debian's chromium for the UI test (apt-get install when /usr/bin/chromium is missing)
 	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq \
