@@ -39,6 +39,22 @@ TINY = [
 FAST = "model.kernel=fast"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_matmul_peak():
+    """The matmul peak (`compute/peak_fraction`'s divisor), measured once per test process and cached
+    as quiet: every run otherwise measures it again while the suite keeps the machine busy (a peak
+    measured under load is re-measured at the next use), about 0.7 CPU seconds a run. Its own
+    caching is tested in test_profiling.py, in a cache folder of its own."""
+    import json
+
+    from bilstm_exp import profiling
+
+    key = json.dumps(profiling.machine(), sort_keys=True)
+    entry = {"gflops": profiling.measure_matmul_gflops(), "threads": profiling.matmul_threads(),
+             "load_per_core": 0.0, "measured_at": "the test session"}
+    Path(os.environ["BILSTM_EXP_CACHE_DIR"], "matmul_peak.json").write_text(json.dumps({key: entry}))
+
+
 def epoch_steps(key: str, epochs: int) -> list[int]:
     """The steps a metric is logged at: one per epoch, and for ``val/*`` one more, one past the last
     epoch: the evaluation of the weights the run keeps (the best epoch's)."""
@@ -156,7 +172,7 @@ def unique_name(request) -> str:
 
 
 # Shared fixtures each xdist worker may start for itself: cheaper than keeping their tests on one worker.
-PER_WORKER = {"mlflow_server"}
+PER_WORKER = {"mlflow_server", "one_matmul_peak"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's loadgroup reads the xdist_group marks
