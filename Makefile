@@ -2,6 +2,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# one pytest-xdist worker per core; tests sharing an expensive fixture on one worker (tests/conftest.py)
+XDIST := -n auto --dist loadgroup
 
 .PHONY: help install run test test-fast postgres lint ui clean browser screenshot plots-screenshot plots-template server
 
@@ -20,10 +22,10 @@ run: $(STAMP) ## the default experiment on built-in data, tracked in ./mlflow.db
 	$(PY) -m bilstm_exp $(ARGS)
 
 test: $(STAMP) browser postgres ## the whole test suite, one pytest-xdist worker per core (CI runs this)
-	$(PY) -m pytest -n auto --dist loadgroup $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 test-fast: $(STAMP) ## the inner loop: no training subprocesses, no servers (about a minute)
-	$(PY) -m pytest -m "not slow and not services" -n auto --dist loadgroup $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow and not services" $(XDIST) $(PYTEST_ARGS)
 
 browser: ## Debian's chromium for the UI test (apt-get install when /usr/bin/chromium is missing)
 	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq \

@@ -44,8 +44,9 @@ def stop(process: subprocess.Popen, timeout_s: float = 20) -> None:
 def background(args: list[str], url: str, log: Path, *, env: dict[str, str] | None = None,
                cwd: Path | None = None, timeout_s: float = 120) -> Iterator[subprocess.Popen]:
     """Start ARGS in its own process group, wait until GET URL answers 200, and stop it at exit."""
-    # No MLflow job runner (eight processes for GenAI jobs, which nothing here uses), as `make server` starts it.
-    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})}
+    from bilstm_exp.server import WITHOUT_JOB_RUNNER  # as `make server` starts it
+
+    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **WITHOUT_JOB_RUNNER, **(env or {})}
     # As in an activated virtualenv: `mlflow models serve` starts `uvicorn` found on PATH.
     full_env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), full_env.get("PATH", "")])
     with open(log, "ab") as out:

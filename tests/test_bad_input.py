@@ -345,7 +345,7 @@ def test_there_are_at_least_thirty_cases_across_the_four_kinds():
     assert min(len(data_files), len(cli), len(uris), len(config)) >= 5
 
 
-@pytest.mark.slow  # 81 CLI subprocesses (most answer in about a second; some start a server or DVC)
+@pytest.mark.slow  # one CLI subprocess per case (most answer in about a second; some start a server or DVC)
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_fails_clearly_and_leaves_nothing_behind(outcomes, case):
     out, folder, before = outcomes[case.id]

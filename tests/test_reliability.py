@@ -65,6 +65,17 @@ def training(args: list[str], cwd: Path) -> Iterator[subprocess.Popen]:
             stop(process)
 
 
+@contextmanager
+def frozen(process: subprocess.Popen) -> Iterator[None]:
+    """Training held (SIGSTOP to its process group) while the test acts on it, so short epochs cannot
+    outrun the test; signals sent meanwhile are handled when it continues (SIGCONT)."""
+    os.killpg(process.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.killpg(process.pid, signal.SIGCONT)
+
+
 def wait_for(condition, what: str, process: subprocess.Popen | None = None, timeout_s: float = WAIT_S):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -106,10 +117,9 @@ def test_sigterm_checkpoints_and_resume_continues_the_same_run(tmp_path):
     with training(args, reference) as uninterrupted, training(args, interrupted) as process:
         state = wait_for(lambda: next((interrupted / "checkpoints").glob("*/state.json"), None),
                          "checkpoint", process)
-        os.killpg(process.pid, signal.SIGSTOP)  # frozen mid-training: the SIGTERM is handled when it continues
-        assert process.poll() is None
-        process.send_signal(signal.SIGTERM)
-        os.killpg(process.pid, signal.SIGCONT)
+        with frozen(process):  # mid-training: the SIGTERM is handled when it continues
+            assert process.poll() is None
+            process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=WAIT_S) == 143
         assert uninterrupted.wait(timeout=WAIT_S) == 0, log_tail(reference / "stderr.txt")
     stderr = (interrupted / "stderr.txt").read_text()
@@ -197,11 +207,8 @@ def test_server_down_until_the_end_keeps_the_run_offline_and_sync_uploads_it(tmp
     with training(server_args(server.uri), tmp_path) as process:
         wait_for(lambda: logged_epochs(client, "bilstm-exp") >= 1, "the first epoch on the server", process)
         run_id = only_run(client, "bilstm-exp").info.run_id
-        os.killpg(process.pid, signal.SIGSTOP)  # hold training while the server stops (it is down mid-run)
-        try:
+        with frozen(process):  # the server is down mid-run
             server.stop()
-        finally:
-            os.killpg(process.pid, signal.SIGCONT)
         assert process.wait(timeout=WAIT_S) == 0, log_tail(tmp_path / "stderr.txt")  # training went on
     stderr = (tmp_path / "stderr.txt").read_text()
     assert "is unreachable; training continues" in stderr
@@ -235,17 +242,11 @@ def test_server_back_before_the_end_gets_the_buffered_logging(tmp_path, server):
     with training(server_args(server.uri), tmp_path) as process:
         wait_for(lambda: logged_epochs(client, "bilstm-exp") >= 1, "the first epoch on the server", process)
         run_id = only_run(client, "bilstm-exp").info.run_id
-        os.killpg(process.pid, signal.SIGSTOP)  # hold training while the server stops (it is down mid-run)
-        try:
+        with frozen(process):  # the server is down mid-run
             server.stop()
-        finally:
-            os.killpg(process.pid, signal.SIGCONT)
         wait_for(lambda: "is unreachable" in (tmp_path / "stderr.txt").read_text(), "the buffering warning", process)
-        os.killpg(process.pid, signal.SIGSTOP)  # hold training while the server restarts (no race with its end)
-        try:
+        with frozen(process):  # the server is back before training ends (no race with its end)
             server.start()
-        finally:
-            os.killpg(process.pid, signal.SIGCONT)
         assert process.wait(timeout=WAIT_S) == 0, log_tail(tmp_path / "stderr.txt")
     stderr = (tmp_path / "stderr.txt").read_text()
     assert "reachable again" in stderr and "bilstm-exp sync" not in stderr

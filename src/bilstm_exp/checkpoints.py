@@ -43,6 +43,8 @@ from bilstm_exp.errors import UserError
 if TYPE_CHECKING:  # Keras is imported only where a callback is made: a resume is checked before TensorFlow
     import keras
 
+    from bilstm_exp.config import ExperimentConfig
+
 FOLDER = "checkpoints"
 STATE = "state.json"
 BEST = "best.weights.npz"
@@ -205,8 +207,8 @@ class Checkpointer:
                 (self.root / FOLDER).rmdir()
 
 
-def for_config(config, root: Path, tracking_uri: str | None = None) -> Checkpointer:
-    """The checkpointer of a run of ``config`` (an ExperimentConfig) in ROOT: epoch checkpoints in
+def for_config(config: ExperimentConfig, root: Path, tracking_uri: str | None = None) -> Checkpointer:
+    """The checkpointer of a run of ``config`` in ROOT: epoch checkpoints in
     checkpoints/<run_id>/; with training.resume=true, the interrupted run's, checked (files, config,
     and that the run is in the tracking store, default: the current one, and not FINISHED)."""
     from bilstm_exp.config import flatten

@@ -61,6 +61,10 @@ ADMIN_PASSWORD_ENV = "BILSTM_EXP_SERVER_ADMIN_PASSWORD"
 PG_BIN_ENV = "BILSTM_EXP_PG_BIN"
 RUN_AS_ENV = "BILSTM_EXP_PG_USER"  # system user PostgreSQL runs as when we are root (default: postgres)
 DEFAULT_DIR = ".team-server"
+# MLflow 3's server also starts a job runner and seven huey consumers (for GenAI jobs: scorers, prompt
+# optimisation), eight more processes that import MLflow; nothing here uses them. Set the variable to true
+# to get them.
+WITHOUT_JOB_RUNNER = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 class ServerError(UserError, RuntimeError):
@@ -437,7 +441,7 @@ def start(state_dir: Path | str = DEFAULT_DIR, *, port: int = 0, db_port: int = 
     info_path.write_text(json.dumps(info, indent=2))
     artifacts = state_dir / "artifacts"
     artifacts.mkdir(exist_ok=True)
-    env = {**os.environ,
+    env = {**WITHOUT_JOB_RUNNER, **os.environ,
            "PGPASSFILE": str(state_dir / "pgpass"),
            "MLFLOW_AUTH_CONFIG_PATH": str(state_dir / "auth.ini"),
            "MLFLOW_AUTH_ADMIN_USERNAME": ADMIN_USER,
@@ -445,9 +449,6 @@ def start(state_dir: Path | str = DEFAULT_DIR, *, port: int = 0, db_port: int = 
            "MLFLOW_FLASK_SERVER_SECRET_KEY": keys.flask_secret_key}
     for name in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
         env.pop(name, None)
-    # MLflow 3's server also starts a job runner and seven huey consumers (for GenAI jobs: scorers, prompt
-    # optimisation), eight more processes that import MLflow; nothing here uses them. Set it to true to get them.
-    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     args = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", pg.url("mlflow"),
             "--serve-artifacts", "--artifacts-destination", artifacts.as_uri(), "--app-name", "basic-auth",

@@ -64,7 +64,7 @@ def start(config: ExperimentConfig, root: Path):
     quiet.setup(config.training.log_level)
     announce(config, root)
     prepared = data.prepare(config.data)
-    if config.training.resume:
+    if config.training.resume:  # checked again when training.run opens it (DVC stages and sweeps call that alone)
         checkpoints.for_config(config, root, store.resolve_uri(config.tracking, root)).check_data(prepared.md5())
     return prepared
 

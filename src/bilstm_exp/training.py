@@ -152,11 +152,9 @@ def run(config: ExperimentConfig, *, root: Path, overrides: list[str] | None = N
         session.settle()  # a server down since some epoch: deliver what is buffered, or continue offline
         model_uri = session.resilient(lambda: recording.results(session, config, classifier, prepared, evaluation,
                                                                 history, metrics, folder))
-        result = RunResult(session.run_id, metrics, history, model_uri, classifier, prepared)
-    if session.offline_uri:
-        result.kept_offline = (session.offline_uri, session.offline_run_id)
     checkpointer.delete()  # the run is FINISHED: nothing left to resume
-    return result
+    kept_offline = (session.offline_uri, session.offline_run_id) if session.offline_uri else None  # set by its end
+    return RunResult(session.run_id, metrics, history, model_uri, classifier, prepared, kept_offline)
 
 
 def _fit(config: ExperimentConfig, model: keras.Model, pipelines: dict[str, tf.data.Dataset],
