@@ -125,3 +125,12 @@ def test_light_commands_do_not_import_tensorflow(code):
               "print('HEAVY', heavy)\n")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert "HEAVY []" in out.stdout, out.stdout[-500:] + out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["sync", "--help"], ["runs", "--help"], ["compare", "--bogus"]])
+def test_help_and_usage_errors_do_not_import_mlflow(argv):
+    """MLflow takes about a second to import: `bilstm-exp --help` and a mistyped option answer without it."""
+    script = (f"import sys\nfrom bilstm_exp.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+              "print('HEAVY', sorted(m for m in ('mlflow', 'tensorflow') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert "HEAVY []" in out.stdout, out.stdout[-500:] + out.stderr[-2000:]

@@ -27,12 +27,14 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.tracking import MlflowClient
+from typing import TYPE_CHECKING
 
 from bilstm_exp.errors import TrackingError
-from bilstm_exp.tracking import registry, store
+from bilstm_exp.tracking import store
+
+if TYPE_CHECKING:  # MLflow is imported where it is used: `bilstm-exp sync --help` answers at once
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.tracking import MlflowClient
 
 FOLDER = "outputs/mlruns-offline"  # under the working directory's one ignored outputs/ root
 PREFIX = "bilstm_exp.offline."
@@ -67,6 +69,8 @@ def store_uri(folder: Path) -> str:
 
 def create(folder: Path, journal: Journal, target_uri: str, origin_run_id: str) -> tuple[str, str]:
     """A local store in FOLDER holding one run with the journal replayed; returns (store URI, run id)."""
+    from mlflow.tracking import MlflowClient
+
     folder.mkdir(parents=True, exist_ok=True)
     uri = store_uri(folder)
     client = MlflowClient(uri)
@@ -81,6 +85,8 @@ def create(folder: Path, journal: Journal, target_uri: str, origin_run_id: str) 
 
 
 def replay(client: MlflowClient, run_id: str, journal: Journal) -> None:
+    from mlflow.entities import Param, RunTag
+
     store.log_batch(client, run_id, [Param(k, v) for k, v in journal.params.items()], journal.metrics,
                     [RunTag(k, v) for k, v in journal.tags.items()])
 
@@ -112,6 +118,8 @@ def sync(source: Path, target_uri: str | None = None) -> list[SyncReport]:
     if not folders:
         raise TrackingError(f"{source}: no offline run (no mlflow.db in it or its subfolders). Fix: pass the folder "
                             f"the run printed, e.g. --from {FOLDER}/RUN_ID")
+    from mlflow.tracking import MlflowClient
+
     reports = []
     for folder in folders:
         local = MlflowClient(store_uri(folder))
@@ -132,6 +140,10 @@ def sync(source: Path, target_uri: str | None = None) -> list[SyncReport]:
 
 def _sync_run(local: MlflowClient, run, experiment_name: str, uri: str) -> SyncReport:
     import mlflow
+    from mlflow.entities import Param, RunTag
+    from mlflow.tracking import MlflowClient
+
+    from bilstm_exp.tracking import registry
 
     target = MlflowClient(uri)
     experiment = target.get_experiment_by_name(experiment_name)

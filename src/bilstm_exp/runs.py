@@ -28,7 +28,7 @@ from pathlib import Path
 
 from bilstm_exp.errors import TrackingError
 from bilstm_exp.tracking import store
-from bilstm_exp.tracking.session import HEARTBEAT_TAG, HOST_TAG, PID_TAG
+from bilstm_exp.tracking.store import HEARTBEAT_TAG, HOST_TAG, PID_TAG
 
 DEFAULT_OLDER_THAN_MIN = 30.0
 

@@ -94,14 +94,13 @@ def plan_job(config, overrides: list[str]) -> JobPlan:
     KILLED or FAILED with a checkpoint (checkpoints/<run_id>/state.json) -> resumed into that run
     (``config.training.resume_run_id`` is set); otherwise a new child (``training.resume`` turned off,
     tag ``sweep.replaces`` naming an interrupted child it replaces)."""
-    from mlflow.tracking import MlflowClient
-
-    from bilstm_exp.tracking import store
-
     kwargs = job_run_kwargs()
     parent = kwargs.get("parent_run_id")
     if parent is None or not config.training.resume:
         return JobPlan(overrides, kwargs)
+    from mlflow.tracking import MlflowClient  # only here: a single run's bad input answers without MLflow
+
+    from bilstm_exp.tracking import store
     overrides = without_resume(overrides)  # the job's record names what it computes, as its first attempt did
     job = kwargs["extra_tags"]["sweep_job"]
     client = MlflowClient(store.resolve_uri(config.tracking, Path.cwd()))

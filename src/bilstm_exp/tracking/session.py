@@ -59,8 +59,7 @@ SETTLE_ATTEMPTS, SETTLE_WAIT_S = 3, 5.0  # before the results: tries to reach th
 
 T = TypeVar("T")
 
-HEARTBEAT_TAG = "bilstm_exp.heartbeat"  # UTC time of the last epoch logged (ISO 8601)
-HOST_TAG, PID_TAG = "bilstm_exp.host", "bilstm_exp.pid"  # where the run's process lives
+HEARTBEAT_TAG, HOST_TAG, PID_TAG = store.HEARTBEAT_TAG, store.HOST_TAG, store.PID_TAG
 FAILURE_TAGS = ("error", "failure_reason")  # cleared when a resumed run finishes
 
 

@@ -1,6 +1,9 @@
 """The tracking store: which URI, is it reachable, which experiment, and the one batched-logging helper.
 
 No Keras and no TensorFlow here: `bilstm-exp sync`, `compare` and the Hydra sweep callback use it.
+MLflow itself (about a second to import) is imported where a function first needs it, so bad input
+that is caught before the store is opened (a data file, a credential in a URI, an argparse error)
+answers in half a second.
 """
 
 from __future__ import annotations
@@ -12,15 +15,15 @@ import urllib.parse
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
+from typing import TYPE_CHECKING, Any
 
 from bilstm_exp.config import TrackingConfig
 from bilstm_exp.errors import TrackingError
 from bilstm_exp.redaction import SECRET_WORDS, has_credentials, is_secret, redact, redact_text, scrub  # noqa: F401
+
+if TYPE_CHECKING:
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.tracking import MlflowClient
 
 # MLflow's per-request limits (log_batch)
 MAX_PARAMS, MAX_METRICS, MAX_TAGS = 100, 1000, 100
@@ -60,16 +63,22 @@ def param_value(value: Any) -> str:
 def as_params(params: dict[str, Any]) -> list[Param]:
     """Params for MLflow: values cut to 250 characters, anything secret dropped, environment values and
     credentials in text masked (:func:`bilstm_exp.redaction.redact_text`)."""
+    from mlflow.entities import Param
+
     return [Param(k, param_value(redact_text(str(v)))) for k, v in params.items() if not is_secret(k, v)]
 
 
 def as_metrics(metrics: dict[str, float], step: int | None = None) -> list[Metric]:
+    from mlflow.entities import Metric
+
     now = int(time.time() * 1000)
     return [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
 
 
 def as_tags(tags: dict[str, Any]) -> list[RunTag]:
     """Tags for MLflow, credentials and environment values masked (the same rule as params)."""
+    from mlflow.entities import RunTag
+
     return [RunTag(k, redact_text(str(v))) for k, v in tags.items()]
 
 
@@ -218,6 +227,8 @@ def check_store(uri: str, timeout_s: float = 5.0, write: bool = True) -> None:
     db = sqlite_path(uri)
     if db is not None:
         _check_sqlite_file(db, uri, write)
+    from mlflow.tracking import MlflowClient
+
     try:
         with store_lock(uri):
             MlflowClient(uri).search_experiments(max_results=1)  # creates and migrates a new store once
@@ -242,6 +253,8 @@ def preflight(uri: str, experiment_name: str) -> None:
         if not db.is_file():
             return
         check_store(uri)
+    from mlflow.tracking import MlflowClient
+
     _experiment(MlflowClient(uri), experiment_name, uri)
 
 
@@ -261,6 +274,8 @@ def open_store(uri: str, write: bool = False) -> MlflowClient:
     """A client for a store checked by :func:`check_store`, with short HTTP retries for the rest of the
     process (one-shot commands that read runs or models: compare, predict, runs, sync): a server that
     is down fails within seconds, naming the URI, instead of after MLflow's ~4 minutes of retries."""
+    from mlflow.tracking import MlflowClient
+
     check_store(uri, write=write)
     for key, value in RUN_HTTP_RETRIES.items():
         os.environ.setdefault(key, value)
@@ -283,6 +298,8 @@ def _experiment(client: MlflowClient, name: str, uri: str):
 def setup(cfg: TrackingConfig, root: Path) -> str:
     """Point MLflow at the configured store and experiment; returns the experiment id."""
     import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
 
     uri = resolve_uri(cfg, root)
     check_store(uri)
@@ -324,6 +341,10 @@ def short_http_retries() -> Iterator[None]:
 
 # --------------------------------------------------------------------------- reading runs
 
+# Tags a run's session writes and `bilstm-exp runs --stale` reads
+HEARTBEAT_TAG = "bilstm_exp.heartbeat"  # UTC time of the last epoch logged (ISO 8601)
+HOST_TAG, PID_TAG = "bilstm_exp.host", "bilstm_exp.pid"  # where the run's process lives
+
 
 def child_runs(client: MlflowClient, parent_run_id: str) -> list:
     """All child runs of a parent run (a sweep's jobs), any status."""
@@ -349,6 +370,8 @@ def best_value(client: MlflowClient, run, metric: str, mode: str = "max") -> flo
 def check_resumable(run_id: str, uri: str | None = None) -> None:
     """The run to resume exists in the store at URI (default: the current one) and has not FINISHED."""
     import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
 
     uri = uri or mlflow.get_tracking_uri()
     try:
