@@ -84,21 +84,20 @@ def _lines(out: subprocess.CompletedProcess) -> list[tuple[str, float, str]]:
     return [(label, float(prob), text) for label, prob, text in rows]
 
 
-def test_cli_predict_prints_one_line_per_text(store):
-    """In the project folder the default store is found without flags."""
-    rows = _lines(predict(["--model", MODEL, *TEXTS], cwd=store["folder"]))
-    expected = store["expected"]
-    assert [text for _, _, text in rows] == TEXTS
-    assert [label for label, _, _ in rows] == list(expected["label"])
-    np.testing.assert_allclose([p for _, p, _ in rows], expected["probability"], atol=1e-4)
-
-
-def test_cli_predict_reads_a_text_file_and_a_csv(store, tmp_path):
+def test_cli_predict_prints_one_line_per_text_and_reads_a_text_file(store, tmp_path):
+    """In the project folder the default store is found without flags; texts given as arguments come
+    first, then the file's lines (blank lines skipped)."""
     (tmp_path / "texts.txt").write_text("a fine film\n\ndull\n")
+    rows = _lines(predict(["--model", MODEL, *TEXTS, "--file", str(tmp_path / "texts.txt")], cwd=store["folder"]))
+    expected = store["expected"]
+    assert [text for _, _, text in rows] == TEXTS + ["a fine film", "dull"]
+    assert [label for label, _, _ in rows[:len(TEXTS)]] == list(expected["label"])
+    np.testing.assert_allclose([p for _, p, _ in rows[:len(TEXTS)]], expected["probability"], atol=1e-4)
+
+
+def test_cli_predict_reads_a_csv_from_the_store_named_by_tracking_uri(store, tmp_path):
     pd.DataFrame({"id": [1, 2, 3], "text": ["a fine film, really", None, "dull"]}).to_csv(tmp_path / "texts.csv",
                                                                                      index=False)
-    rows = _lines(predict(["--model", MODEL, "--tracking-uri", store["uri"], "--file", "texts.txt"], cwd=tmp_path))
-    assert [text for _, _, text in rows] == TEXTS  # blank lines skipped
     rows = _lines(predict(["--model", MODEL, "--tracking-uri", store["uri"], "--file", "texts.csv"], cwd=tmp_path))
     assert [text for _, _, text in rows] == ["a fine film, really", "dull"]  # empty cells skipped
     assert all(label in {"negative", "positive"} and 0 <= p <= 1 for label, p, _ in rows)
