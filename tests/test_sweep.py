@@ -115,15 +115,6 @@ def test_a_failing_job_ends_the_parent_failed_not_running(tmp_path):
     assert children == []
 
 
-@pytest.mark.slow
-def test_single_run_is_not_a_sweep(tmp_path):
-    result = run_module([*TINY, "model.lstm_units=8", "profiling.latency_samples=0"], tmp_path, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    _, parents, runs = store(tmp_path)
-    assert parents == [] and len(runs) == 1
-    assert "mlflow.parentRunId" not in runs[0].data.tags and "sweep_job" not in runs[0].data.tags
-
-
 def test_default_composition_is_unchanged_by_the_preset_groups():
     cfg = compose([])
     assert "experiment" not in cfg and "hparams_search" not in cfg

@@ -64,7 +64,7 @@ def test_default_data_is_learned_well_above_chance(workdir):
     assert result.metrics["test/accuracy"] >= 0.75
 
 
-def test_cli_smoke_run_and_overrides(workdir):
+def test_cli_smoke_run_and_overrides_is_one_run_not_a_sweep(workdir):
     out = run_module(tiny("attention", "tracking.experiment_name=smoke", "training.batch_size=8"), cwd=workdir)
     assert out.returncode == 0, out.stderr[-3000:]
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
@@ -73,3 +73,6 @@ def test_cli_smoke_run_and_overrides(workdir):
     assert runs[0].data.params["training.batch_size"] == "8"
     assert "model=attention" in runs[0].data.tags["hydra_overrides"]
     assert (workdir / "mlartifacts").is_dir()
+    # a single run is not a sweep: no parent run anywhere in the store, no job tags
+    assert len(client.search_runs([e.experiment_id for e in client.search_experiments()])) == 1
+    assert "mlflow.parentRunId" not in runs[0].data.tags and "sweep_job" not in runs[0].data.tags
