@@ -238,7 +238,7 @@ CASES = [
     Case("experiment-soft-deleted", TINY, "experiment 'bilstm-exp' (id 1) is deleted",
          "mlflow experiments restore --experiment-id 1", setup=deleted_experiment),
     Case("experiment-name-rejected", tiny("basic", "tracking.experiment_name=" + "x" * 501),
-         "MLflow refuses the name", "Fix: pick a shorter plain name"),
+         "501 characters, and MLflow refuses names over 500", "Fix: pick a shorter plain name"),
     Case("resume-deleted-run", [*TINY, "training.resume=true"], "is deleted in the tracking store",
          "mlflow runs restore --run-id", setup=deleted_run_with_checkpoint, keeps=("checkpoints",)),
     Case("resume-corrupt-checkpoint", [*TINY, "training.resume=true"], "epoch-0000.weights.h5 of run",

@@ -135,14 +135,16 @@ def _predict_command(args: argparse.Namespace) -> None:
     if blank:
         fail(f"text {blank[0] + 1} of {len(texts)} is empty or only whitespace: there is nothing to classify. "
              "Fix: pass non-empty texts")
-    import mlflow.pyfunc
-    from mlflow.exceptions import MlflowException
-
     from bilstm_exp.tracking import store
 
+    uri = None
     if args.model.startswith(("models:/", "runs:/")) or args.tracking_uri:  # needs the store: checked first
         uri = store.existing_store(args.tracking_uri)
         store.open_store(uri)  # credentials refused; a down server fails in seconds, naming the URI
+    import mlflow.pyfunc  # after the checks: a bad URI answers without loading MLflow's model code
+    from mlflow.exceptions import MlflowException
+
+    if uri is not None:
         mlflow.set_tracking_uri(uri)
     try:
         model = mlflow.pyfunc.load_model(args.model)

@@ -100,8 +100,6 @@ def open_store(tracking_uri: str | None):
     """An MlflowClient on the given URI, MLFLOW_TRACKING_URI, or ./mlflow.db (which must exist)."""
     import os
 
-    from mlflow.tracking import MlflowClient
-
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
         if not Path("mlflow.db").is_file():
@@ -115,8 +113,8 @@ def open_store(tracking_uri: str | None):
                                "e.g. --tracking-uri sqlite:///mlflow.db")
     from bilstm_exp.tracking import store
 
-    store.open_store(uri)  # credentials refused, corrupt store named, a down server fails in seconds with the URI
-    return MlflowClient(uri), uri
+    # credentials refused, corrupt store named, a down server fails in seconds with the URI
+    return store.open_store(uri), uri
 
 
 def load_runs(client, experiment: str | None, parent: str | None) -> tuple[list, Any, Any]:

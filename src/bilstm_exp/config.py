@@ -447,6 +447,9 @@ class TrainingConfig:
                    "copy the run id from the MLflow UI or the checkpoints/ folder name")
 
 
+MAX_EXPERIMENT_NAME = 500  # MLflow's limit (mlflow.utils.validation); checked here, before any data is read
+
+
 @dataclass
 class TrackingConfig:
     name: str = "local"  # local (sqlite file in the working directory) or server
@@ -462,6 +465,9 @@ class TrackingConfig:
         _choice(self.name, ("local", "server"), "tracking.name")
         _check(bool(self.experiment_name.strip()), "tracking.experiment_name", "must not be empty",
                "e.g. tracking.experiment_name=bilstm-exp")
+        _check(len(self.experiment_name) <= MAX_EXPERIMENT_NAME, "tracking.experiment_name",
+               f"{len(self.experiment_name)} characters, and MLflow refuses names over {MAX_EXPERIMENT_NAME}",
+               "pick a shorter plain name, e.g. tracking.experiment_name=bilstm-exp")
         _check(bool(self.registered_model_name.strip()) and not set("/:") & set(self.registered_model_name),
                "tracking.registered_model_name", f"must be non-empty without '/' or ':', got "
                f"'{self.registered_model_name}'", "e.g. tracking.registered_model_name=bilstm-sentiment")

@@ -274,11 +274,11 @@ def open_store(uri: str, write: bool = False) -> MlflowClient:
     """A client for a store checked by :func:`check_store`, with short HTTP retries for the rest of the
     process (one-shot commands that read runs or models: compare, predict, runs, sync): a server that
     is down fails within seconds, naming the URI, instead of after MLflow's ~4 minutes of retries."""
-    from mlflow.tracking import MlflowClient
-
     check_store(uri, write=write)
     for key, value in RUN_HTTP_RETRIES.items():
         os.environ.setdefault(key, value)
+    from mlflow.tracking import MlflowClient
+
     return MlflowClient(uri)
 
 
