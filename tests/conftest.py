@@ -69,7 +69,10 @@ def tiny(architecture: str = "basic", *extra: str) -> list[str]:
 
 @pytest.fixture
 def workdir(tmp_path, monkeypatch) -> Path:
-    """A fresh working directory: the default store (mlflow.db, mlartifacts/) lands here."""
+    """A fresh working directory holding the default store, ./mlflow.db, new and empty (a copy of a migrated
+    one: :func:`migrated_store`); a run's mlartifacts/ lands here too. How a run creates its store is
+    tested where that is the point (tests/test_first_hour.py, tests/test_reliability.py)."""
+    migrated_store(tmp_path)
     monkeypatch.chdir(tmp_path)
     import mlflow
 

@@ -122,7 +122,7 @@ def test_environment_credentials_never_reach_the_record(server_run, tmp_path):
 
 
 @pytest.mark.parametrize("source", ["config", "environment"])
-def test_unreachable_server_fails_fast_naming_the_uri_before_training(workdir, source):
+def test_unreachable_server_fails_fast_naming_the_uri_before_training(tmp_path, source):
     uri = f"http://{HOST}:{free_port()}"  # nothing listens there
     overrides = tiny("basic", "tracking=server")
     env = {}
@@ -130,21 +130,21 @@ def test_unreachable_server_fails_fast_naming_the_uri_before_training(workdir, s
         overrides.append(f"tracking.tracking_uri={uri}")
     else:
         env["MLFLOW_TRACKING_URI"] = uri
-    out = run_module(overrides, cwd=workdir, env=env, timeout=60)
+    out = run_module(overrides, cwd=tmp_path, env=env, timeout=60)
     assert out.returncode != 0
     assert uri in out.stderr and "unreachable" in out.stderr, out.stderr[-2000:]
     assert "Epoch 1/" not in out.stdout + out.stderr  # no training started
-    assert not [f for f in STORE_FILES if (workdir / f).exists()]  # no run, no fallback store
+    assert not [f for f in STORE_FILES if (tmp_path / f).exists()]  # no run, no fallback store
 
 
-def test_tracking_uri_with_credentials_is_refused_without_echoing_them(workdir, mlflow_server, unique_name):
+def test_tracking_uri_with_credentials_is_refused_without_echoing_them(tmp_path, mlflow_server, unique_name):
     secret = "s3cr3t-" + uuid.uuid4().hex[:8]
     uri = mlflow_server.replace("http://", f"http://bilstm-user:{secret}@")  # a live server behind it
     out = run_module(tiny("basic", "tracking=server", f"tracking.tracking_uri={uri}",
-                          f"tracking.experiment_name={unique_name}"), cwd=workdir, timeout=60)
+                          f"tracking.experiment_name={unique_name}"), cwd=tmp_path, timeout=60)
     assert out.returncode != 0
     assert "credentials" in out.stderr and "MLFLOW_TRACKING_PASSWORD" in out.stderr, out.stderr[-2000:]
     assert mlflow_server.split("//")[1] in out.stderr  # names the server, without the user info
     assert secret not in out.stdout + out.stderr
     assert MlflowClient(mlflow_server).get_experiment_by_name(unique_name) is None
-    assert not [f for f in STORE_FILES if (workdir / f).exists()]
+    assert not [f for f in STORE_FILES if (tmp_path / f).exists()]
