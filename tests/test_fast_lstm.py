@@ -9,6 +9,8 @@ Tiny shapes; no timing.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -17,7 +19,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from bilstm_exp.fast_lstm import FastLSTM, recurrent_layer, xla_apply  # noqa: E402
+from bilstm_exp.fast_lstm import FastLSTM, pad_batches, recurrent_layer, xla_apply  # noqa: E402
 
 B, T, D, H = 4, 7, 5, 3
 VOCAB = 30
@@ -111,11 +113,14 @@ def _tokens(seed=0):
     return x, rng.integers(0, 2, size=(B, 1)).astype("float32")
 
 
-@pytest.mark.parametrize("sequences", [False, True], ids=["final_state", "sequences_and_states"])
-def test_bidirectional_training_matches_keras(sequences):
+@pytest.mark.parametrize("sequences, pad_to", [(False, None), (True, None), (True, 3)],
+                         ids=["final_state", "sequences_and_states", "sequences_and_states_batch_padded"])
+def test_bidirectional_training_matches_keras(sequences, pad_to):
+    """pad_to: the loops run on the batch padded to a multiple of 3 rows (4 -> 6), as training sets it."""
     keras.utils.set_random_seed(0)
     ref = _model(keras.layers.LSTM, sequences)
     fast = _model(FastLSTM, sequences)
+    assert pad_batches(fast, pad_to) == 2  # the two directions of the Bidirectional
     fast.set_weights(ref.get_weights())
     assert [v.path for v in fast.weights] == [v.path for v in ref.weights]
     assert all(layer.uses_fast_path == ON_CPU for layer in
@@ -239,3 +244,38 @@ def test_xla_optimizer_step_gives_the_same_weights():
             model.train_on_batch(x, y)
     assert int(jitted.optimizer.iterations) == 3
     assert _max_diff(jitted.get_weights(), reference.get_weights()) < 1e-6
+
+
+COMPILE_COUNT = """
+import sys
+import numpy as np, keras
+from bilstm_exp import models
+from bilstm_exp.fast_lstm import FastLSTM, pad_batches
+keras.utils.set_random_seed(0)
+tokens = keras.Input((None,), dtype="int32")
+x = keras.layers.Embedding(50, 8, mask_zero=True)(tokens)
+model = models.TelemetryModel(tokens, keras.layers.Dense(1, activation="sigmoid")(
+    keras.layers.Bidirectional(FastLSTM(6))(x)))
+model.compile(optimizer="adam", loss="binary_crossentropy")
+model.xla_optimizer_step = True
+pad_batches(model, int(sys.argv[1]) or None)
+rng = np.random.default_rng(0)
+for batch, length in [(8, 16), (5, 16), (3, 16), (8, 32), (6, 32)]:
+    model.train_on_batch(rng.integers(1, 50, (batch, length)).astype("int32"),
+                         rng.integers(0, 2, (batch, 1)).astype("float32"))
+"""
+
+
+@pytest.mark.skipif(not ON_CPU, reason="the XLA loops run on a CPU only")
+@pytest.mark.parametrize("pad_to, programs", [(8, 2 * 2 + 3), (0, 5 * 2 + 3)], ids=["padded", "unpadded"])
+def test_xla_compiles_one_loop_per_length_for_both_directions_and_every_batch_size(tmp_path, pad_to, programs):
+    """The first epoch's compile time, counted: XLA's persistent cache writes one file per program it
+    compiles. Five batches (8, 5, 3 rows at length 16; 8, 6 at length 32) padded to multiples of 8: a
+    forward and a backward loop per length, shared by both directions; unpadded, a pair per batch shape.
+    The optimizer update compiles once per power of two of embedding-gradient rows (64, 128, 256)."""
+    cache = tmp_path / "xla"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_XLA_FLAGS": f"--tf_xla_persistent_cache_directory={cache}"}
+    done = subprocess.run([sys.executable, "-c", COMPILE_COUNT, str(pad_to)], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(list(cache.iterdir())) == programs

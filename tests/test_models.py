@@ -52,6 +52,24 @@ def test_bidirectional_doubles_features_and_merge_modes_apply():
     assert uni.get_layer("lstm").output.shape[-1] == 8
 
 
+@pytest.mark.parametrize("architecture, layers", [("basic", 2), ("attention", 2), ("stacked", 4),
+                                                  ("unidirectional", 1)])
+def test_training_pads_every_fast_lstm_batch_to_the_batch_size(architecture, layers):
+    """model.kernel=fast on a CPU: each FastLSTM runs its loops on batches padded to training.batch_size
+    (one XLA compile per bucket length, tests/test_fast_lstm.py); Keras's kernel has nothing to pad."""
+    from bilstm_exp import training
+    from bilstm_exp.fast_lstm import FastLSTM, pad_batches
+
+    config = validate(compose(tiny(architecture, "model.kernel=fast", "training.batch_size=12")))
+    prepared = data.prepare(config.data)
+    model = training.compile_model(config, prepared, steps_per_epoch=10)
+    fast = [layer for layer in model._flatten_layers() if isinstance(layer, FastLSTM)]
+    assert len(fast) == layers and {layer.pad_batch_to for layer in fast} == {12}  # set by compile_model
+    assert pad_batches(model, 12) == layers  # the walk finds them all
+    keras_kernel = training.compile_model(validate(compose(tiny(architecture))), prepared, steps_per_epoch=10)
+    assert pad_batches(keras_kernel, None) == 0
+
+
 def test_stacked_wires_return_sequences_for_all_but_the_last():
     model = models.build(validate(compose(tiny("stacked", "model.layer_sizes=[8,6,4]"))).model, 30, 2)
     layers = [model.get_layer(f"bidirectional_{i}") for i in range(3)]

@@ -35,8 +35,13 @@ order, as ``Bidirectional`` expects; input ``dropout`` uses the cell's per-seque
 (e.g. float16); the fast path computes in float32 (variables read without autocasting) and casts
 its outputs back to the compute dtype.
 
-XLA compiles each loop once per distinct (time steps, batch) shape; with length bucketing the
-number of shapes stays bounded, and that compile time shows in the first epoch.
+XLA compiles each loop once per distinct (time steps, batch) shape, and that compile time shows
+in the first epoch. With length bucketing every bucket has a full-batch shape, a smaller last
+batch, and a validation and a test batch of other sizes: four shapes per bucket. ``pad_batch_to``
+(set by training to ``training.batch_size``, not saved with the model) pads the batch dimension of
+the loops up to a multiple of it, so one shape per bucket serves training, validation and test:
+measured on the default run, the first epoch's compiling fell from ~22 s to ~7 s (2 vCPUs). The
+padded rows are zeros, fully masked, and sliced off: the real rows' results are unchanged.
 """
 
 from __future__ import annotations
@@ -77,7 +82,8 @@ def _cell_backward(dh, dc, gates, c_prev, tc, m):
 def _forward_loop(xw, U, maskf, reverse, with_sequence):
     """xw (T, B, 4h) projected inputs in natural time order; U (h, 4h); maskf (T, B, 1) float or None.
 
-    Processing step p reads time index t = T-1-p when ``reverse``. Returns the final (h, c), the
+    Processing step p reads time index t = T-1-p when ``reverse`` (a boolean tensor: both directions
+    share one compiled loop per shape). Returns the final (h, c), the
     per-time-step gates G, c_{t-1}, h_{t-1}, tanh(c_t) (indexed by t) for the backward pass and,
     when ``with_sequence``, the outputs Y in processing order.
     """
@@ -92,7 +98,7 @@ def _forward_loop(xw, U, maskf, reverse, with_sequence):
         arrays.append(tf.TensorArray(xw.dtype, size=T, element_shape=shape_h))
 
     def body(p, h, c, *arrays):
-        t = T - 1 - p if reverse else p
+        t = tf.where(reverse, T - 1 - p, p)
         gates, c_new, tc, h_new = _cell_forward(tf.gather(xw, t) + tf.matmul(h, U), c)
         G, C, H, TC = arrays[:4]
         G, C, H, TC = G.write(t, gates), C.write(t, c), H.write(t, h), TC.write(t, tc)
@@ -117,7 +123,7 @@ def _backward_loop(dh, dc, dY, U, G, C, TC, maskf, reverse):
 
     def body(j, dh, dc, dZ):
         p = T - 1 - j
-        t = T - 1 - p if reverse else p
+        t = tf.where(reverse, T - 1 - p, p)
         if dY is not None:
             dh = dh + tf.gather(dY, p)
         m = None if maskf is None else tf.gather(maskf, t)
@@ -135,6 +141,17 @@ _FORWARD = tf.function(_forward_loop, jit_compile=True)
 _BACKWARD = tf.function(_backward_loop, jit_compile=True)
 
 
+def _any_length(x):
+    """``x`` with its static time and batch sizes erased (an identity when it runs). The loops are then
+    traced once, whatever shapes the calling graph knew (Keras traces its first train step with the
+    first batch's shape): XLA's compile cache, keyed by the traced function and the shapes at run
+    time, hits for every later batch of a shape seen before."""
+    if x is None or tf.executing_eagerly():
+        return x
+    shape = [None] * (x.shape.rank - 1) + [x.shape[-1]] if x.shape.rank > 1 else [None]  # keeps the features
+    return tf.raw_ops.PlaceholderWithDefault(input=x, shape=shape)
+
+
 def lstm_direction(xw, U, maskf, reverse: bool, with_sequence: bool):
     """One LSTM direction from zero state on hoisted projections ``xw`` (T, B, 4h), float32.
 
@@ -142,12 +159,14 @@ def lstm_direction(xw, U, maskf, reverse: bool, with_sequence: bool):
     ``(h_T, c_T)`` without ``with_sequence``. Differentiable w.r.t. ``xw`` and ``U``.
     """
 
+    reverse = tf.constant(reverse)  # a tensor, not a Python bool: one XLA compile serves both directions
+
     @tf.custom_gradient
     def run(xw, U):
         # stop_gradient: the tape must not record the loop itself (this op's gradient is `grad`);
         # eagerly, recording would ask TF for the loop's own gradient, which XLA cannot provide.
-        h, c, G, C, H, TC, *Y = _FORWARD(tf.stop_gradient(xw), tf.stop_gradient(U), maskf, reverse,
-                                         with_sequence)
+        h, c, G, C, H, TC, *Y = _FORWARD(_any_length(tf.stop_gradient(xw)), tf.stop_gradient(U),
+                                         _any_length(maskf), reverse, with_sequence)
 
         def grad(dh, dc, *dY):
             dh = tf.zeros_like(h) if dh is None else dh
@@ -155,7 +174,8 @@ def lstm_direction(xw, U, maskf, reverse: bool, with_sequence: bool):
             dy = dY[0] if dY else None
             if dy is None and with_sequence:
                 dy = tf.zeros_like(Y[0])
-            dZ = _BACKWARD(dh, dc, dy, U, G, C, TC, maskf, reverse)
+            dZ = _BACKWARD(_any_length(dh), _any_length(dc), _any_length(dy), U, G, C, TC, _any_length(maskf),
+                           reverse)
             units = U.shape[0]
             dU = tf.matmul(tf.reshape(H, [-1, units]), tf.reshape(dZ, [-1, 4 * units]), transpose_a=True)
             return dZ, dU
@@ -178,6 +198,8 @@ class FastLSTM(keras.layers.LSTM):
     Same arguments, variables and results as ``keras.layers.LSTM``. ``uses_fast_path`` says
     whether calls without ``initial_state`` take the fast path.
     """
+
+    pad_batch_to: int | None = None  # see the module docstring; an attribute, not part of the config
 
     @property
     def uses_fast_path(self) -> bool:
@@ -218,8 +240,16 @@ class FastLSTM(keras.layers.LSTM):
         maskf = None
         if mask is not None:
             maskf = tf.expand_dims(tf.transpose(tf.cast(mask, tf.float32)), -1)  # (T, B, 1)
+        if self.pad_batch_to:  # one compiled shape per time length (module docstring)
+            quantum = self.pad_batch_to
+            extra = (quantum - batch % quantum) % quantum
+            xw = tf.pad(xw, [[0, 0], [0, extra], [0, 0]])  # without a mask the padded rows run and are dropped
+            maskf = None if maskf is None else tf.pad(maskf, [[0, 0], [0, extra], [0, 0]])
 
         h, c, *ys = lstm_direction(xw, recurrent, maskf, bool(self.go_backwards), bool(self.return_sequences))
+        if self.pad_batch_to:
+            h, c, ys = h[:batch], c[:batch], [y[:, :batch] for y in ys]
+            maskf = None if maskf is None else maskf[:, :batch]
         if self.return_sequences:
             output = ys[0]  # (T, B, h) in processing order, like Keras's
         else:
@@ -233,6 +263,23 @@ class FastLSTM(keras.layers.LSTM):
         if self.return_state:
             return output, h, c
         return output
+
+
+def pad_batches(model: keras.Layer, batch_size: int | None) -> int:
+    """Set ``pad_batch_to`` on every FastLSTM in ``model`` (also inside ``Bidirectional`` and nested
+    models); returns how many. ``None`` turns the padding off."""
+    found, stack = 0, [model]
+    while stack:
+        layer = stack.pop()
+        if isinstance(layer, FastLSTM):
+            layer.pad_batch_to, found = batch_size, found + 1
+        stack += [child for name in ("layers", "forward_layer", "backward_layer", "layer")
+                  for child in _as_list(getattr(layer, name, None))]
+    return found
+
+
+def _as_list(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value] if isinstance(value, keras.Layer) else []
 
 
 def recurrent_layer(kind: str, units: int, kernel: str = "fast", **kwargs) -> keras.layers.Layer:
@@ -259,9 +306,13 @@ def xla_apply(optimizer: keras.optimizers.Optimizer, grads, variables) -> None:
     float32 rounding (XLA may fuse the arithmetic in a different order). Meant for a custom
     ``train_step``: replace ``self.optimizer.apply(grads, self.trainable_variables)`` with
     ``xla_apply(self.optimizer, grads, self.trainable_variables)``. The compiled function is cached
-    on the optimizer per variable list.
+    on the optimizer per variable list. An embedding's sparse gradient (``tf.IndexedSlices``, one row
+    per token of the batch, so a new shape for every batch shape) gets zero rows up to the next power
+    of two: a few compiled updates instead of one per batch shape. A zero row adds nothing to any
+    update (Keras sums duplicate rows, and their squares, when it densifies): the weights are the same.
     """
     variables = list(variables)
+    grads = [_rows_to_power_of_two(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
     if not optimizer.built:
         optimizer.build(variables)
     cache = optimizer.__dict__.setdefault("_bilstm_exp_xla_apply", {})
@@ -269,3 +320,12 @@ def xla_apply(optimizer: keras.optimizers.Optimizer, grads, variables) -> None:
     if key not in cache:
         cache[key] = tf.function(lambda g: optimizer.apply(g, variables), jit_compile=True)
     cache[key](list(grads))
+
+
+def _rows_to_power_of_two(grad: tf.IndexedSlices) -> tf.IndexedSlices:
+    rows = tf.shape(grad.indices)[0]
+    target = tf.bitwise.left_shift(1, tf.cast(tf.math.ceil(tf.math.log(tf.cast(rows, tf.float32)) / tf.math.log(2.0)),
+                                              tf.int32))
+    extra = tf.maximum(target, rows) - rows  # guards float rounding of log2
+    values, indices = tf.pad(grad.values, [[0, extra], [0, 0]]), tf.pad(grad.indices, [[0, extra]])
+    return tf.IndexedSlices(_any_length(values), _any_length(indices), grad.dense_shape)

@@ -21,6 +21,7 @@ from bilstm_exp import data as data_mod
 from bilstm_exp.config import ExperimentConfig
 from bilstm_exp.errors import ConfigError
 from bilstm_exp.evaluation import evaluate
+from bilstm_exp.fast_lstm import pad_batches
 from bilstm_exp.tracking import store
 from bilstm_exp.tracking.callback import MLflowLogger
 from bilstm_exp.tracking.session import Session
@@ -75,9 +76,12 @@ def compile_model(config: ExperimentConfig, prepared: data_mod.PreparedData, ste
         loss, metrics = "sparse_categorical_crossentropy", [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics,
                   steps_per_execution=config.training.steps_per_execution)
+    fast_cpu = (config.model.kernel == "fast" and not config.training.mixed_precision
+                and not tf.config.list_physical_devices("GPU") and not distribute.active(config))
     if isinstance(model, models.TelemetryModel):  # model.kernel=fast on a CPU: one XLA launch per update
-        model.xla_optimizer_step = (config.model.kernel == "fast" and not config.training.mixed_precision
-                                    and not tf.config.list_physical_devices("GPU") and not distribute.active(config))
+        model.xla_optimizer_step = fast_cpu
+    # one XLA compile per bucket length, not per batch size (fast_lstm's docstring)
+    pad_batches(model, config.training.batch_size if fast_cpu else None)
     return model
 
 
