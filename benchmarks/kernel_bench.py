@@ -102,7 +102,9 @@ def machine() -> dict:
             "keras": keras.__version__,
             # 0 = TF's default: one thread per logical core
             "tf_intra_op_threads": intra or nproc, "tf_inter_op_threads": inter or nproc,
-            "env": {k: v for k, v in os.environ.items() if k.startswith(("TF_", "OMP", "KMP", "XLA"))}}
+            # settings that change TensorFlow's speed (not every TF_* variable: Terraform uses that prefix too)
+            "env": {k: v for k, v in os.environ.items()
+                    if k.startswith(("TF_CPP", "TF_NUM_", "TF_ENABLE_", "TF_XLA", "OMP", "KMP", "XLA"))}}
 
 
 def run_config(batch: int, length: int, rounds: int, steps: int) -> dict:
