@@ -326,8 +326,8 @@ def xla_apply(optimizer: keras.optimizers.Optimizer, grads, variables) -> None:
 
 def _rows_to_power_of_two(grad: tf.IndexedSlices) -> tf.IndexedSlices:
     rows = tf.shape(grad.indices)[0]
-    target = tf.bitwise.left_shift(1, tf.cast(tf.math.ceil(tf.math.log(tf.cast(rows, tf.float32)) / tf.math.log(2.0)),
-                                              tf.int32))
+    log2 = tf.math.log(tf.cast(tf.maximum(rows, 1), tf.float32)) / tf.math.log(2.0)
+    target = tf.bitwise.left_shift(1, tf.cast(tf.math.ceil(log2), tf.int32))
     extra = tf.maximum(target, rows) - rows  # guards float rounding of log2
     values, indices = tf.pad(grad.values, [[0, extra], [0, 0]]), tf.pad(grad.indices, [[0, extra]])
     return tf.IndexedSlices(_any_length(values), _any_length(indices), grad.dense_shape)
