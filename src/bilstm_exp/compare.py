@@ -97,23 +97,11 @@ def mlflow_metric(name: str) -> str:
 
 
 def open_store(tracking_uri: str | None):
-    """An MlflowClient on the given URI, MLFLOW_TRACKING_URI, or ./mlflow.db (which must exist)."""
-    import os
-
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if not uri:
-        if not Path("mlflow.db").is_file():
-            raise CompareError("no MLflow store here (./mlflow.db does not exist). Fix: run from the folder "
-                               "where you trained, or pass --tracking-uri sqlite:///PATH/mlflow.db")
-        uri = "sqlite:///mlflow.db"
-    elif uri.startswith("sqlite:///"):
-        path = Path(uri[len("sqlite:///"):])
-        if not path.is_file():
-            raise CompareError(f"no MLflow store at {path}. Fix: pass the sqlite file you trained into, "
-                               "e.g. --tracking-uri sqlite:///mlflow.db")
+    """(MlflowClient, URI) on the given URI, MLFLOW_TRACKING_URI, or ./mlflow.db (which must exist):
+    credentials refused, a corrupt store named, a down server failing in seconds with the URI."""
     from bilstm_exp.tracking import store
 
-    # credentials refused, corrupt store named, a down server fails in seconds with the URI
+    uri = store.existing_store(tracking_uri)
     return store.open_store(uri), uri
 
 

@@ -53,13 +53,13 @@ from mlflow.tracking import MlflowClient
 from bilstm_exp import offline
 from bilstm_exp.errors import TrackingError
 from bilstm_exp.tracking import registry, store
+from bilstm_exp.tracking.store import HEARTBEAT_TAG, HOST_TAG, PID_TAG
 
 RETRY_INTERVAL_S = 10.0  # while the server is down, buffered logging is retried at most this often
 SETTLE_ATTEMPTS, SETTLE_WAIT_S = 3, 5.0  # before the results: tries to reach the server, and the wait between
 
 T = TypeVar("T")
 
-HEARTBEAT_TAG, HOST_TAG, PID_TAG = store.HEARTBEAT_TAG, store.HOST_TAG, store.PID_TAG
 FAILURE_TAGS = ("error", "failure_reason")  # cleared when a resumed run finishes
 
 
