@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         if done.returncode != 0:
             print(done.stdout[-3000:], done.stderr[-3000:], file=sys.stderr)
             return done.returncode
-        compare = [sys.executable, "-m", "bilstm_exp.cli", "compare", "--experiment", "cv-architectures",
+        compare = [sys.executable, "-m", "bilstm_exp.cli.main", "compare", "--experiment", "cv-architectures",
                    "--output", str(Path(tmp) / "compare")]
         shown = subprocess.run(compare, cwd=tmp, env=env, text=True, capture_output=True)
         if shown.returncode != 0:

@@ -1,7 +1,7 @@
 """Do self-trained word vectors help? ``basic`` on the shipped tweets, with and without word2vec vectors.
 
 For each of ``--splits`` stratified splits (``data.split_seed`` 1..K), word2vec vectors are trained with
-``bilstm_exp.embeddings.pretrain`` on that split's TRAINING texts only (no validation or test text leaks
+``bilstm_exp.models.embeddings.pretrain`` on that split's TRAINING texts only (no validation or test text leaks
 into the vectors), then the same small ``basic`` model (same weights seed, same epochs, early stopping
 on val/loss with the best weights restored) is trained three ways: random embeddings (the default),
 the self-trained vectors fine-tuned, and the vectors frozen. The table gives test accuracy and AUC as
@@ -29,10 +29,18 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from bilstm_exp import data, embeddings, models, serving, training  # noqa: E402
-from bilstm_exp.compose import compose  # noqa: E402
-from bilstm_exp.config import validate  # noqa: E402
-from bilstm_exp.evaluation import evaluate  # noqa: E402
+from bilstm_exp.data import prepare as data  # noqa: E402
+
+from bilstm_exp.models import embeddings
+
+from bilstm_exp.models import build as models
+
+from bilstm_exp.serving import model as serving
+
+from bilstm_exp.training import runner as training
+from bilstm_exp.config.compose import compose  # noqa: E402
+from bilstm_exp.config.schema import validate  # noqa: E402
+from bilstm_exp.training.evaluation import evaluate  # noqa: E402
 
 VARIANTS = {  # name -> model overrides on top of the base config
     "random (default)": [],

@@ -72,7 +72,7 @@ def main() -> None:
             results[name].append(run_once(Path(arms[name]), args.overrides))
             print(f"round {round_ + 1} {name}: {results[name][-1]}", flush=True)
     load_after = os.getloadavg()
-    from bilstm_exp.profiling import machine  # after the runs: TensorFlow's import is no load on them
+    from bilstm_exp.training.profiling import machine  # after the runs: TensorFlow's import is no load on them
 
     where = machine()
 

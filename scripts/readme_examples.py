@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 PY = [sys.executable, "-m", "bilstm_exp"]
-CLI = [sys.executable, "-m", "bilstm_exp.cli"]
+CLI = [sys.executable, "-m", "bilstm_exp.cli.main"]
 
 # (title, shown command, argv); texts for predict use words the default (synthetic) data has
 EXAMPLES = [

@@ -47,7 +47,7 @@ def one_matmul_peak():
     caching is tested in test_profiling.py, in a cache folder of its own."""
     import json
 
-    from bilstm_exp import profiling
+    from bilstm_exp.training import profiling
 
     key = json.dumps(profiling.machine(), sort_keys=True)
     entry = {"gflops": profiling.measure_matmul_gflops(), "threads": profiling.matmul_threads(),
@@ -125,9 +125,9 @@ class Trained:
 def trained(tmp_path_factory) -> Trained:
     import mlflow
 
-    from bilstm_exp import training
-    from bilstm_exp.compose import compose
-    from bilstm_exp.config import validate
+    from bilstm_exp.training import runner as training
+    from bilstm_exp.config.compose import compose
+    from bilstm_exp.config.schema import validate
 
     folder = tmp_path_factory.mktemp("trained")
     common = ["training.epochs=2", "training.early_stopping.enabled=false"]

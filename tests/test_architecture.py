@@ -1,16 +1,8 @@
 """The package's shape: no import cycles, modules import only from lower layers, light commands stay light.
 
-The layers (README "Layout"), lowest first; a module may import from its own layer or lower ones,
-counting imports inside functions too (a lazy import is still a dependency):
-
-    0  errors, quiet
-    1  config, compose, redaction
-    2  data, context, embeddings
-    3  layers, fast_lstm, architectures, models, optim, tracking.store, tracking.registry, offline, tracking.session
-    4  tracking.callback, profiling, reports, serving, checkpoints, evaluation, server
-    5  recording, training, distribute, crossval, summary
-    6  pipeline, sweep, compare, bench, runs
-    7  cli, __main__
+The layers, lowest first (the LAYERS table below; docs/architecture.md draws them); a module may
+import from its own layer or lower ones, counting imports inside functions too (a lazy import is still
+a dependency). Every module has a layer, named in full: a new module must be placed.
 """
 
 from __future__ import annotations
@@ -25,16 +17,22 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "bilstm_exp"
 
 LAYERS = [
-    {"errors", "quiet"},
-    {"config", "compose", "redaction"},
-    {"data", "context", "embeddings"},
-    {"layers", "fast_lstm", "architectures", "models", "optim", "tracking", "tracking.store", "tracking.registry",
-     "offline", "tracking.session"},
-    {"tracking.callback", "profiling", "reports", "serving", "checkpoints", "evaluation", "server"},
-    {"recording", "training", "distribute", "crossval", "summary"},
-    {"pipeline", "sweep", "compare", "bench", "runs"},
-    {"cli", "__main__"},
+    {"errors", "quiet", "tracking.redaction", "tracking.lineage"},
+    {"config.schema"},
+    {"config.compose", "data.prepare"},
+    {"models.fast_lstm", "models.layers", "models.architectures", "models.architectures.registry",
+     "models.embeddings", "models.build", "models.optim"},
+    {"tracking.store"},
+    {"tracking.model_registry", "tracking.offline", "tracking.runs"},
+    {"tracking.session"},
+    {"tracking.callback", "serving.model", "analysis.reports", "team.server"},
+    {"training.checkpoints", "training.evaluation", "training.profiling", "training.distribute"},
+    {"training.recording", "training.summary"},
+    {"training.runner", "training.crossval", "training.sweep"},
+    {"stages.pipeline", "analysis.compare", "analysis.bench"},
+    {"cli.main", "__main__"},
 ]
+PACKAGES = {"__init__", "config", "data", "models", "training", "tracking", "analysis", "serving", "team", "stages", "cli"}
 
 
 def module_name(path: Path) -> str:
@@ -45,10 +43,12 @@ def module_name(path: Path) -> str:
 
 
 def layer_of(name: str) -> int:
-    """The layer of a module; a module inside a package (architectures.basic) has its package's layer."""
-    for candidate in (name, name.split(".")[0]):
+    """The layer of a module; an architecture module (models.architectures.basic) has its package's layer."""
+    if name in PACKAGES:  # a package's __init__: a docstring, no imports (checked below)
+        return -1
+    for candidate in (name, name.rsplit(".", 1)[0]):
         for index, members in enumerate(LAYERS):
-            if candidate in members:
+            if candidate in members and (candidate == name or candidate == "models.architectures"):
                 return index
     raise AssertionError(f"module bilstm_exp.{name} has no layer: add it to LAYERS in this test and the README")
 
@@ -62,8 +62,9 @@ def imports(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("bilstm_exp"):
             if node.module == "bilstm_exp":  # from bilstm_exp import data, models
                 found |= {f"bilstm_exp.{a.name}" for a in node.names}
-            else:
+            else:  # from bilstm_exp.data import prepare: the module bilstm_exp.data.prepare, if it is one
                 found.add(node.module)
+                found |= {f"{node.module}.{a.name}" for a in node.names}
     return {name.removeprefix("bilstm_exp.") for name in found if name != "bilstm_exp"}
 
 
@@ -73,9 +74,9 @@ def graph() -> dict[str, set[str]]:
     for name, path in modules.items():
         targets = set()
         for target in imports(path):
-            while target not in modules and "." in target:  # a name imported from a module
-                target = target.rsplit(".", 1)[0]
-            if target in modules and target != name:
+            if target not in modules:
+                continue  # a name imported from a module (bilstm_exp.errors.UserError): the module is found too
+            if target != name and not (target in PACKAGES and any(t.startswith(target + ".") for t in imports(path))):
                 targets.add(target)
         edges[name] = targets
     return edges
@@ -103,6 +104,14 @@ def test_no_import_cycles():
             visit(node)
 
 
+def test_package_inits_import_nothing():
+    """A subpackage's __init__ is its docstring (what it owns, what it may import): importing one module
+    of a package never drags in the rest of it."""
+    heavy = {name: sorted(imports(PACKAGE.joinpath(*name.split("."), "__init__.py")))
+             for name in PACKAGES - {"__init__"}}
+    assert {name: found for name, found in heavy.items() if found} == {}
+
+
 def test_modules_import_only_from_their_layer_or_below():
     back_edges = [f"{source} (layer {layer_of(source)}) imports {target} (layer {layer_of(target)})"
                   for source, targets in sorted(graph().items()) for target in sorted(targets)
@@ -111,13 +120,13 @@ def test_modules_import_only_from_their_layer_or_below():
 
 
 @pytest.mark.parametrize("code", [
-    "import bilstm_exp.compare",
-    "import bilstm_exp.sweep",
-    "import bilstm_exp.offline",
-    "import bilstm_exp.tracking.store, bilstm_exp.tracking.session, bilstm_exp.tracking.registry",
-    "from bilstm_exp.cli import main; main(['sync', '--help'])",
-    "from bilstm_exp.cli import main; main(['compare', '--help'])",
-    "from bilstm_exp.cli import main; main(['--help'])",
+    "import bilstm_exp.analysis.compare",
+    "import bilstm_exp.training.sweep",
+    "import bilstm_exp.tracking.offline",
+    "import bilstm_exp.tracking.store, bilstm_exp.tracking.session, bilstm_exp.tracking.model_registry",
+    "from bilstm_exp.cli.main import main; main(['sync', '--help'])",
+    "from bilstm_exp.cli.main import main; main(['compare', '--help'])",
+    "from bilstm_exp.cli.main import main; main(['--help'])",
 ])
 def test_light_commands_do_not_import_tensorflow(code):
     script = (f"import sys\ntry:\n    {code}\nexcept SystemExit:\n    pass\n"
@@ -130,7 +139,7 @@ def test_light_commands_do_not_import_tensorflow(code):
 @pytest.mark.parametrize("argv", [["--help"], ["sync", "--help"], ["runs", "--help"], ["compare", "--bogus"]])
 def test_help_and_usage_errors_do_not_import_mlflow(argv):
     """MLflow takes about a second to import: `bilstm-exp --help` and a mistyped option answer without it."""
-    script = (f"import sys\nfrom bilstm_exp.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+    script = (f"import sys\nfrom bilstm_exp.cli.main import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
               "print('HEAVY', sorted(m for m in ('mlflow', 'tensorflow') if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert "HEAVY []" in out.stdout, out.stdout[-500:] + out.stderr[-2000:]

@@ -89,9 +89,9 @@ def _checkpoint(folder: Path, run_id: str, args: list[str], weights: bytes | Non
     with ``changes`` in its config and ``weights`` (default: a readable HDF5 file) as its weights."""
     import h5py
 
-    from bilstm_exp import checkpoints
-    from bilstm_exp.compose import compose
-    from bilstm_exp.config import flatten, to_dict, validate
+    from bilstm_exp.training import checkpoints
+    from bilstm_exp.config.compose import compose
+    from bilstm_exp.config.schema import flatten, to_dict, validate
     from bilstm_exp.tracking.store import is_secret
 
     flat = {k: v for k, v in flatten(to_dict(validate(compose(args)))).items() if not is_secret(k, v)}
@@ -181,20 +181,20 @@ CASES = [
     Case("file-unknown-suffix", data("data.xyz"), "cannot tell the format", "Fix:", files={"data.xyz": CSV_OK}),
     Case("file-no-path", data("")[:1], "data.path: is required", "Fix:"),
     # ---------------------------------------------------------------- CLI arguments (bilstm-exp)
-    Case("cli-no-command", [], "required: command", "usage: bilstm-exp", module="bilstm_exp.cli"),
+    Case("cli-no-command", [], "required: command", "usage: bilstm-exp", module="bilstm_exp.cli.main"),
     Case("cli-unknown-command", ["frobnicate"], "invalid choice: 'frobnicate'", "usage: bilstm-exp",
-         module="bilstm_exp.cli"),
-    Case("predict-no-texts", ["predict"], "no texts given", "Fix:", module="bilstm_exp.cli"),
+         module="bilstm_exp.cli.main"),
+    Case("predict-no-texts", ["predict"], "no texts given", "Fix:", module="bilstm_exp.cli.main"),
     Case("predict-missing-file", ["predict", "--file", "nope.txt"], "nope.txt: no such file", "Fix:",
-         module="bilstm_exp.cli"),
+         module="bilstm_exp.cli.main"),
     Case("train-bad-override", ["train", "model.lstm_units=-4"], "model.lstm_units: must be > 0", "Fix:",
-         module="bilstm_exp.cli"),
+         module="bilstm_exp.cli.main"),
     Case("sync-missing-folder", ["sync", "--from", "mlruns-offline/nope", "--to", DOWN], "no such folder",
-         "Fix:", module="bilstm_exp.cli"),
+         "Fix:", module="bilstm_exp.cli.main"),
     Case("sync-no-offline-run", ["sync", "--from", "empty-folder", "--to", DOWN], "no offline run", "Fix:",
-         module="bilstm_exp.cli", files={"empty-folder/readme.txt": "nothing"}),
+         module="bilstm_exp.cli.main", files={"empty-folder/readme.txt": "nothing"}),
     Case("sync-without-from", ["sync", "--to", DOWN], "the following arguments are required: --from",
-         "usage: bilstm-exp sync", module="bilstm_exp.cli"),
+         "usage: bilstm-exp sync", module="bilstm_exp.cli.main"),
     # ---------------------------------------------------------------- tracking URIs
     Case("server-unreachable", tiny("basic", "tracking=server", f"tracking.tracking_uri={DOWN}"),
          f"{DOWN} is unreachable", "Fix:"),
@@ -224,15 +224,15 @@ CASES = [
     Case("file-path-is-a-folder", data("raw"), "raw: is a folder, not a data file", "Fix: point data.path at a file",
          files={"raw/reviews.csv": CSV_OK}),
     Case("predict-empty-text", ["predict", ""], "text 1 of 1 is empty", "Fix: pass non-empty texts",
-         module="bilstm_exp.cli"),
+         module="bilstm_exp.cli.main"),
     Case("predict-whitespace-text", ["predict", "fine", "   "], "text 2 of 2 is empty or only whitespace",
-         "Fix:", module="bilstm_exp.cli"),
+         "Fix:", module="bilstm_exp.cli.main"),
     Case("credentials-in-env-uri", tiny("basic", "tracking=server"), "holds credentials", "MLFLOW_TRACKING_PASSWORD",
          env={"MLFLOW_TRACKING_URI": WITH_PASSWORD}),
     Case("predict-server-down", ["predict", "--tracking-uri", DOWN, "fine"], f"{DOWN} is unreachable", "Fix:",
-         module="bilstm_exp.cli"),
+         module="bilstm_exp.cli.main"),
     Case("compare-server-down", ["compare", "--tracking-uri", DOWN], f"{DOWN} is unreachable", "Fix:",
-         module="bilstm_exp.cli"),
+         module="bilstm_exp.cli.main"),
     Case("store-corrupt", TINY, "is not a usable sqlite database", "mlflow.db.broken) and start a new store",
          files={"mlflow.db": b"this is not a database" * 50}, keeps=("mlflow.db",)),
     Case("experiment-soft-deleted", TINY, "experiment 'bilstm-exp' (id 1) is deleted",
@@ -258,41 +258,41 @@ CASES = [
     Case("credentials-https-env-uri", tiny("basic", "tracking=server"), "holds credentials", "Fix:",
          env={"MLFLOW_TRACKING_URI": f"https://user:hunter2@{DOWN.split('//')[1]}"}),
     Case("predict-credentials", ["predict", "--tracking-uri", WITH_PASSWORD, "fine"], "holds credentials",
-         "MLFLOW_TRACKING_USERNAME", module="bilstm_exp.cli"),
+         "MLFLOW_TRACKING_USERNAME", module="bilstm_exp.cli.main"),
     Case("compare-credentials", ["compare", "--tracking-uri", WITH_PASSWORD], "holds credentials",
-         "MLFLOW_TRACKING_USERNAME", module="bilstm_exp.cli"),
+         "MLFLOW_TRACKING_USERNAME", module="bilstm_exp.cli.main"),
     Case("runs-credentials", ["runs", "--tracking-uri", WITH_PASSWORD], "holds credentials",
-         "MLFLOW_TRACKING_USERNAME", module="bilstm_exp.cli"),
+         "MLFLOW_TRACKING_USERNAME", module="bilstm_exp.cli.main"),
     Case("runs-server-down", ["runs", "--stale", "--tracking-uri", DOWN], f"{DOWN} is unreachable", "Fix:",
-         module="bilstm_exp.cli"),
+         module="bilstm_exp.cli.main"),
     Case("runs-no-store", ["runs", "--stale"], "no MLflow store at mlflow.db", "Fix: run in the folder",
-         module="bilstm_exp.cli"),
+         module="bilstm_exp.cli.main"),
     Case("runs-close-without-stale", ["runs", "--close"], "--close ends stale runs only", "Fix: add --stale",
-         module="bilstm_exp.cli"),
+         module="bilstm_exp.cli.main"),
     Case("runs-negative-age", ["runs", "--stale", "--older-than", "-5"], "--older-than -5: must be >= 0", "Fix:",
-         module="bilstm_exp.cli"),
+         module="bilstm_exp.cli.main"),
     Case("predict-no-store", ["predict", "--model", "models:/bilstm-sentiment@champion", "fine"],
-         "no MLflow store at mlflow.db", "Fix:", module="bilstm_exp.cli"),
+         "no MLflow store at mlflow.db", "Fix:", module="bilstm_exp.cli.main"),
     Case("predict-corrupt-store", ["predict", "fine"], "is not a usable sqlite database", "Fix: move mlflow.db aside",
-         module="bilstm_exp.cli", files={"mlflow.db": b"\x00garbage" * 100}, keeps=("mlflow.db",)),
+         module="bilstm_exp.cli.main", files={"mlflow.db": b"\x00garbage" * 100}, keeps=("mlflow.db",)),
     Case("compare-corrupt-store", ["compare"], "is not a usable sqlite database", "Fix:",
-         module="bilstm_exp.cli", files={"mlflow.db": b"SQLite format 3\x00" + b"\xff" * 200}, keeps=("mlflow.db",)),
+         module="bilstm_exp.cli.main", files={"mlflow.db": b"SQLite format 3\x00" + b"\xff" * 200}, keeps=("mlflow.db",)),
     Case("sqlite-uri-is-a-folder", tiny("basic", "tracking.tracking_uri=sqlite:///stores"), "is a folder, not a sqlite",
          "Fix:", files={"stores/readme.txt": "a folder"}),
     Case("compose-params-credentials", ["compose-params", f"tracking.tracking_uri={WITH_PASSWORD}"],
          "tracking.tracking_uri: holds credentials, and params.yaml is tracked by git", "MLFLOW_TRACKING_PASSWORD",
-         module="bilstm_exp.cli", setup=project_conf),
+         module="bilstm_exp.cli.main", setup=project_conf),
     Case("sync-credentials", ["sync", "--from", "offline", "--to", WITH_PASSWORD], "holds credentials", "Fix:",
-         module="bilstm_exp.cli", setup=offline_run, runs=("FINISHED",)),
+         module="bilstm_exp.cli.main", setup=offline_run, runs=("FINISHED",)),
     Case("resume-finished-run", [*TINY, "training.resume=true"], "has already FINISHED", "Fix:",
          setup=lambda folder: _checkpoint(folder, _run(folder, "FINISHED"), [*TINY, "training.resume=true"]),
          runs=("FINISHED",), keeps=("checkpoints",)),
     Case("file-nan-label-csv", data("nan.csv"), "row 81: empty label", "Fix:",
          files={"nan.csv": ROWS + "a film,NaN\n"}),
     Case("predict-only-blank-lines", ["predict", "--file", "blank.txt"], "no texts given", "Fix:",
-         module="bilstm_exp.cli", files={"blank.txt": "\n   \n\t\n"}),
+         module="bilstm_exp.cli.main", files={"blank.txt": "\n   \n\t\n"}),
     Case("runs-unknown-experiment", ["runs", "--experiment", "nope"], "experiment 'nope' not found", "Fix:",
-         module="bilstm_exp.cli", setup=store_with_a_run, runs=("FINISHED",)),
+         module="bilstm_exp.cli.main", setup=store_with_a_run, runs=("FINISHED",)),
 ]
 
 
@@ -339,7 +339,7 @@ def outcomes():
 def test_there_are_at_least_thirty_cases_across_the_four_kinds():
     assert len(CASES) >= 80 and len({c.id for c in CASES}) == len(CASES)
     data_files = [c for c in CASES if "data=file" in c.args]
-    cli = [c for c in CASES if c.module == "bilstm_exp.cli"]
+    cli = [c for c in CASES if c.module == "bilstm_exp.cli.main"]
     uris = [c for c in CASES if any(a.startswith("tracking") for a in c.args) or c.env]
     config = [c for c in CASES if c not in data_files + cli + uris]
     assert min(len(data_files), len(cli), len(uris), len(config)) >= 5

@@ -17,7 +17,7 @@ import uuid
 
 import pytest
 
-from bilstm_exp import compare as compare_mod
+from bilstm_exp.analysis import compare as compare_mod
 from tests.conftest import run_module
 
 FP_A, FP_B = "a1" * 16, "b2" * 16  # two data fingerprints (md5 hex)
@@ -29,8 +29,8 @@ FP_A, FP_B = "a1" * 16, "b2" * 16  # two data fingerprints (md5 hex)
 @functools.cache
 def config_params(architecture: str) -> dict[str, str]:
     """The params a run of this architecture logs: the flattened composed config."""
-    from bilstm_exp.compose import compose
-    from bilstm_exp.config import flatten, to_dict, validate
+    from bilstm_exp.config.compose import compose
+    from bilstm_exp.config.schema import flatten, to_dict, validate
 
     return {k: str(v) for k, v in flatten(to_dict(validate(compose([f"model={architecture}"])))).items()}
 
@@ -187,7 +187,7 @@ def test_kfold_runs_of_a_sweep_are_groups_of_k_folds(client, experiment, capsys,
     """A sweep over two K-fold runs: each K-fold parent is one group of its 5 fold children (n=5, not 6),
     the verdict pairs the folds, and the report is logged to the sweep's parent run."""
     name, exp_id = experiment
-    sweep = client.create_run(exp_id, run_name="sweep", tags={"bilstm_exp.sweep": "parent"}).info.run_id
+    sweep = client.create_run(exp_id, run_name="sweep", tags={"bilstm_exp.training.sweep": "parent"}).info.run_id
     log_kfold(client, exp_id, "basic", [0.40, 0.45, 0.42, 0.50, 0.47], parent_id=sweep)
     log_kfold(client, exp_id, "attention", [0.43, 0.47, 0.45, 0.52, 0.49], parent_id=sweep)
     client.set_terminated(sweep, "FINISHED")
@@ -282,7 +282,7 @@ def test_a_big_search_fits_120_columns_and_plots_8_labelled_lines(client, experi
 
 
 def test_compare_real_runs_in_a_subprocess_without_tensorflow(trained, tmp_path):
-    code = ("import sys\nfrom bilstm_exp.cli import main\n"
+    code = ("import sys\nfrom bilstm_exp.cli.main import main\n"
             f"main(['compare', '--tracking-uri', {trained.uri!r}, '--output', 'report'])\n"
             "print('TF_LOADED' if 'tensorflow' in sys.modules or 'keras' in sys.modules else 'TF_ABSENT')\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
@@ -310,14 +310,14 @@ def test_errors_name_the_problem_and_the_fix(client, experiment, capsys, tmp_pat
         run_compare(client, capsys, "--parent", child_parent)
     # on the command line: exit 2, the message, no traceback
     result = run_module(["compare", "--tracking-uri", client.tracking_uri, "--experiment", "no-such-experiment"],
-                        tmp_path, module="bilstm_exp.cli", timeout=120)
+                        tmp_path, module="bilstm_exp.cli.main", timeout=120)
     assert result.returncode == 2
     assert "experiment 'no-such-experiment' not found" in result.stderr and name in result.stderr
     assert "Fix:" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_compare_without_a_store_says_where_to_run(tmp_path):
-    result = run_module(["compare"], tmp_path, module="bilstm_exp.cli", timeout=120)
+    result = run_module(["compare"], tmp_path, module="bilstm_exp.cli.main", timeout=120)
     assert result.returncode == 2
     assert "mlflow.db" in result.stderr and "Fix:" in result.stderr
     assert not (tmp_path / "mlflow.db").exists()  # it did not create an empty store

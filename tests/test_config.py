@@ -12,9 +12,9 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from bilstm_exp import config as cfg_mod
-from bilstm_exp.compose import CONF_DIR, compose
-from bilstm_exp.config import SCHEMAS, ConfigError, schema_defaults, validate
+from bilstm_exp.config import schema as cfg_mod
+from bilstm_exp.config.compose import CONF_DIR, compose
+from bilstm_exp.config.schema import SCHEMAS, ConfigError, schema_defaults, validate
 
 GROUPS = ["data", "model", "optimizer", "clipping", "training", "tracking", "profiling"]
 
@@ -98,7 +98,7 @@ def test_unknown_top_level_key_is_refused():
 
 
 def test_validation_does_not_import_tensorflow():
-    code = ("import sys; from bilstm_exp.compose import compose; from bilstm_exp.config import validate; "
+    code = ("import sys; from bilstm_exp.config.compose import compose; from bilstm_exp.config.schema import validate; "
             "validate(compose(['model=attention'])); "
             "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

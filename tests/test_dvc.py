@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bilstm_exp import pipeline
+from bilstm_exp.stages import pipeline
 from tests.conftest import ROOT, TINY
 
 BIN = Path(sys.executable).parent  # dvc and bilstm-exp of this environment

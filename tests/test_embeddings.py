@@ -12,10 +12,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from bilstm_exp import cli, embeddings
-from bilstm_exp.compose import CONF_DIR, compose
-from bilstm_exp.config import validate
-from bilstm_exp.data import Vocabulary, tokenize
+from bilstm_exp.cli import main as cli
+
+from bilstm_exp.models import embeddings
+from bilstm_exp.config.compose import CONF_DIR, compose
+from bilstm_exp.config.schema import validate
+from bilstm_exp.data.prepare import Vocabulary, tokenize
 from bilstm_exp.errors import ConfigError, DataError
 from tests.conftest import ROOT, tiny
 
@@ -64,8 +66,8 @@ def test_missing_mismatched_or_misread_vector_files_are_config_errors_before_ten
     files = write_vectors(tmp_path)
     script = f"""
 import sys
-from bilstm_exp.compose import compose
-from bilstm_exp.config import validate
+from bilstm_exp.config.compose import compose
+from bilstm_exp.config.schema import validate
 from bilstm_exp.errors import ConfigError
 cases = [["model.pretrained_embeddings={tmp_path / 'missing.txt'}"],
          ["model.pretrained_embeddings={files['glove']}"],
@@ -97,7 +99,9 @@ def test_frozen_pretrained_embeddings_stay_unchanged_and_coverage_is_logged(tmp_
     """A tiny tracked run with frozen GloVe vectors for the synthetic cue words and a minimum frequency."""
     from mlflow.tracking import MlflowClient
 
-    from bilstm_exp import data, training
+    from bilstm_exp.data import prepare as data
+
+    from bilstm_exp.training import runner as training
 
     cues = data._POSITIVE + data._NEGATIVE
     rng = np.random.default_rng(0)
@@ -126,7 +130,7 @@ def test_frozen_pretrained_embeddings_stay_unchanged_and_coverage_is_logged(tmp_
 
 
 def test_trainable_pretrained_embeddings_move_with_training(tmp_path):
-    from bilstm_exp import training
+    from bilstm_exp.training import runner as training
 
     config = validate(compose(tiny("basic", f"model.pretrained_embeddings={write_vectors(tmp_path)['glove']}",
                                    "model.embedding_dim=4", "model.kernel=keras")))
@@ -146,7 +150,7 @@ def test_trainable_pretrained_embeddings_move_with_training(tmp_path):
 
 
 def test_spatial_and_output_dropout_are_in_the_model_and_keep_the_mask():
-    from bilstm_exp import models
+    from bilstm_exp.models import build as models
 
     plain = models.build(model_config(), 30, 2)
     assert not {"embedding_dropout", "output_dropout"} & {layer.name for layer in plain.layers}  # defaults: as before

@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from bilstm_exp.fast_lstm import FastLSTM, pad_batches, recurrent_layer, xla_apply  # noqa: E402
+from bilstm_exp.models.fast_lstm import FastLSTM, pad_batches, recurrent_layer, xla_apply  # noqa: E402
 
 B, T, D, H = 4, 7, 5, 3
 VOCAB = 30
@@ -214,7 +214,7 @@ def test_recurrent_layer_picks_the_kernel():
 
 
 def test_layers_module_reexports_fast_lstm():
-    from bilstm_exp import layers
+    from bilstm_exp.models import layers
 
     assert layers.FastLSTM is FastLSTM
     assert keras.saving.get_registered_object("bilstm_exp>FastLSTM") is FastLSTM
@@ -249,8 +249,8 @@ def test_xla_optimizer_step_gives_the_same_weights():
 COMPILE_COUNT = """
 import sys
 import numpy as np, keras
-from bilstm_exp import models
-from bilstm_exp.fast_lstm import FastLSTM, pad_batches
+from bilstm_exp.models import build as models
+from bilstm_exp.models.fast_lstm import FastLSTM, pad_batches
 keras.utils.set_random_seed(0)
 tokens = keras.Input((None,), dtype="int32")
 x = keras.layers.Embedding(50, 8, mask_zero=True)(tokens)

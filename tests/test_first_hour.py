@@ -109,7 +109,7 @@ def test_stderr_of_a_run_holds_none_of_the_library_noise(run):
 
 
 def test_tracking_uri_precedence_explicit_then_environment_then_default(tmp_path, monkeypatch):
-    from bilstm_exp.config import TrackingConfig
+    from bilstm_exp.config.schema import TrackingConfig
     from bilstm_exp.errors import TrackingError
     from bilstm_exp.tracking.store import resolve_uri
 
@@ -128,9 +128,9 @@ def test_tracking_uri_precedence_explicit_then_environment_then_default(tmp_path
 
 
 def prepare(tmp_path: Path, name: str, content: str | bytes, *overrides: str):
-    from bilstm_exp import data
-    from bilstm_exp.compose import compose
-    from bilstm_exp.config import validate
+    from bilstm_exp.data import prepare as data
+    from bilstm_exp.config.compose import compose
+    from bilstm_exp.config.schema import validate
 
     path = tmp_path / name
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
@@ -183,8 +183,8 @@ def test_bad_rows_error_by_default_and_are_skipped_and_counted_on_request(tmp_pa
     (["training.log_level=loud"], "training.log_level: 'loud' is not one of quiet, verbose"),
 ])
 def test_bad_data_options_are_config_errors(overrides, message):
-    from bilstm_exp.compose import compose
-    from bilstm_exp.config import validate
+    from bilstm_exp.config.compose import compose
+    from bilstm_exp.config.schema import validate
     from bilstm_exp.errors import ConfigError
 
     with pytest.raises(ConfigError, match=re.escape(message)):
@@ -211,14 +211,14 @@ def test_data_errors_exit_2_before_tensorflow_and_before_any_experiment(tmp_path
 
 
 def test_early_stop_line_counts_epochs_from_one():
-    from bilstm_exp.summary import early_stop_line
+    from bilstm_exp.training.summary import early_stop_line
 
     assert early_stop_line(5, 2, 3, "val/loss", True) == (
         "[bilstm-exp] early stopping at epoch 6: val/loss did not improve for 3 epochs; kept epoch 3")
 
 
 def test_sweep_table_lists_every_job_with_its_varying_overrides_and_marks_the_best(trained):
-    from bilstm_exp.summary import sweep_lines
+    from bilstm_exp.training.summary import sweep_lines
 
     client = trained.client()
     runs = [client.get_run(trained.basic.run_id), client.get_run(trained.attention.run_id)]

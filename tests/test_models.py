@@ -9,9 +9,17 @@ import keras
 import numpy as np
 import pytest
 
-from bilstm_exp import architectures, data, models, optim, profiling
-from bilstm_exp.compose import CONF_DIR, compose
-from bilstm_exp.config import CLIPPING_MODES, SCHEMAS, ModelConfig, validate
+from bilstm_exp.models import architectures
+
+from bilstm_exp.data import prepare as data
+
+from bilstm_exp.models import build as models
+
+from bilstm_exp.models import optim
+
+from bilstm_exp.training import profiling
+from bilstm_exp.config.compose import CONF_DIR, compose
+from bilstm_exp.config.schema import CLIPPING_MODES, SCHEMAS, ModelConfig, validate
 from tests.conftest import tiny
 
 ARCHITECTURES = ["basic", "attention", "stacked", "unidirectional"]
@@ -57,8 +65,8 @@ def test_bidirectional_doubles_features_and_merge_modes_apply():
 def test_training_pads_every_fast_lstm_batch_to_the_batch_size(architecture, layers):
     """model.kernel=fast on a CPU: each FastLSTM runs its loops on batches padded to training.batch_size
     (one XLA compile per bucket length, tests/test_fast_lstm.py); Keras's kernel has nothing to pad."""
-    from bilstm_exp import training
-    from bilstm_exp.fast_lstm import FastLSTM, pad_batches
+    from bilstm_exp.training import runner as training
+    from bilstm_exp.models.fast_lstm import FastLSTM, pad_batches
 
     config = validate(compose(tiny(architecture, "model.kernel=fast", "training.batch_size=12")))
     prepared = data.prepare(config.data)

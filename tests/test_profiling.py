@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from bilstm_exp.compose import compose
-from bilstm_exp.config import validate
+from bilstm_exp.config.compose import compose
+from bilstm_exp.config.schema import validate
 from tests.conftest import run_module, tiny
 
 POSITIVE = [
@@ -23,7 +23,7 @@ POSITIVE = [
 
 
 def _train(*overrides: str):
-    from bilstm_exp import training
+    from bilstm_exp.training import runner as training
 
     return training.run(validate(compose(tiny(*overrides))), root=Path.cwd())
 
@@ -36,7 +36,7 @@ def _history(client: MlflowClient, run_id: str, key: str) -> list[float]:
 
 
 def test_train_flops_per_token_matches_a_hand_count():
-    from bilstm_exp.profiling import train_flops_per_token
+    from bilstm_exp.training.profiling import train_flops_per_token
 
     # basic BiLSTM, embedding 8, 4 units per direction, 2 classes, 10 real tokens per text on average.
     # One direction, one token: 4 gates x (8 inputs + 4 recurrent) x 4 units multiply-adds = 192 MACs
@@ -48,7 +48,7 @@ def test_train_flops_per_token_matches_a_hand_count():
 
 
 def test_flops_grow_with_width_and_count_each_architecture():
-    from bilstm_exp.profiling import recurrent_flops, train_flops_per_token
+    from bilstm_exp.training.profiling import recurrent_flops, train_flops_per_token
 
     assert recurrent_flops(8, 4, "gru") == 2 * 3 * 12 * 4 + 13 * 4
     counts = {}
@@ -63,7 +63,7 @@ def test_flops_grow_with_width_and_count_each_architecture():
 
 
 def test_matmul_peak_is_cached_with_its_threads_and_load(tmp_path, monkeypatch):
-    from bilstm_exp import profiling
+    from bilstm_exp.training import profiling
 
     monkeypatch.setenv("BILSTM_EXP_CACHE_DIR", str(tmp_path / "cache"))
     first = profiling.matmul_peak_gflops()
@@ -109,7 +109,8 @@ def test_every_cost_metric_is_recorded_and_sane(trained, tmp_path):
 
 @pytest.mark.slow
 def test_clip_fraction_is_one_with_a_tiny_threshold_and_bucketing_pads_less(workdir):
-    from bilstm_exp import data, training
+    from bilstm_exp.data import prepare as data
+    from bilstm_exp.training import runner as training
 
     result = _train("basic", "training.epochs=2", "clipping=global_norm", "clipping.threshold=1e-6",
                     "data.padding=max")
@@ -128,7 +129,7 @@ def test_clip_fraction_is_one_with_a_tiny_threshold_and_bucketing_pads_less(work
 def test_bench_smoke_writes_every_key(workdir):
     out = workdir / "bench"
     done = run_module(["bench", "--smoke", "--out", str(out), "--json", str(out / "r.json")], cwd=workdir,
-                      module="bilstm_exp.cli", timeout=600,
+                      module="bilstm_exp.cli.main", timeout=600,
                       env={"BILSTM_EXP_CACHE_DIR": str(workdir / "cache")})
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "r.json").read_text())

@@ -225,7 +225,7 @@ def test_server_down_until_the_end_keeps_the_run_offline_and_sync_uploads_it(tmp
     assert client.search_model_versions("name='bilstm-sentiment'") == []
     for _ in range(2):  # a second sync adds nothing
         out = run_module(["sync", "--from", command.group(1), "--to", command.group(2)], cwd=tmp_path,
-                         module="bilstm_exp.cli", timeout=WAIT_S)
+                         module="bilstm_exp.cli.main", timeout=WAIT_S)
         assert out.returncode == 0, out.stderr[-3000:]
         assert f"synced run {run_id}" in out.stdout
     assert "0 params, 0 metric values" in out.stdout
@@ -337,17 +337,17 @@ def test_kill_9_leaves_a_running_run_that_runs_stale_close_ends_killed(tmp_path)
     assert run.info.status == "RUNNING"  # what a hard kill leaves: nothing could end the run
     assert run.data.tags["bilstm_exp.heartbeat"] and run.data.tags["bilstm_exp.pid"] == str(process.pid)
 
-    listed = run_module(["runs", "--stale"], cwd=tmp_path, module="bilstm_exp.cli")
+    listed = run_module(["runs", "--stale"], cwd=tmp_path, module="bilstm_exp.cli.main")
     assert listed.returncode == 0 and run.info.run_id in listed.stdout, listed.stderr[-2000:]
     assert f"its process (pid {process.pid}" in listed.stdout and "--close" in listed.stdout
     assert client.get_run(run.info.run_id).info.status == "RUNNING"  # listing changes nothing
 
-    closed = run_module(["runs", "--stale", "--close"], cwd=tmp_path, module="bilstm_exp.cli")
+    closed = run_module(["runs", "--stale", "--close"], cwd=tmp_path, module="bilstm_exp.cli.main")
     assert closed.returncode == 0 and "1 stale run(s): ended KILLED" in closed.stdout, closed.stderr[-2000:]
     run = client.get_run(run.info.run_id)
     assert run.info.status == "KILLED" and run.data.tags["failure_reason"] == "stale"
     assert "runs --stale --close" in run.data.tags["error"]
-    again = run_module(["runs", "--stale", "--older-than", "0"], cwd=tmp_path, module="bilstm_exp.cli")
+    again = run_module(["runs", "--stale", "--older-than", "0"], cwd=tmp_path, module="bilstm_exp.cli.main")
     assert again.returncode == 0 and "no stale runs" in again.stdout
     assert client.search_model_versions() == []
 
@@ -475,9 +475,9 @@ def test_compose_params_keeps_a_conf_file_interpolation_out_of_params_yaml(tmp_p
 
     import yaml
 
-    from bilstm_exp import pipeline
-    from bilstm_exp.compose import compose
-    from bilstm_exp.config import validate
+    from bilstm_exp.stages import pipeline
+    from bilstm_exp.config.compose import compose
+    from bilstm_exp.config.schema import validate
     from bilstm_exp.tracking import store
     from tests.conftest import ROOT
 
@@ -549,7 +549,7 @@ def test_a_signal_during_logging_and_checkpointing_arrives_after_it():
     kernel gives to one of TensorFlow's threads): the handler runs once, after the block."""
     import threading
 
-    from bilstm_exp.checkpoints import held_signals
+    from bilstm_exp.training.checkpoints import held_signals
 
     calls = []
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: calls.append("handled"))

@@ -71,7 +71,7 @@ def test_mlflow_models_serve_answers_invocations(store, tmp_path):
 def predict(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     """`bilstm-exp predict ARGS` as a user runs it (the console script of this environment)."""
     script = Path(sys.executable).with_name("bilstm-exp")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "bilstm_exp.cli"]
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "bilstm_exp.cli.main"]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     env.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.run([*command, "predict", *args], cwd=cwd, capture_output=True, text=True, timeout=180,

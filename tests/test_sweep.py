@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from bilstm_exp.cli import compose
-from bilstm_exp.config import validate
+from bilstm_exp.cli.main import compose
+from bilstm_exp.config.schema import validate
 from tests.conftest import TINY, run_module, tiny
 
 ALL_METRICS = ["train/loss", "train/accuracy", "val/loss", "val/accuracy", "val/auc", "test/accuracy",
@@ -34,7 +34,7 @@ def store(folder):
 
     client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("bilstm-exp").experiment_id])
-    parents = [r for r in runs if r.data.tags.get("bilstm_exp.sweep") == "parent"]
+    parents = [r for r in runs if r.data.tags.get("bilstm_exp.training.sweep") == "parent"]
     return client, parents, [r for r in runs if r not in parents]
 
 
@@ -230,7 +230,7 @@ def test_a_sigtermed_sweep_resumes_under_its_parent(resumed_sweep):
     assert result.returncode == 0, result.stderr[-3000:]
     client = sweep.client()
     parents = [r for r in client.search_runs([sweep.first_parent.info.experiment_id])
-               if r.data.tags.get("bilstm_exp.sweep") == "parent"]
+               if r.data.tags.get("bilstm_exp.training.sweep") == "parent"]
     assert [p.info.run_id for p in parents] == [sweep.first_parent.info.run_id]  # reopened, not a new one
     parent = parents[0]
     assert parent.info.status == "FINISHED" and parent.data.tags["sweep.resumed"] == "1"
@@ -261,7 +261,7 @@ def test_a_two_job_sweep_is_one_parent_with_two_finished_children(resumed_sweep)
     client = resumed_sweep.client()
     experiment = client.get_experiment_by_name("bilstm-exp")
     runs = client.search_runs([experiment.experiment_id])
-    parents = [r for r in runs if r.data.tags.get("bilstm_exp.sweep") == "parent"]
+    parents = [r for r in runs if r.data.tags.get("bilstm_exp.training.sweep") == "parent"]
     assert len(parents) == 1
     parent = parents[0]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]

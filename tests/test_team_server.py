@@ -1,6 +1,6 @@
-"""The team tracking server (bilstm_exp.server) and distributed search, all real and on localhost.
+"""The team tracking server (bilstm_exp.team.server) and distributed search, all real and on localhost.
 
-One module-scoped server is started the way a user starts it (`python -m bilstm_exp.server start`):
+One module-scoped server is started the way a user starts it (`python -m bilstm_exp.team.server start`):
 a PostgreSQL cluster initialised in a temporary folder on a free port (run as the `postgres` system user
 when the tests run as root) and `mlflow server --app-name basic-auth` on it with proxied artifacts. It
 is stopped with Ctrl-C (SIGINT) at the end, and the last test checks that it stopped both services.
@@ -38,7 +38,7 @@ ADMIN_ENV_KEYS = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRA
 
 @pytest.fixture(scope="module")
 def team(tmp_path_factory):
-    from bilstm_exp.server import ServerError, pg_bindir
+    from bilstm_exp.team.server import ServerError, pg_bindir
 
     try:
         pg_bindir()
@@ -56,7 +56,7 @@ def team(tmp_path_factory):
         for key, value in saved.items():
             os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
         team_server.stop(server)
-        from bilstm_exp.server import stop_dir
+        from bilstm_exp.team.server import stop_dir
 
         stop_dir(state_dir)  # in case the command was killed: nothing may outlive the tests
 
@@ -200,13 +200,13 @@ def test_no_credential_in_output_record_or_artifacts(team, cli_run):
 
 
 def test_user_without_permission_cannot_write_and_gets_one_clear_line(team, tmp_path):
-    from bilstm_exp import server as team_module
+    from bilstm_exp.team import server as team_module
 
     admin = admin_client(team)
     name = f"locked-{uuid.uuid4().hex[:8]}"
     experiment_id = admin.create_experiment(name)
     bob = f"bob-{uuid.uuid4().hex[:6]}"
-    made = subprocess.run([sys.executable, "-m", "bilstm_exp.server", "user", bob, "--dir", str(team.state_dir)],
+    made = subprocess.run([sys.executable, "-m", "bilstm_exp.team.server", "user", bob, "--dir", str(team.state_dir)],
                           capture_output=True, text=True, timeout=120)
     assert made.returncode == 0, made.stderr[-2000:]
     credentials = team.state_dir / "users" / f"{bob}.env"
@@ -249,7 +249,7 @@ def test_user_without_permission_cannot_write_and_gets_one_clear_line(team, tmp_
 def test_two_optuna_workers_share_one_study_and_submitit_launches_jobs(team, tmp_path):
     import optuna
 
-    from bilstm_exp.server import optuna_storage
+    from bilstm_exp.team.server import optuna_storage
 
     client = admin_client(team)
     study = f"study-{uuid.uuid4().hex[:8]}"
@@ -283,7 +283,7 @@ def test_two_optuna_workers_share_one_study_and_submitit_launches_jobs(team, tmp
 
     # One parent run per worker, grouped by the experiment (named after the study); one child per trial.
     runs = client.search_runs([experiment_id], max_results=100)
-    parents = [r for r in runs if r.data.tags.get("bilstm_exp.sweep") == "parent"]
+    parents = [r for r in runs if r.data.tags.get("bilstm_exp.training.sweep") == "parent"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
     assert len(parents) == 2 and {p.data.tags["hparams_search"] for p in parents} == {"optuna_shared"}
     assert {p.data.tags["launcher"] for p in parents} == {"BasicLauncher", "LocalLauncher"}  # submitit_local
@@ -304,7 +304,7 @@ def test_two_optuna_workers_share_one_study_and_submitit_launches_jobs(team, tmp
 
 
 def test_ctrl_c_stops_mlflow_and_postgres(team):
-    from bilstm_exp.server import Postgres, RunAs, pg_bindir
+    from bilstm_exp.team.server import Postgres, RunAs, pg_bindir
 
     info = json.loads((team.state_dir / "server.json").read_text())
     assert team_server.stop(team) == 0, team.printed()[-2000:]

@@ -11,10 +11,13 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from bilstm_exp import context, training
-from bilstm_exp.cli import compose
-from bilstm_exp.config import validate
-from bilstm_exp.tracking import registry, store
+from bilstm_exp.tracking import lineage as context
+
+from bilstm_exp.training import runner as training
+from bilstm_exp.cli.main import compose
+from bilstm_exp.config.schema import validate
+from bilstm_exp.tracking import store
+from bilstm_exp.tracking import model_registry as registry
 from bilstm_exp.tracking.callback import MLflowLogger, metric_name
 from bilstm_exp.tracking.session import Session
 from tests.conftest import ROOT, epoch_steps, tiny

@@ -16,10 +16,12 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from bilstm_exp import crossval, training
-from bilstm_exp.compose import compose
-from bilstm_exp.config import validate
-from bilstm_exp.tracking import registry
+from bilstm_exp.training import crossval
+
+from bilstm_exp.training import runner as training
+from bilstm_exp.config.compose import compose
+from bilstm_exp.config.schema import validate
+from bilstm_exp.tracking import model_registry as registry
 from tests.conftest import run_module, tiny
 
 NAME = "bilstm-sentiment"
@@ -117,7 +119,7 @@ def test_champion_refuses_runs_on_other_data_until_promoted_by_hand(runs):
     b_version = versions[runs.b.run_id].version
     reason = "split seed 7 is the new data"
     done = run_module(["promote", "--model", NAME, "--version", str(b_version), "--reason", reason], runs.folder,
-                      module="bilstm_exp.cli", env={"MLFLOW_TRACKING_USERNAME": "alice"}, timeout=120)
+                      module="bilstm_exp.cli.main", env={"MLFLOW_TRACKING_USERNAME": "alice"}, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     champion = client.get_model_version_by_alias(NAME, "champion")
     assert champion.run_id == runs.b.run_id
@@ -127,7 +129,7 @@ def test_champion_refuses_runs_on_other_data_until_promoted_by_hand(runs):
 
     for args, message in ((["--model", NAME, "--version", "99"], "no version 99"),
                           (["--model", "no-such-model", "--version", "1"], "no registered model 'no-such-model'")):
-        refused = run_module(["promote", *args, "--reason", "x"], runs.folder, module="bilstm_exp.cli", timeout=120)
+        refused = run_module(["promote", *args, "--reason", "x"], runs.folder, module="bilstm_exp.cli.main", timeout=120)
         assert refused.returncode == 2 and message in refused.stderr and "Fix:" in refused.stderr, refused.stderr
         assert "Traceback" not in refused.stderr
     assert client.get_model_version_by_alias(NAME, "champion").run_id == runs.b.run_id
@@ -183,7 +185,7 @@ def test_three_fold_cross_validation_is_one_parent_with_three_fold_children(work
 def test_runs_differing_only_in_seed_share_a_config_group():
     """`-m seed=1,2,3` repeats one configuration: one `config.group` tag, which compare groups by;
     another learning rate is another group."""
-    from bilstm_exp.recording import config_group
+    from bilstm_exp.training.recording import config_group
 
     variants = (["seed=1"], ["seed=2", "data.split_seed=7", "tracking.experiment_name=other"],
                 ["optimizer.learning_rate=0.01"])

@@ -11,9 +11,9 @@ quiet.setup()  # first: before Hydra, TensorFlow or MLflow print anything (BILST
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from bilstm_exp.cli import check_overrides, run_from_hydra  # noqa: E402
-from bilstm_exp.compose import CONF_DIR, CONFIG_NAME, VERSION_BASE  # noqa: E402
-from bilstm_exp.config import register_schemas  # noqa: E402
+from bilstm_exp.cli.main import check_overrides, run_from_hydra  # noqa: E402
+from bilstm_exp.config.compose import CONF_DIR, CONFIG_NAME, VERSION_BASE  # noqa: E402
+from bilstm_exp.config.schema import register_schemas  # noqa: E402
 
 register_schemas()  # the YAML files extend these schemas (config.py)
 

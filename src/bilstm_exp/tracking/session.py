@@ -13,14 +13,14 @@ A logging call that fails because the server is unreachable (its ``/health`` doe
 buffered; training goes on, and the buffer is delivered in order on a later call once the server
 answers (tried at most every :data:`RETRY_INTERVAL_S`). Before the results are recorded,
 :meth:`Session.settle` tries a few more times; if the server is still down the run continues in a
-local store (:mod:`bilstm_exp.offline`) holding everything logged so far, and its end prints the
+local store (:mod:`bilstm_exp.tracking.offline`) holding everything logged so far, and its end prints the
 `bilstm-exp sync` command that uploads it. Errors from a reachable store are raised as they are.
 
 Honest records (issue 12):
 
 * every epoch's logging also sets the tag ``bilstm_exp.heartbeat`` (UTC time), and the run carries
   ``bilstm_exp.host`` / ``bilstm_exp.pid``: a run a ``kill -9`` left RUNNING is found and closed KILLED
-  by ``bilstm-exp runs --stale --close`` (:mod:`bilstm_exp.runs`);
+  by ``bilstm-exp runs --stale --close`` (:mod:`bilstm_exp.tracking.runs`);
 * registration and the run's end are one step for signals: a Ctrl-C or SIGTERM arriving meanwhile
   is deferred (the run ends FINISHED with its one complete version, and a warning says so); a
   registration that fails midway deletes the version it created, so a FAILED or KILLED run has none;
@@ -50,9 +50,10 @@ import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from bilstm_exp import offline
+from bilstm_exp.tracking import offline
 from bilstm_exp.errors import TrackingError
-from bilstm_exp.tracking import registry, store
+from bilstm_exp.tracking import store
+from bilstm_exp.tracking import model_registry as registry
 from bilstm_exp.tracking.store import HEARTBEAT_TAG, HOST_TAG, PID_TAG
 
 RETRY_INTERVAL_S = 10.0  # while the server is down, buffered logging is retried at most this often

@@ -17,9 +17,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bilstm_exp.config import TrackingConfig
+from bilstm_exp.config.schema import TrackingConfig
 from bilstm_exp.errors import TrackingError
-from bilstm_exp.redaction import SECRET_WORDS, has_credentials, is_secret, redact, redact_text, scrub  # noqa: F401
+from bilstm_exp.tracking.redaction import SECRET_WORDS, has_credentials, is_secret, redact, redact_text, scrub  # noqa: F401
 
 if TYPE_CHECKING:
     from mlflow.entities import Metric, Param, RunTag
@@ -45,7 +45,7 @@ def check_credentials(uri: str, where: str = "the tracking URI") -> None:
 def masked_config(config: Any) -> dict[str, Any]:
     """The validated config as nested dicts, safe to record (params, config.yaml, params.yaml):
     values from the environment as their ``${oc.env:NAME}`` text, secrets and credentials masked."""
-    from bilstm_exp.config import to_dict
+    from bilstm_exp.config.schema import to_dict
 
     return scrub(to_dict(config), getattr(config, "env_refs", None))
 
@@ -62,7 +62,7 @@ def param_value(value: Any) -> str:
 
 def as_params(params: dict[str, Any]) -> list[Param]:
     """Params for MLflow: values cut to 250 characters, anything secret dropped, environment values and
-    credentials in text masked (:func:`bilstm_exp.redaction.redact_text`)."""
+    credentials in text masked (:func:`bilstm_exp.tracking.redaction.redact_text`)."""
     from mlflow.entities import Param
 
     return [Param(k, param_value(redact_text(str(v)))) for k, v in params.items() if not is_secret(k, v)]

@@ -1,0 +1,17 @@
+"""``unidirectional``: Embedding -> LSTM (forward only) -> Dense; the baseline for what the second
+direction buys."""
+
+from __future__ import annotations
+
+from bilstm_exp.models.architectures.registry import Flops, recurrent_flops, register
+from bilstm_exp.config.schema import UnidirectionalModelConfig
+
+
+def flops(cfg: UnidirectionalModelConfig) -> Flops:
+    return Flops(per_token=recurrent_flops(cfg.embedding_dim, cfg.lstm_units, cfg.cell), per_sample=0.0,
+                 features=cfg.lstm_units)
+
+
+@register("unidirectional", flops=flops)
+def build(cfg: UnidirectionalModelConfig, tokens, embedded, recurrent):
+    return recurrent(cfg.lstm_units, "lstm")(embedded)

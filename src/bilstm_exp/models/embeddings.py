@@ -1,0 +1,191 @@
+"""Word vectors: pretrained vectors for a run's vocabulary, and ``bilstm-exp pretrain-embeddings``.
+
+* :func:`for_vocabulary` turns ``model.pretrained_embeddings`` (word2vec text or binary, fastText's
+  ``.vec``, or GloVe text, read with gensim's ``KeyedVectors``) into the embedding matrix for the run's
+  vocabulary: the file's vector for each word it has, a random vector (same spread as the file's) for
+  each word it lacks and for the out-of-vocabulary id, zeros for padding. Its metrics say how much of
+  the vocabulary (``embedding/oov_fraction``) and of the training tokens
+  (``embedding/oov_token_fraction``) got no pretrained vector.
+* :func:`pretrain` trains word2vec or fastText vectors on unlabelled text (tokenised like the
+  classifier's input, :func:`bilstm_exp.data.prepare.tokenize`) and writes them in word2vec text format, which
+  ``model.pretrained_embeddings`` reads back.
+
+No TensorFlow here; gensim is imported inside the functions that use it. The config's validation has
+already checked the file's existence, format and dimension from its first line
+(:func:`bilstm_exp.config.schema.probe_vectors`), before TensorFlow was imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from bilstm_exp.config.schema import ModelConfig, probe_vectors
+from bilstm_exp.data.prepare import PAD_ID, Vocabulary, tokenize
+from bilstm_exp.errors import ConfigError, DataError, UserError
+
+METHODS = ("word2vec", "fasttext")
+
+
+@dataclass
+class Vectors:
+    """The embedding's initial weights for one vocabulary, and how well the vector file covers it."""
+
+    matrix: np.ndarray | None  # (len(vocab), dim) float32; None: no pretrained vectors configured
+    metrics: dict[str, float] = field(default_factory=dict)  # embedding/* coverage metrics
+    has_vector: np.ndarray | None = None  # bool per id: True where the row came from the file
+
+
+def load(path: str, fmt: str = "auto"):
+    """A gensim ``KeyedVectors`` from a word2vec (text or binary) or GloVe (text, no header) file."""
+    fmt, _ = probe_vectors(path, fmt)
+    from gensim.models import KeyedVectors
+
+    try:
+        return KeyedVectors.load_word2vec_format(str(Path(path).expanduser()), binary=fmt == "word2vec_binary",
+                                                 no_header=fmt == "glove", unicode_errors="replace")
+    except (ValueError, EOFError, OSError, IndexError, UnicodeDecodeError) as error:
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DataError(f"{path}: cannot be read as {fmt} vectors ({first}). Fix: check the file, or set "
+                        "model.pretrained_format (word2vec, word2vec_binary or glove) to match it") from None
+
+
+def for_vocabulary(cfg: ModelConfig, vocab: Vocabulary, train_ids: list[np.ndarray] | None = None, *,
+                   seed: int = 0) -> Vectors:
+    """The embedding matrix for ``vocab`` from ``cfg.pretrained_embeddings`` (``Vectors(None)`` without one).
+
+    ``train_ids``: the training split's token ids, for ``embedding/oov_token_fraction``.
+    """
+    if cfg.pretrained_embeddings is None:
+        return Vectors(None)
+    vectors = load(cfg.pretrained_embeddings, cfg.pretrained_format)
+    if vectors.vector_size != cfg.embedding_dim:
+        raise ConfigError(f"model.embedding_dim: is {cfg.embedding_dim} but the vectors in "
+                          f"{cfg.pretrained_embeddings} have {vectors.vector_size} dimensions. Fix: set "
+                          f"model.embedding_dim={vectors.vector_size}")
+    return matrix_for(vocab, vectors, train_ids, seed=seed)
+
+
+def matrix_for(vocab: Vocabulary, vectors, train_ids: list[np.ndarray] | None = None, *, seed: int = 0) -> Vectors:
+    """Rows from ``vectors`` (a ``KeyedVectors``) for the words it has; the rest random, padding zeros."""
+    found = np.zeros(len(vocab), dtype=bool)
+    rows = np.zeros((len(vocab), vectors.vector_size), dtype=np.float32)
+    for index, word in enumerate(vocab.words, start=2):
+        key = vectors.key_to_index.get(word)
+        if key is not None:
+            rows[index] = vectors.vectors[key]
+            found[index] = True
+    scale = float(rows[found].std()) if found.any() else 0.05
+    missing = ~found
+    missing[PAD_ID] = False
+    rows[missing] = np.random.default_rng(seed).normal(0.0, scale, size=(int(missing.sum()), rows.shape[1]))
+    words = max(len(vocab.words), 1)
+    metrics = {"embedding/oov_fraction": 1.0 - float(found[2:].sum()) / words,
+               "embedding/vectors_found": float(found.sum())}
+    if train_ids:
+        ids = np.concatenate(train_ids)
+        ids = ids[ids != PAD_ID]
+        metrics["embedding/oov_token_fraction"] = float(np.mean(~found[ids])) if ids.size else 0.0
+    return Vectors(rows, metrics, found)
+
+
+# --------------------------------------------------------------------------- pretrain-embeddings
+
+
+@dataclass
+class PretrainSummary:
+    method: str
+    words: int  # vectors written
+    dim: int
+    texts: int
+    tokens: int
+    seconds: float
+    out: Path
+
+    def line(self) -> str:
+        return (f"wrote {self.words:,} {self.method} vectors of size {self.dim} to {self.out} "
+                f"(trained on {self.texts:,} texts, {self.tokens:,} tokens, in {self.seconds:.1f} s)")
+
+
+def read_corpus(path: Path, text_column: str = "text") -> list[str]:
+    """Texts from a plain text file (one per line) or the ``text_column`` of a .csv/.tsv file."""
+    if not path.is_file():
+        raise DataError(f"{path}: no such file. Fix: pass --input a text file (one text per line) or a CSV")
+    if path.suffix.lower() in (".csv", ".tsv"):
+        import pandas as pd
+
+        try:
+            table = pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",", encoding="utf-8",
+                                encoding_errors="replace")
+        except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+            raise DataError(f"{path}: cannot be read as a table ({str(error).splitlines()[0]}). "
+                            "Fix: check the file, or pass a plain text file") from None
+        if text_column not in table.columns:
+            raise DataError(f"{path}: no column '{text_column}' (found {', '.join(map(str, table.columns))}). "
+                            "Fix: pass --text-column NAME")
+        return [t for t in table[text_column].dropna().astype(str) if t.strip()]
+    return [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+
+
+def pretrain(texts: list[str], out: Path, *, method: str = "word2vec", dim: int = 100, epochs: int = 5,
+             min_count: int = 2, window: int = 5, skipgram: bool = True, seed: int = 42,
+             workers: int = 1) -> PretrainSummary:
+    """Train word2vec or fastText vectors on ``texts`` and write them to ``out`` in word2vec text format.
+
+    ``workers=1`` (the default) makes the vectors the same for the same texts and seed.
+    """
+    if method not in METHODS:
+        raise UserError(f"--method: '{method}' is not one of {', '.join(METHODS)}. Fix: e.g. --method word2vec")
+    for name, value in (("--dim", dim), ("--epochs", epochs), ("--min-count", min_count), ("--window", window),
+                        ("--workers", workers)):
+        if value < 1:
+            raise UserError(f"{name}: must be >= 1, got {value}. Fix: pass a positive number")
+    sentences = [tokens for tokens in (tokenize(text) for text in texts) if tokens]
+    if not sentences:
+        raise DataError("no words in the input. Fix: pass a file with text in it")
+    counts = Counter(token for tokens in sentences for token in tokens)
+    if not any(count >= min_count for count in counts.values()):
+        raise DataError(f"no word occurs --min-count={min_count} times in {len(sentences)} texts. "
+                        "Fix: lower --min-count or pass more text")
+    from gensim.models import FastText, Word2Vec
+
+    start = time.perf_counter()
+    trainer = Word2Vec if method == "word2vec" else FastText
+    model = trainer(sentences=sentences, vector_size=dim, window=window, min_count=min_count, sg=int(skipgram),
+                    epochs=epochs, seed=seed, workers=workers)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model.wv.save_word2vec_format(str(out), binary=False)
+    return PretrainSummary(method, len(model.wv), dim, len(sentences), sum(counts.values()),
+                           time.perf_counter() - start, out)
+
+
+def add_command(sub: argparse._SubParsersAction) -> None:
+    """``bilstm-exp pretrain-embeddings``."""
+    p = sub.add_parser("pretrain-embeddings", help="train word2vec or fastText vectors on your own unlabelled text",
+                       description="Train word vectors on unlabelled text (tokenised like the classifier's "
+                                   "input) and write them in word2vec text format; use them with "
+                                   "model.pretrained_embeddings=OUT model.embedding_dim=DIM.")
+    p.add_argument("--input", required=True, type=Path, help="a text file (one text per line) or a .csv/.tsv")
+    p.add_argument("--text-column", default="text", help="the text column of a .csv/.tsv input (default: text)")
+    p.add_argument("--out", required=True, type=Path, help="where to write the vectors (word2vec text format)")
+    p.add_argument("--method", default="word2vec", choices=METHODS, help="word2vec (default) or fasttext")
+    p.add_argument("--dim", type=int, default=100, help="vector size (default: 100)")
+    p.add_argument("--epochs", type=int, default=5, help="passes over the text (default: 5)")
+    p.add_argument("--min-count", type=int, default=2, help="ignore words seen fewer times (default: 2)")
+    p.add_argument("--window", type=int, default=5, help="context words on each side (default: 5)")
+    p.add_argument("--cbow", action="store_true", help="CBOW instead of skip-gram (faster, weaker on rare words)")
+    p.add_argument("--seed", type=int, default=42, help="random seed (default: 42)")
+    p.add_argument("--workers", type=int, default=1, help="training threads; 1 (default) is reproducible")
+    p.set_defaults(func=command)
+
+
+def command(args: argparse.Namespace) -> None:
+    summary = pretrain(read_corpus(args.input, args.text_column), args.out, method=args.method, dim=args.dim,
+                       epochs=args.epochs, min_count=args.min_count, window=args.window, skipgram=not args.cbow,
+                       seed=args.seed, workers=args.workers)
+    print(summary.line())

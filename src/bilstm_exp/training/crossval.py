@@ -1,0 +1,125 @@
+"""Stratified K-fold cross-validation (``data.folds=K``): one parent MLflow run, one child run per fold.
+
+    python -m bilstm_exp data.folds=5                       # one configuration, 5 folds
+    python -m bilstm_exp -m data.folds=5 model=basic,attention   # a sweep of CV runs; best by cv/<monitor>_mean
+
+The folds cover all examples (:func:`bilstm_exp.data.prepare.fold_splits`): fold k tests on the k-th stratified
+part, so every example is tested exactly once; its validation split (``data.val_fraction`` of all
+examples) is carved from the other K-1 parts, and the rest trains. ``data.test_fraction`` is not used.
+Folds depend on ``data.split_seed`` only, so two configurations run with the same split seed and K see
+the same folds (a paired comparison over folds is possible).
+
+Each fold is a normal training run (:func:`bilstm_exp.training.runner.run`) nested under the parent, tagged
+``fold`` (0-based), ``cv.role=fold`` and ``cv.parent_run_id``; folds never register a model. The parent
+(tag ``cv.role=parent``) logs, for every ``test/*`` and ``val/*`` metric of the folds (``val/*``: the kept
+weights' evaluation), ``cv/<metric>_mean``, ``_std`` (sample standard deviation) and ``_ci95`` (half-width
+of the 95% confidence interval of the mean, Student's t with K-1 degrees of freedom), plus
+``cv/folds``, and a ``cv/summary.json`` artifact with each fold's run id and metrics. The sweep objective
+of a CV run is ``cv/<training.monitor>_mean``.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+from mlflow.tracking import MlflowClient
+
+from bilstm_exp.data import prepare as data_mod
+from bilstm_exp.training import recording
+from bilstm_exp.training import runner as training
+from bilstm_exp.config.schema import ExperimentConfig, flatten, to_dict
+from bilstm_exp.tracking import store
+from bilstm_exp.tracking import model_registry as registry
+
+ROLE_TAG = "cv.role"  # parent or fold
+FOLD_TAG = "fold"  # the fold index (0-based) of a fold run
+PARENT_TAG = "cv.parent_run_id"
+
+
+@dataclass
+class CVResult:
+    run_id: str  # the parent run
+    metrics: dict[str, float]  # cv/<metric>_mean, _std, _ci95 and cv/folds
+    folds: list[training.RunResult]
+
+    def objective(self, monitor: str) -> float:
+        return self.metrics.get(f"cv/{monitor}_mean", float("nan"))
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    """mean, sample std and the 95% CI half-width of the mean (Student's t, n-1 degrees of freedom)."""
+    from scipy import stats
+
+    array = np.asarray(values, dtype=float)
+    n = len(array)
+    std = float(array.std(ddof=1)) if n > 1 else float("nan")
+    ci = float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n)) if n > 1 else float("nan")
+    return {"mean": float(array.mean()), "std": std, "ci95": ci}
+
+
+def aggregate(fold_metrics: list[dict[str, float]]) -> dict[str, float]:
+    """``cv/<metric>_{mean,std,ci95}`` for every ``test/*`` and ``val/*`` metric all folds logged."""
+    keys = sorted(set.intersection(*(set(m) for m in fold_metrics)))
+    out: dict[str, float] = {"cv/folds": len(fold_metrics)}
+    for key in keys:
+        if key.startswith(("test/", "val/")):
+            for name, value in summary([m[key] for m in fold_metrics]).items():
+                out[f"cv/{key}_{name}"] = value
+    return out
+
+
+def run(config: ExperimentConfig, *, root: Path, overrides: list[str] | None = None,
+        parent_run_id: str | None = None, extra_tags: dict[str, str] | None = None) -> CVResult:
+    """Train and evaluate ``config`` on each of ``data.folds`` folds; see the module docstring.
+    ``parent_run_id``/``extra_tags`` (a sweep job) apply to the CV parent run."""
+    overrides = overrides or []
+    experiment_id = store.setup(config.tracking, root)
+    folds = data_mod.prepare_folds(config.data)  # bad data fails here, before a run exists
+    client = MlflowClient(mlflow.get_tracking_uri())
+    name = f"cv{len(folds)}-{config.model.name}-{config.optimizer.name}-clip_{config.clipping.name}"
+    tags = {**(extra_tags or {}), ROLE_TAG: "parent", "architecture": config.model.name,
+            "hydra_overrides": " ".join(overrides), recording.FINGERPRINT_TAG: folds[0].fingerprint(),
+            recording.GROUP_TAG: recording.config_group(config),
+            registry.SKIPPED_TAG: "a cross-validation run estimates performance; train one run without "
+                                  "data.folds to register a model",
+            "mlflow.note.content": f"{len(folds)}-fold cross-validation of {config.model.name} on "
+                                   f"{config.data.name} data (split seed {config.data.split_seed})"}
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    parent = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+    print(f"[bilstm-exp] {len(folds)}-fold cross-validation: parent run {parent}", flush=True)
+    try:
+        store.log_batch(client, parent, params=store.as_params(flatten(to_dict(config))))
+        results = []
+        for fold in folds:
+            result = training.run(config, root=root, overrides=overrides, prepared=fold, parent_run_id=parent,
+                                  extra_tags={FOLD_TAG: str(fold.fold), ROLE_TAG: "fold", PARENT_TAG: parent})
+            client.set_tag(result.run_id, "mlflow.runName", f"{name}-fold{fold.fold}")
+            results.append(result)
+        metrics = aggregate([r.metrics for r in results])
+        store.log_batch(client, parent, metrics=store.as_metrics(metrics))
+        client.log_dict(parent, {"folds": [{"fold": k, "run_id": r.run_id,
+                                            **{m: v for m, v in r.metrics.items() if m.startswith(("val/", "test/"))}}
+                                           for k, r in enumerate(results)], "summary": metrics}, "cv/summary.json")
+    except BaseException as error:
+        interrupted = isinstance(error, KeyboardInterrupt)
+        client.set_tag(parent, "error", f"{type(error).__name__}: {error}"[:1000])
+        client.set_terminated(parent, "KILLED" if interrupted else "FAILED")
+        raise
+    client.set_terminated(parent, "FINISHED")
+    _print(parent, metrics, config.training.monitor)
+    return CVResult(parent, metrics, results)
+
+
+def _print(run_id: str, metrics: dict[str, float], monitor: str) -> None:
+    n = int(metrics["cv/folds"])
+    lines = [f"[bilstm-exp] cross-validation run {run_id}: mean +/- 95% CI over {n} folds"]
+    for key in (monitor, *sorted(k[3:-5] for k in metrics if k.startswith("cv/test/") and k.endswith("_mean"))):
+        if f"cv/{key}_mean" in metrics:
+            lines.append(f"    {key:<16} {metrics[f'cv/{key}_mean']:.4f} +/- {metrics[f'cv/{key}_ci95']:.4f}")
+    print("\n".join(lines), file=sys.stdout, flush=True)

@@ -1,0 +1,86 @@
+"""Evaluation of a trained classifier on a prepared split: used by training and the DVC evaluate stage.
+
+:func:`evaluate` scores raw texts exactly as the served model sees them; :func:`detailed` adds what
+the DVC evaluate stage plots (confusion pairs, ROC, precision-recall, accuracy per length bucket).
+No MLflow here; TensorFlow runs only inside the classifier it is given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bilstm_exp.data import prepare as data
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, float]  # "<split>/loss", "<split>/accuracy", "<split>/auc" or "<split>/macro_f1"
+    y_true: np.ndarray
+    y_pred: np.ndarray
+    probabilities: np.ndarray
+
+
+def evaluate(classifier, prepared: data.PreparedData, split: str = "test") -> Evaluation:
+    """Metrics of ``classifier`` (a :class:`~bilstm_exp.serving.model.TextClassifier`) on one split's raw
+    texts: loss, accuracy, and AUC (two classes) or macro F1 (more), named ``<split>/<metric>``."""
+    from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score
+
+    y = prepared.labels[split]
+    probs = classifier.probabilities(prepared.texts[split])
+    pred = probs.argmax(axis=1)
+    labels = list(range(prepared.num_classes))
+    out = {f"{split}/loss": float(log_loss(y, np.clip(probs, 1e-7, 1 - 1e-7), labels=labels)),
+           f"{split}/accuracy": float(accuracy_score(y, pred))}
+    if prepared.num_classes == 2:
+        out[f"{split}/auc"] = float(roc_auc_score(y, probs[:, 1])) if len(set(y)) == 2 else float("nan")
+    else:
+        out[f"{split}/macro_f1"] = float(f1_score(y, pred, average="macro", labels=labels))
+    return Evaluation(out, y, pred, probs)
+
+
+def detailed(classifier, prepared: data.PreparedData,
+             num_buckets: int) -> tuple[dict[str, float], dict[str, list[list[Any]]]]:
+    """Test metrics and the plot tables: confusion pairs, ROC, precision-recall, accuracy per length."""
+    from sklearn.metrics import (
+        average_precision_score,
+        precision_recall_curve,
+        precision_recall_fscore_support,
+        roc_curve,
+    )
+
+    result = evaluate(classifier, prepared)
+    y, pred, probs = result.y_true, result.y_pred, result.probabilities
+    k = prepared.num_classes
+    metrics = dict(result.metrics)
+    average = "binary" if k == 2 else "macro"
+    precision, recall, f1, _ = precision_recall_fscore_support(y, pred, average=average, zero_division=0)
+    metrics.update({"test/precision": float(precision), "test/recall": float(recall), "test/f1": float(f1),
+                    "test/examples": int(len(y))})
+    # ROC and precision-recall: the positive class for two classes, micro-averaged one-vs-rest above
+    onehot = np.eye(k)[y]
+    truth, score = (y, probs[:, 1]) if k == 2 else (onehot.ravel(), probs.ravel())
+    tables: dict[str, list[list[Any]]] = {
+        "confusion": [[prepared.class_names[a], prepared.class_names[p]] for a, p in zip(y, pred, strict=True)]}
+    if len(set(truth.tolist())) == 2:
+        fpr, tpr, thresholds = roc_curve(truth, score)
+        tables["roc"] = [[float(a), float(b), float(min(t, 1.0))] for a, b, t in zip(fpr, tpr, thresholds, strict=True)]
+        prec, rec, thresholds = precision_recall_curve(truth, score)
+        tables["precision_recall"] = [[float(r), float(p), float(t)] for r, p, t in
+                                      zip(rec, prec, [*thresholds, 1.0], strict=True)]
+        metrics["test/average_precision"] = float(average_precision_score(truth, score))
+    else:
+        tables["roc"], tables["precision_recall"] = [], []
+    # accuracy per length bucket: the boundaries training's bucketing uses (training-length quantiles)
+    train_lengths = np.array([len(s) for s in prepared.splits["train"]])
+    bounds = [0, *data.bucket_boundaries(train_lengths, num_buckets), prepared.max_length + 1]
+    lengths = np.array([len(s) for s in prepared.splits["test"]])
+    rows = []
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        inside = (lengths >= lo) & (lengths < hi)
+        if inside.any():  # label: the bucket's token range, e.g. 0-24
+            rows.append([f"{lo}-{hi - 1}", int(inside.sum()), float((pred[inside] == y[inside]).mean())])
+    tables["length_buckets"] = rows
+    return metrics, tables

@@ -1,0 +1,148 @@
+"""What a training run records in MLflow, besides per-epoch metrics: its header (params, config,
+overrides, data md5) before training, and its results (reports, attention heatmap, the raw-text
+model, the registry version) after.
+
+Everything goes through the run's :class:`~bilstm_exp.tracking.session.Session`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import yaml
+
+from bilstm_exp.training import checkpoints
+
+from bilstm_exp.models import build as models
+
+from bilstm_exp.analysis import reports
+
+from bilstm_exp.serving import model as serving
+from bilstm_exp.data import prepare as data_mod
+from bilstm_exp.config.schema import ExperimentConfig, flatten, to_dict
+from bilstm_exp.training.evaluation import Evaluation
+from bilstm_exp.tracking import store
+from bilstm_exp.tracking import model_registry as registry
+from bilstm_exp.tracking.session import Session
+
+
+def header(session: Session, config: ExperimentConfig, overrides: list[str], prepared: data_mod.PreparedData,
+           folder: Path) -> None:
+    """What a new run records before training: params, config and overrides, data md5."""
+    recorded = store.masked_config(config)  # values from ${oc.env:...} as their interpolation; secrets masked
+    session.log_params(flatten(recorded))
+    (folder / "config.yaml").write_text(yaml.safe_dump(recorded, sort_keys=False))
+    (folder / "overrides.yaml").write_text(yaml.safe_dump(store.scrub(list(overrides))))
+    mlflow.log_artifact(str(folder / "config.yaml"))
+    mlflow.log_artifact(str(folder / "overrides.yaml"))
+    tags = {"data_md5": prepared.md5(), FINGERPRINT_TAG: prepared.fingerprint(), GROUP_TAG: config_group(config)}
+    if prepared.fold is not None:
+        tags["data.fold_fingerprint"] = prepared.split_fingerprint()
+    session.log_tags(tags)
+    session.log_params({"derived.vocab_size": len(prepared.vocab), "derived.num_classes": prepared.num_classes,
+                        "derived.train_examples": len(prepared.labels["train"]),
+                        "derived.max_length": max(len(s) for s in prepared.splits["train"])})
+
+
+FINGERPRINT_TAG = registry.FINGERPRINT_TAG  # "data.fingerprint": what the scores were measured on
+GROUP_TAG = "config.group"  # runs of one configuration, repeated over seeds, split seeds or folds
+# keys that change only the randomness (weights/shuffling seed, data split) or how a run is executed or
+# recorded, not the configuration being evaluated
+GROUP_IGNORED = ("seed", "data.split_seed", *checkpoints.RUNTIME_KEYS)
+GROUP_IGNORED_PREFIXES = ("tracking.", "profiling.")
+
+
+def config_group(config: ExperimentConfig) -> str:
+    """Tag ``config.group``: md5 (12 hex digits) of the flattened config without :data:`GROUP_IGNORED`
+    and ``tracking.*`` / ``profiling.*``. ``-m seed=1,2,3`` (or data.split_seed=...) runs of one
+    configuration share it; compare groups by it."""
+    flat = {k: v for k, v in flatten(to_dict(config)).items()
+            if k not in GROUP_IGNORED and not k.startswith(GROUP_IGNORED_PREFIXES)}
+    return hashlib.md5(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def results(session: Session, config: ExperimentConfig, classifier: serving.TextClassifier,
+            prepared: data_mod.PreparedData, evaluation: Evaluation, history: dict[str, list[float]],
+            metrics: dict[str, float], folder: Path) -> str:
+    """Artifacts and the model, in a fresh folder: repeatable if the server goes down meanwhile.
+    Returns the logged model's URI."""
+    folder = Path(tempfile.mkdtemp(prefix="record-", dir=folder))
+    if (folder.parent / "profile").is_dir():  # profiling=trace: a TensorBoard-readable profiler trace
+        mlflow.log_artifacts(str(folder.parent / "profile"), "profile")
+    _artifacts(classifier.model, prepared, evaluation, history, folder / "reports")
+    return _model(session, config, classifier, prepared, metrics, folder / "model")
+
+
+def _artifacts(model, prepared: data_mod.PreparedData, evaluation: Evaluation,
+               history: dict[str, list[float]], folder: Path) -> None:
+    """Curves, confusion matrix, classification report, vocabulary and (attention) the heatmap."""
+    folder.mkdir()
+    names = prepared.class_names
+    reports.training_curves(history, folder / "training_curves.png")
+    reports.confusion_matrix(evaluation.y_true, evaluation.y_pred, names, folder / "confusion_matrix.png")
+    reports.classification_report(evaluation.y_true, evaluation.y_pred, names, folder / "classification_report.txt")
+    (folder / "vocab.json").write_text(prepared.vocab.to_json())
+    mlflow.log_artifacts(str(folder), "reports")
+    if has_attention(model):
+        attention = folder / "attention"
+        attention.mkdir()
+        reports.attention_heatmap(attention_examples(model, prepared, evaluation), attention)
+        mlflow.log_artifacts(str(attention), "attention")
+
+
+def has_attention(model) -> bool:
+    return "attention" in [layer.name for layer in model.layers]
+
+
+def attention_examples(model, prepared: data_mod.PreparedData, evaluation: Evaluation,
+                       count: int = 4) -> list[dict[str, Any]]:
+    """Attention over the tokens of the ``count`` shortest test texts (fixed for a data split)."""
+    order = np.argsort([len(s) for s in prepared.splits["test"]], kind="stable")[:count]
+    ids = serving.pad_right([prepared.splits["test"][i] for i in order])
+    weights = np.asarray(models.attention_model(model).predict_on_batch(ids))
+    words = ["<pad>", "<unk>", *prepared.vocab.words]
+    return [{"tokens": [words[t] for t in prepared.splits["test"][i]],
+             "weights": [round(float(w), 5) for w in weights[row, : len(prepared.splits["test"][i])]],
+             "label": prepared.class_names[evaluation.y_true[i]],
+             "prediction": prepared.class_names[evaluation.y_pred[i]]}
+            for row, i in enumerate(order)]
+
+
+def _model(session: Session, config: ExperimentConfig, classifier: serving.TextClassifier,
+           prepared: data_mod.PreparedData, metrics: dict[str, float], folder: Path) -> str:
+    """Log the raw-text pyfunc model; register it and decide on the champion alias."""
+    import pandas as pd
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    signature = ModelSignature(inputs=Schema([ColSpec("string")]),  # unnamed: a plain list of texts passes too
+                               outputs=Schema([ColSpec("double", "probability"), ColSpec("string", "label")]))
+    info = registry.log_model(serving.TextClassifier(), artifacts=classifier.save(folder), signature=signature,
+                              input_example=pd.DataFrame({"text": prepared.texts["test"][:2]}))
+    tags = session.journal.tags  # what the run was started and tagged with (sweep_job, fold)
+    skipped = registry.skip_reason(config.tracking.register_model, config.data.max_samples,
+                                   sweep_registers=config.tracking.sweep_registers,
+                                   sweep_job="sweep_job" in tags, fold="fold" in tags)
+    if skipped:
+        session.log_tags({registry.SKIPPED_TAG: skipped})
+        print(f"[bilstm-exp] run {session.run_id} not registered: {skipped}", flush=True)
+    else:
+        session.register(info.model_uri, config.tracking.registered_model_name, {**_latest(session), **metrics},
+                         config.tracking.champion_metric, config.tracking.champion_greater_is_better)
+    return info.model_uri
+
+
+def _latest(session: Session) -> dict[str, float]:
+    """Each metric's latest value (highest step, then time) as logged so far: the kept weights' val/*."""
+    latest: dict[str, Any] = {}
+    for metric in session.journal.metrics:
+        if metric.key not in latest or (metric.step, metric.timestamp) >= (latest[metric.key].step,
+                                                                           latest[metric.key].timestamp):
+            latest[metric.key] = metric
+    return {key: metric.value for key, metric in latest.items()}

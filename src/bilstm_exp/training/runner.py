@@ -1,0 +1,309 @@
+"""One experiment run: data -> model -> fit -> evaluate -> record, as one MLflow run.
+
+This is the only module that knows both the model and the tracking side; it wires ``data``,
+``models``, ``optim``, ``profiling``, ``evaluation``, ``recording`` and ``tracking`` together.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from bilstm_exp.training import checkpoints
+
+from bilstm_exp.training import distribute
+
+from bilstm_exp.models import embeddings
+
+from bilstm_exp.models import build as models
+
+from bilstm_exp.models import optim
+
+from bilstm_exp.training import profiling
+
+from bilstm_exp.training import recording
+
+from bilstm_exp.analysis import reports
+
+from bilstm_exp.serving import model as serving
+from bilstm_exp.data import prepare as data_mod
+from bilstm_exp.config.schema import ExperimentConfig
+from bilstm_exp.errors import ConfigError
+from bilstm_exp.training.evaluation import evaluate
+from bilstm_exp.models.fast_lstm import pad_batches
+from bilstm_exp.tracking import store
+from bilstm_exp.tracking.callback import MLflowLogger
+from bilstm_exp.tracking.session import Session
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    metrics: dict[str, float]  # the final (non-per-epoch) metrics logged to MLflow
+    history: dict[str, list[float]]  # Keras History: per-epoch logs, incl. profiling keys
+    model_uri: str | None  # the logged pyfunc model
+    classifier: serving.TextClassifier | None  # the trained model, raw text in (None: a multi_worker non-chief)
+    prepared: data_mod.PreparedData
+    kept_offline: tuple[str, str] | None = None  # (URI, run id) of the offline store, if the server went down
+
+
+def configure_tensorflow(config: ExperimentConfig) -> None:
+    distribute.strategy(config)  # training.strategy: MultiWorkerMirroredStrategy must come before any TF op
+    keras.utils.set_random_seed(config.seed)
+    if config.training.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    keras.mixed_precision.set_global_policy("mixed_float16" if config.training.mixed_precision else "float32")
+
+
+def datasets(config: ExperimentConfig, prepared: data_mod.PreparedData) -> dict[str, tf.data.Dataset]:
+    """Train (shuffled), val and test pipelines with bucket boundaries from the training lengths."""
+    cfg = config.data
+    lengths = np.array([len(s) for s in prepared.splits["train"]])
+    bounds = data_mod.bucket_boundaries(lengths, cfg.num_buckets) if cfg.padding == "bucket" else None
+    return distribute.shard(config, {  # multi_worker: this worker's batches, as many as every other worker's
+        name: data_mod.make_dataset(prepared.splits[name], prepared.labels[name], distribute.replica_batch_size(config),
+                                    padding=cfg.padding, max_length=cfg.max_length, boundaries=bounds,
+                                    shuffle=name == "train", seed=config.seed)
+        for name in ("train", "val", "test")
+    })
+
+
+def compile_model(config: ExperimentConfig, prepared: data_mod.PreparedData, steps_per_epoch: int,
+                  model: keras.Model | None = None, vectors: embeddings.Vectors | None = None) -> keras.Model:
+    """Compile ``model`` (default: the configured architecture, freshly built, its embedding started from
+    ``vectors`` or else from model.pretrained_embeddings) with the configured optimizer, loss and metrics:
+    binary cross-entropy with accuracy and AUC for two classes, sparse categorical cross-entropy with
+    accuracy for more."""
+    if model is None:
+        vectors = vectors or embeddings.for_vocabulary(config.model, prepared.vocab, seed=config.seed)
+        model = models.build(config.model, len(prepared.vocab), prepared.num_classes, embedding_matrix=vectors.matrix)
+    optimizer = optim.build(config.optimizer, config.clipping, steps_per_epoch, config.training.epochs)
+    if prepared.num_classes == 2:
+        loss, metrics = "binary_crossentropy", [keras.metrics.BinaryAccuracy(name="accuracy"),
+                                                keras.metrics.AUC(name="auc")]
+    else:
+        loss, metrics = "sparse_categorical_crossentropy", [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+    model.compile(optimizer=optimizer, loss=loss, metrics=metrics,
+                  steps_per_execution=config.training.steps_per_execution)
+    fast_cpu = (config.model.kernel == "fast" and not config.training.mixed_precision
+                and not tf.config.list_physical_devices("GPU") and not distribute.active(config))
+    if isinstance(model, models.TelemetryModel):  # model.kernel=fast on a CPU: one XLA launch per update
+        model.xla_optimizer_step = fast_cpu
+    # one XLA compile per bucket length, not per batch size (fast_lstm's docstring)
+    pad_batches(model, config.training.batch_size if fast_cpu else None)
+    return model
+
+
+class AttentionProbe(keras.callbacks.Callback):
+    """Adds ``attention/entropy`` (mean entropy in nats of the attention over real tokens, on a
+    fixed validation batch) to each epoch's logs: low values mean sharply focused attention."""
+
+    def __init__(self, token_ids: np.ndarray):
+        super().__init__()
+        self.token_ids = token_ids
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        weights = np.asarray(models.attention_model(self.model).predict_on_batch(self.token_ids))
+        if logs is not None:
+            logs["attention/entropy"] = reports.entropy(weights, self.token_ids != data_mod.PAD_ID)
+
+
+def run(config: ExperimentConfig, *, root: Path, overrides: list[str] | None = None,
+        prepared: data_mod.PreparedData | None = None, parent_run_id: str | None = None,
+        extra_tags: dict[str, str] | None = None) -> RunResult:
+    """Train and evaluate one configuration and record it as one MLflow run.
+
+    The store is checked before any data is prepared, so a down server fails fast.
+    ``prepared`` skips data preparation (the DVC train stage passes what `prepare` wrote);
+    ``parent_run_id`` nests the run under a sweep's parent run.
+    """
+    if not distribute.is_chief(config):  # training.strategy=multi_worker (TF_CONFIG checked here): a worker
+        return _train_worker(config, prepared)  # trains its shard and records nothing; the chief records
+    start = time.perf_counter()
+    prepared = prepared or data_mod.prepare(config.data)  # bad data fails here, before any experiment or run
+    prepare_s = prepared.prepare_s if prepared.prepare_s is not None else time.perf_counter() - start
+    experiment_id = store.setup(config.tracking, root)
+    checkpointer = checkpoints.for_config(config, root)  # training.resume: fails here, before training
+    overrides = overrides or []
+    checkpointer.check_data(prepared.md5())
+    # model.pretrained_embeddings: the vectors for this vocabulary; an unreadable file fails before a run exists
+    vectors = embeddings.for_vocabulary(config.model, prepared.vocab, prepared.splits["train"], seed=config.seed)
+
+    with Session.start(experiment_id, run_name=_run_name(config), tags=_tags(config, overrides, extra_tags),
+                       parent_run_id=parent_run_id, run_id=checkpointer.run_id) as session, \
+            tempfile.TemporaryDirectory(prefix="bilstm-exp-") as tmp:
+        folder = Path(tmp)
+        checkpointer.bind(session.run_id)
+        if checkpointer.resuming:
+            session.log_tags({"resumed_from_epoch": str(checkpointer.initial_epoch)})
+        else:
+            session.resilient(lambda: recording.header(session, config, overrides, prepared, folder))
+
+        configure_tensorflow(config)
+        pipelines = datasets(config, prepared)
+        padding = data_mod.padding_stats(pipelines["train"])
+        start = time.perf_counter()
+        with distribute.scope(config):
+            model = compile_model(config, prepared, padding.batches, vectors=vectors)
+        build_s = time.perf_counter() - start
+        session.log_params({"derived.trainable_params": int(model.count_params())})
+
+        profiler = profiling.EpochProfiler(len(prepared.labels["train"]), padding.real_tokens)
+        history = _fit(config, model, pipelines, prepared, profiler, session, checkpointer, folder)
+
+        classifier = serving.TextClassifier().setup(models.inference_model(model), prepared.vocab, {
+            "class_names": prepared.class_names, "max_length": prepared.max_length,
+            "truncating": prepared.truncating})
+        evaluation = evaluate(classifier, prepared)
+        kept = _log_kept_weights(config, session, classifier, prepared, history)  # final val/*, best/epoch
+        skipped = {"data/skipped_rows": prepared.stats["skipped_rows"]} if "skipped_rows" in prepared.stats else {}
+        metrics = {**evaluation.metrics, **skipped, "time/data_prepare_s": prepare_s, "time/model_build_s": build_s,
+                   "data/padding_fraction": padding.fraction, **vectors.metrics,  # embedding/oov_fraction
+                   **_cost_metrics(config, model, prepared, profiler, classifier, history)}
+        session.log_metrics(metrics)
+        metrics.update(kept)
+        session.settle()  # a server down since some epoch: deliver what is buffered, or continue offline
+        model_uri = session.resilient(lambda: recording.results(session, config, classifier, prepared, evaluation,
+                                                                history, metrics, folder))
+    checkpointer.delete()  # the run is FINISHED: nothing left to resume
+    kept_offline = (session.offline_uri, session.offline_run_id) if session.offline_uri else None  # set by its end
+    return RunResult(session.run_id, metrics, history, model_uri, classifier, prepared, kept_offline)
+
+
+def _fit(config: ExperimentConfig, model: keras.Model, pipelines: dict[str, tf.data.Dataset],
+         prepared: data_mod.PreparedData, profiler: profiling.EpochProfiler, session: Session,
+         checkpointer: checkpoints.Checkpointer, folder: Path) -> dict[str, list[float]]:
+    """``model.fit`` from the checkpointed epoch on; returns every epoch's logs (resumed ones included)."""
+    checkpointer.restore(model)  # resuming: weights and optimizer state of the last finished epoch
+    if not checkpointer.fit_done:
+        callbacks: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN(), profiler]
+        if recording.has_attention(model) and config.training.strategy != "multi_worker":  # chief-only collectives
+            callbacks.append(AttentionProbe(serving.pad_right(prepared.splits["val"][:64])))
+        stopping = _stopping(config, prepared)
+        callbacks += [stopping] if stopping else []
+        # last: log the epoch (with what the callbacks before added) and checkpoint it, signals held meanwhile
+        callbacks += checkpointer.callbacks(MLflowLogger(session), stopping)
+        callbacks += profiling.trace_callbacks(config.profiling, folder / "profile")
+        if config.training.strategy == "multi_worker":  # saving alone would wait in a collective for the workers
+            checkpointer.save = lambda *args, **kwargs: None  # the epochs' logs are still kept (history)
+        train, val = distribute.fit_inputs(config, model, pipelines)
+        with distribute.fitting(config):  # multi_worker: a dead peer ends the run FAILED (worker_lost)
+            model.fit(train, validation_data=val, epochs=config.training.epochs,
+                      initial_epoch=checkpointer.initial_epoch, callbacks=callbacks, shuffle=False,
+                      verbose=_verbose(config.training.verbose))
+        if stopping is not None and stopping.stopped_epoch > 0 and config.training.early_stopping.enabled:
+            from bilstm_exp.training import summary
+
+            print(summary.early_stop_line(stopping.stopped_epoch, stopping.best_epoch, stopping.wait,
+                                          config.training.monitor, config.training.restore_best_weights), flush=True)
+    history = checkpointer.history
+    if any(not np.isfinite(v) for v in history.get("loss", [])):
+        checkpointer.delete()  # resuming would diverge again
+        raise NonFiniteLoss("training loss became NaN or infinite; lower optimizer.learning_rate "
+                            "or enable clipping, e.g. clipping=global_norm")
+    return history
+
+
+def _stopping(config: ExperimentConfig, prepared: data_mod.PreparedData) -> keras.callbacks.EarlyStopping | None:
+    """Early stopping on ``training.monitor``; it also keeps the best epoch's weights (restored at the
+    end of ``fit``), with a patience no run reaches when early stopping is disabled."""
+    training = config.training
+    if training.monitor == "val/auc" and prepared.num_classes != 2:
+        raise ConfigError(f"training.monitor: val/auc needs two classes, the data has {prepared.num_classes}. "
+                          "Fix: training.monitor=val/loss or training.monitor=val/accuracy")
+    if not (training.early_stopping.enabled or training.restore_best_weights):
+        return None
+    patience = training.early_stopping.patience if training.early_stopping.enabled else training.epochs + 1
+    return keras.callbacks.EarlyStopping(monitor=keras_key(training.monitor), mode=training.monitor_mode,
+                                         patience=patience, restore_best_weights=training.restore_best_weights)
+
+
+def keras_key(metric: str) -> str:
+    """val/loss -> val_loss: the Keras log key of an MLflow metric name."""
+    return metric.replace("/", "_", 1)
+
+
+def best_epoch(config: ExperimentConfig, history: dict[str, list[float]]) -> int | None:
+    """The 0-based epoch with the best ``training.monitor`` (the first of ties, as early stopping picks)."""
+    values = np.asarray(history.get(keras_key(config.training.monitor), []), dtype=float)
+    if not len(values) or not np.isfinite(values).any():
+        return None
+    values = np.where(np.isfinite(values), values, np.inf if config.training.monitor_mode == "min" else -np.inf)
+    return int(np.argmin(values) if config.training.monitor_mode == "min" else np.argmax(values))
+
+
+def _log_kept_weights(config: ExperimentConfig, session: Session, classifier: serving.TextClassifier,
+                      prepared: data_mod.PreparedData, history: dict[str, list[float]]) -> dict[str, float]:
+    """Evaluate the weights the run keeps (the best epoch's, restored) on the validation split and log
+    them as the last step of ``val/*`` (step = epochs trained, one past the last epoch), so each
+    ``val/*`` metric's latest value, and the registry's ``metric.val/*`` tags, describe the saved model.
+    Also logs ``best/epoch`` (0-based, as the epoch steps)."""
+    kept = evaluate(classifier, prepared, split="val").metrics
+    best = best_epoch(config, history)
+    if best is not None:
+        kept["best/epoch"] = best
+    session.log_metrics(kept, step=len(history.get("loss", [])))
+    return kept
+
+
+def _train_worker(config: ExperimentConfig, prepared: data_mod.PreparedData | None) -> RunResult:
+    """A non-chief multi_worker task: the chief's data, model and steps (every collective matched), no
+    MLflow, checkpoints or evaluation: it writes nothing (bilstm_exp.training.distribute)."""
+    prepared = prepared or data_mod.prepare(config.data)
+    configure_tensorflow(config)
+    pipelines = datasets(config, prepared)
+    with distribute.scope(config):
+        model = compile_model(config, prepared, len(pipelines["train"]))
+    stopping = _stopping(config, prepared)  # the chief's too, on the same (all-reduced) metrics
+    train, val = distribute.fit_inputs(config, model, pipelines)
+    with distribute.fitting(config):
+        fitted = model.fit(train, validation_data=val, epochs=config.training.epochs, shuffle=False,
+                           callbacks=[keras.callbacks.TerminateOnNaN()] + ([stopping] if stopping else []),
+                           verbose=_verbose(config.training.verbose))
+    return RunResult("", {}, fitted.history, None, None, prepared)
+
+
+def _cost_metrics(config: ExperimentConfig, model: keras.Model, prepared: data_mod.PreparedData,
+                  profiler: profiling.EpochProfiler, classifier: serving.TextClassifier,
+                  history: dict[str, list[float]]) -> dict[str, float]:
+    """Size, compile overhead, latency, FLOPs, throughput and memory of the trained model."""
+    metrics = {"model/params": int(model.count_params()), "model/size_mb": profiling.model_size_mb(model),
+               "epochs_trained": len(history["loss"])}
+    overhead = profiler.first_epoch_overhead_s()
+    if overhead is not None:
+        metrics["time/first_epoch_overhead_s"] = overhead
+    if config.profiling.latency_samples:
+        texts = prepared.texts["test"][: config.profiling.latency_samples]
+        metrics.update(profiling.latency(lambda text: classifier.probabilities([text]), texts))
+    # compute/* (FLOPs, achieved GFLOP/s, peak fraction) and throughput/predict_samples_per_s
+    metrics.update(profiling.cost_metrics(config.model, prepared, history, classifier.probabilities))
+    metrics["memory/peak_rss_mb"] = profiling.peak_rss_mb()
+    return metrics
+
+
+def _run_name(config: ExperimentConfig) -> str:
+    return f"{config.model.name}-{config.optimizer.name}-clip_{config.clipping.name}"
+
+
+def _tags(config: ExperimentConfig, overrides: list[str], extra: dict[str, str] | None) -> dict[str, str]:
+    return {**(extra or {}), "architecture": config.model.name, "hydra_overrides": " ".join(overrides),
+            "mlflow.note.content": f"{config.model.name} on {config.data.name} data, "
+                                   f"{config.optimizer.name}, clipping={config.clipping.name}"}
+
+
+class NonFiniteLoss(RuntimeError):
+    failure_reason = "non_finite_loss"
+
+
+def _verbose(value: str) -> int:
+    """auto: a progress bar on a terminal, one line per epoch in logs and CI."""
+    if value == "auto":
+        return 1 if sys.stdout.isatty() else 2
+    return int(value)
