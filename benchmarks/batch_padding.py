@@ -20,12 +20,11 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from bilstm_exp.data import prepare as data  # noqa: E402
-
-from bilstm_exp.training import runner as training
 from bilstm_exp.config.compose import compose  # noqa: E402
 from bilstm_exp.config.schema import validate  # noqa: E402
+from bilstm_exp.data import prepare as data  # noqa: E402
 from bilstm_exp.models.fast_lstm import pad_batches  # noqa: E402
+from bilstm_exp.training import runner as training
 from bilstm_exp.training.profiling import machine  # noqa: E402
 
 HERE = Path(__file__).resolve().parent

@@ -15,15 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from bilstm_exp.data import prepare as data
-
-from bilstm_exp.models import build as models
-
-from bilstm_exp.serving import model as serving
-
-from bilstm_exp.training import runner as training
 from bilstm_exp.cli.main import compose
 from bilstm_exp.config.schema import validate
+from bilstm_exp.data import prepare as data
+from bilstm_exp.models import build as models
+from bilstm_exp.serving import model as serving
+from bilstm_exp.training import runner as training
 
 OUT = Path(__file__).with_name("direction_gain.md")
 

@@ -29,17 +29,13 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from bilstm_exp.data import prepare as data  # noqa: E402
-
-from bilstm_exp.models import embeddings
-
-from bilstm_exp.models import build as models
-
-from bilstm_exp.serving import model as serving
-
-from bilstm_exp.training import runner as training
 from bilstm_exp.config.compose import compose  # noqa: E402
 from bilstm_exp.config.schema import validate  # noqa: E402
+from bilstm_exp.data import prepare as data  # noqa: E402
+from bilstm_exp.models import build as models
+from bilstm_exp.models import embeddings
+from bilstm_exp.serving import model as serving
+from bilstm_exp.training import runner as training
 from bilstm_exp.training.evaluation import evaluate  # noqa: E402
 
 VARIANTS = {  # name -> model overrides on top of the base config

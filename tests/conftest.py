@@ -125,9 +125,9 @@ class Trained:
 def trained(tmp_path_factory) -> Trained:
     import mlflow
 
-    from bilstm_exp.training import runner as training
     from bilstm_exp.config.compose import compose
     from bilstm_exp.config.schema import validate
+    from bilstm_exp.training import runner as training
 
     folder = tmp_path_factory.mktemp("trained")
     common = ["training.epochs=2", "training.early_stopping.enabled=false"]

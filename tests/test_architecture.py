@@ -32,7 +32,8 @@ LAYERS = [
     {"stages.pipeline", "analysis.compare", "analysis.bench"},
     {"cli.main", "__main__"},
 ]
-PACKAGES = {"__init__", "config", "data", "models", "training", "tracking", "analysis", "serving", "team", "stages", "cli"}
+PACKAGES = {"__init__", "config", "data", "models", "training", "tracking", "analysis", "serving", "team", "stages",
+            "cli"}
 
 
 def module_name(path: Path) -> str:
@@ -139,7 +140,28 @@ def test_light_commands_do_not_import_tensorflow(code):
 @pytest.mark.parametrize("argv", [["--help"], ["sync", "--help"], ["runs", "--help"], ["compare", "--bogus"]])
 def test_help_and_usage_errors_do_not_import_mlflow(argv):
     """MLflow takes about a second to import: `bilstm-exp --help` and a mistyped option answer without it."""
-    script = (f"import sys\nfrom bilstm_exp.cli.main import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+    script = (f"import sys\nfrom bilstm_exp.cli.main import main\n"
+              f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
               "print('HEAVY', sorted(m for m in ('mlflow', 'tensorflow') if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert "HEAVY []" in out.stdout, out.stdout[-500:] + out.stderr[-2000:]
+
+
+MAX_MODULE_LINES = 400
+MAX_FUNCTION_LINES = 50
+
+
+def test_modules_and_functions_stay_short_enough_to_read():
+    """No module over 400 lines, no function over 50 (docstring included): a newcomer reads each in one go."""
+    long_modules, long_functions = [], []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        name = module_name(path)
+        if text.count("\n") > MAX_MODULE_LINES:
+            long_modules.append(f"{name}: {text.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    long_functions.append(f"{name}.{node.name}: {length} lines")
+    assert (long_modules, long_functions) == ([], [])

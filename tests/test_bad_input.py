@@ -89,10 +89,10 @@ def _checkpoint(folder: Path, run_id: str, args: list[str], weights: bytes | Non
     with ``changes`` in its config and ``weights`` (default: a readable HDF5 file) as its weights."""
     import h5py
 
-    from bilstm_exp.training import checkpoints
     from bilstm_exp.config.compose import compose
     from bilstm_exp.config.schema import flatten, to_dict, validate
     from bilstm_exp.tracking.store import is_secret
+    from bilstm_exp.training import checkpoints
 
     flat = {k: v for k, v in flatten(to_dict(validate(compose(args)))).items() if not is_secret(k, v)}
     config = checkpoints.Checkpointer.open(folder, flat, False, None).config
@@ -276,7 +276,8 @@ CASES = [
     Case("predict-corrupt-store", ["predict", "fine"], "is not a usable sqlite database", "Fix: move mlflow.db aside",
          module="bilstm_exp.cli.main", files={"mlflow.db": b"\x00garbage" * 100}, keeps=("mlflow.db",)),
     Case("compare-corrupt-store", ["compare"], "is not a usable sqlite database", "Fix:",
-         module="bilstm_exp.cli.main", files={"mlflow.db": b"SQLite format 3\x00" + b"\xff" * 200}, keeps=("mlflow.db",)),
+         module="bilstm_exp.cli.main", files={"mlflow.db": b"SQLite format 3\x00" + b"\xff" * 200},
+         keeps=("mlflow.db",)),
     Case("sqlite-uri-is-a-folder", tiny("basic", "tracking.tracking_uri=sqlite:///stores"), "is a folder, not a sqlite",
          "Fix:", files={"stores/readme.txt": "a folder"}),
     Case("compose-params-credentials", ["compose-params", f"tracking.tracking_uri={WITH_PASSWORD}"],

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from bilstm_exp.data import prepare as data
 from bilstm_exp.config.compose import compose
 from bilstm_exp.config.schema import validate
+from bilstm_exp.data import prepare as data
 from bilstm_exp.errors import DataError
 
 

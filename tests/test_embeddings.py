@@ -13,12 +13,11 @@ import numpy as np
 import pytest
 
 from bilstm_exp.cli import main as cli
-
-from bilstm_exp.models import embeddings
 from bilstm_exp.config.compose import CONF_DIR, compose
 from bilstm_exp.config.schema import validate
 from bilstm_exp.data.prepare import Vocabulary, tokenize
 from bilstm_exp.errors import ConfigError, DataError
+from bilstm_exp.models import embeddings
 from tests.conftest import ROOT, tiny
 
 WORDS = {"great": [0.5, 0.25, -1.0, 2.0], "awful": [-0.5, 1.5, 0.0, 0.125], "plot": [1.0, -2.0, 0.5, 0.75],
@@ -100,7 +99,6 @@ def test_frozen_pretrained_embeddings_stay_unchanged_and_coverage_is_logged(tmp_
     from mlflow.tracking import MlflowClient
 
     from bilstm_exp.data import prepare as data
-
     from bilstm_exp.training import runner as training
 
     cues = data._POSITIVE + data._NEGATIVE

@@ -9,17 +9,12 @@ import keras
 import numpy as np
 import pytest
 
-from bilstm_exp.models import architectures
-
-from bilstm_exp.data import prepare as data
-
-from bilstm_exp.models import build as models
-
-from bilstm_exp.models import optim
-
-from bilstm_exp.training import profiling
 from bilstm_exp.config.compose import CONF_DIR, compose
 from bilstm_exp.config.schema import CLIPPING_MODES, SCHEMAS, ModelConfig, validate
+from bilstm_exp.data import prepare as data
+from bilstm_exp.models import architectures, optim
+from bilstm_exp.models import build as models
+from bilstm_exp.training import profiling
 from tests.conftest import tiny
 
 ARCHITECTURES = ["basic", "attention", "stacked", "unidirectional"]
@@ -65,8 +60,8 @@ def test_bidirectional_doubles_features_and_merge_modes_apply():
 def test_training_pads_every_fast_lstm_batch_to_the_batch_size(architecture, layers):
     """model.kernel=fast on a CPU: each FastLSTM runs its loops on batches padded to training.batch_size
     (one XLA compile per bucket length, tests/test_fast_lstm.py); Keras's kernel has nothing to pad."""
-    from bilstm_exp.training import runner as training
     from bilstm_exp.models.fast_lstm import FastLSTM, pad_batches
+    from bilstm_exp.training import runner as training
 
     config = validate(compose(tiny(architecture, "model.kernel=fast", "training.batch_size=12")))
     prepared = data.prepare(config.data)

@@ -475,9 +475,9 @@ def test_compose_params_keeps_a_conf_file_interpolation_out_of_params_yaml(tmp_p
 
     import yaml
 
-    from bilstm_exp.stages import pipeline
     from bilstm_exp.config.compose import compose
     from bilstm_exp.config.schema import validate
+    from bilstm_exp.stages import pipeline
     from bilstm_exp.tracking import store
     from tests.conftest import ROOT
 

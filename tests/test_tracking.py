@@ -11,15 +11,14 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from bilstm_exp.tracking import lineage as context
-
-from bilstm_exp.training import runner as training
 from bilstm_exp.cli.main import compose
 from bilstm_exp.config.schema import validate
-from bilstm_exp.tracking import store
+from bilstm_exp.tracking import lineage as context
 from bilstm_exp.tracking import model_registry as registry
+from bilstm_exp.tracking import store
 from bilstm_exp.tracking.callback import MLflowLogger, metric_name
 from bilstm_exp.tracking.session import Session
+from bilstm_exp.training import runner as training
 from tests.conftest import ROOT, epoch_steps, tiny
 
 slow = pytest.mark.slow

@@ -16,12 +16,11 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from bilstm_exp.training import crossval
-
-from bilstm_exp.training import runner as training
 from bilstm_exp.config.compose import compose
 from bilstm_exp.config.schema import validate
 from bilstm_exp.tracking import model_registry as registry
+from bilstm_exp.training import crossval
+from bilstm_exp.training import runner as training
 from tests.conftest import run_module, tiny
 
 NAME = "bilstm-sentiment"
@@ -129,7 +128,8 @@ def test_champion_refuses_runs_on_other_data_until_promoted_by_hand(runs):
 
     for args, message in ((["--model", NAME, "--version", "99"], "no version 99"),
                           (["--model", "no-such-model", "--version", "1"], "no registered model 'no-such-model'")):
-        refused = run_module(["promote", *args, "--reason", "x"], runs.folder, module="bilstm_exp.cli.main", timeout=120)
+        refused = run_module(["promote", *args, "--reason", "x"], runs.folder, module="bilstm_exp.cli.main",
+                             timeout=120)
         assert refused.returncode == 2 and message in refused.stderr and "Fix:" in refused.stderr, refused.stderr
         assert "Traceback" not in refused.stderr
     assert client.get_model_version_by_alias(NAME, "champion").run_id == runs.b.run_id

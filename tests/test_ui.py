@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from bilstm_exp.training import runner as training
 from bilstm_exp.cli.main import compose
 from bilstm_exp.config.schema import validate
+from bilstm_exp.training import runner as training
 from tests.conftest import ROOT, tiny
 
 pytestmark = pytest.mark.slow

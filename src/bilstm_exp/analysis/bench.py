@@ -165,11 +165,11 @@ class Bench:
         import mlflow
 
         from bilstm_exp.data import prepare as data_mod
-        from bilstm_exp.training import profiling
-        from bilstm_exp.training import runner as training
         from bilstm_exp.tracking import store
         from bilstm_exp.tracking.callback import MLflowLogger
         from bilstm_exp.tracking.session import Session
+        from bilstm_exp.training import profiling
+        from bilstm_exp.training import runner as training
 
         self.keras, self.mlflow = keras, mlflow
         self.data_mod, self.profiling, self.training = data_mod, profiling, training

@@ -44,15 +44,19 @@ def interrupted(run_id: str | None, root: Path | None = None) -> str:
 
 def train(config: ExperimentConfig, overrides: list[str], **run_kwargs):
     """One run, or with data.folds a cross-validation (a parent run and one child per fold)."""
-    from bilstm_exp.training import distribute  # no TensorFlow: the first line, a down server and bad data
-    from bilstm_exp.training import summary
+    from bilstm_exp.training import (
+        distribute,  # no TensorFlow: the first line, a down server and bad data
+        summary,
+    )
     # answer in seconds
 
     with exit_on_user_error(interrupted=INTERRUPTED):
         chief = distribute.is_chief(config)  # a bad TF_CONFIG stops here, before the store is touched
         if chief and not config.data.folds and "prepared" not in run_kwargs:
             run_kwargs["prepared"] = summary.start(config, Path.cwd())  # before any experiment or run exists
-    from bilstm_exp.training import runner as training  # imports TensorFlow: only after the config and the data are valid
+    from bilstm_exp.training import (
+        runner as training,  # imports TensorFlow: only after the config and the data are valid
+    )
 
     with exit_on_user_error(interrupted=INTERRUPTED):
         try:
@@ -166,9 +170,8 @@ def _promote_command(args: argparse.Namespace) -> None:
     import getpass
     import os
 
-    from bilstm_exp.tracking import store
-
     from bilstm_exp.tracking import model_registry as registry
+    from bilstm_exp.tracking import store
 
     client = store.open_store(store.existing_store(args.tracking_uri), write=True)
     user = os.environ.get("MLFLOW_TRACKING_USERNAME") or getpass.getuser()
@@ -193,13 +196,11 @@ def read_texts(path: Path) -> list[str]:
 
 
 def parser() -> argparse.ArgumentParser:
-    from bilstm_exp.analysis import bench
-    from bilstm_exp.analysis import compare
+    from bilstm_exp.analysis import bench, compare
     from bilstm_exp.models import embeddings
-    from bilstm_exp.tracking import offline
     from bilstm_exp.stages import pipeline
-    from bilstm_exp.tracking import runs
     from bilstm_exp.team import server
+    from bilstm_exp.tracking import offline, runs
 
     top = argparse.ArgumentParser(prog="bilstm-exp", description=__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)

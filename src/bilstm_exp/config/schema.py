@@ -33,8 +33,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
-from bilstm_exp.tracking import redaction
 from bilstm_exp.errors import ConfigError
+from bilstm_exp.tracking import redaction
 
 
 def _check(ok: bool, key: str, problem: str, fix: str) -> None:

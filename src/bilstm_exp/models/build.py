@@ -20,8 +20,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from bilstm_exp.models import architectures
 from bilstm_exp.config.schema import ModelConfig
+from bilstm_exp.models import architectures
 from bilstm_exp.models.fast_lstm import recurrent_layer, xla_apply
 
 try:  # Keras's own train_step undoes the per-replica loss scaling the same way

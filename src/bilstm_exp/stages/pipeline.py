@@ -93,8 +93,8 @@ def compose(root: Path, overrides: list[str]) -> str:
     the git-tracked params.yaml never holds an environment value (bilstm_exp.tracking.redaction)."""
     from omegaconf import ListConfig, OmegaConf
 
-    from bilstm_exp.tracking import redaction
     from bilstm_exp.config.compose import compose as hydra_compose
+    from bilstm_exp.tracking import redaction
 
     cfg = hydra_compose(overrides, conf_dir=root / CONF)
     from_env = redaction.references(cfg)
@@ -110,8 +110,8 @@ def compose_params(root: Path, overrides: list[str]) -> Path:
     body = compose(root, overrides)
     params = yaml.safe_load(body)
     validate(params)
-    from bilstm_exp.tracking import redaction
     from bilstm_exp.config.schema import flatten
+    from bilstm_exp.tracking import redaction
 
     leaked = redaction.credential_keys(flatten(params))
     if leaked:
@@ -294,8 +294,8 @@ def train_stage(config: ExperimentConfig) -> None:
                           "cross-validation with `python -m bilstm_exp data.folds=K`, and set data.folds=null here")
     prepared = _load_prepared()  # before TensorFlow is imported: a missing input fails in a second
 
-    from bilstm_exp.training import runner as training
     from bilstm_exp.tracking.callback import metric_name
+    from bilstm_exp.training import runner as training
 
     root = _tracking_root()
     result = training.run(config, root=root, prepared=prepared, extra_tags=dvc_tags("train"))
@@ -329,8 +329,8 @@ def evaluate_stage(config: ExperimentConfig) -> None:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from bilstm_exp.training.evaluation import detailed
     from bilstm_exp.tracking import store
+    from bilstm_exp.training.evaluation import detailed
 
     train_metrics = TRAIN_REPORTS / "metrics.json"
     if not train_metrics.is_file():

@@ -50,10 +50,9 @@ import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from bilstm_exp.tracking import offline
 from bilstm_exp.errors import TrackingError
-from bilstm_exp.tracking import store
 from bilstm_exp.tracking import model_registry as registry
+from bilstm_exp.tracking import offline, store
 from bilstm_exp.tracking.store import HEARTBEAT_TAG, HOST_TAG, PID_TAG
 
 RETRY_INTERVAL_S = 10.0  # while the server is down, buffered logging is retried at most this often

@@ -29,12 +29,12 @@ import mlflow
 import numpy as np
 from mlflow.tracking import MlflowClient
 
+from bilstm_exp.config.schema import ExperimentConfig, flatten, to_dict
 from bilstm_exp.data import prepare as data_mod
+from bilstm_exp.tracking import model_registry as registry
+from bilstm_exp.tracking import store
 from bilstm_exp.training import recording
 from bilstm_exp.training import runner as training
-from bilstm_exp.config.schema import ExperimentConfig, flatten, to_dict
-from bilstm_exp.tracking import store
-from bilstm_exp.tracking import model_registry as registry
 
 ROLE_TAG = "cv.role"  # parent or fold
 FOLD_TAG = "fold"  # the fold index (0-based) of a fold run

@@ -17,19 +17,16 @@ import mlflow
 import numpy as np
 import yaml
 
-from bilstm_exp.training import checkpoints
-
-from bilstm_exp.models import build as models
-
 from bilstm_exp.analysis import reports
-
-from bilstm_exp.serving import model as serving
-from bilstm_exp.data import prepare as data_mod
 from bilstm_exp.config.schema import ExperimentConfig, flatten, to_dict
-from bilstm_exp.training.evaluation import Evaluation
-from bilstm_exp.tracking import store
+from bilstm_exp.data import prepare as data_mod
+from bilstm_exp.models import build as models
+from bilstm_exp.serving import model as serving
 from bilstm_exp.tracking import model_registry as registry
+from bilstm_exp.tracking import store
 from bilstm_exp.tracking.session import Session
+from bilstm_exp.training import checkpoints
+from bilstm_exp.training.evaluation import Evaluation
 
 
 def header(session: Session, config: ExperimentConfig, overrides: list[str], prepared: data_mod.PreparedData,

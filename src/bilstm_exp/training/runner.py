@@ -16,31 +16,19 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from bilstm_exp.training import checkpoints
-
-from bilstm_exp.training import distribute
-
-from bilstm_exp.models import embeddings
-
-from bilstm_exp.models import build as models
-
-from bilstm_exp.models import optim
-
-from bilstm_exp.training import profiling
-
-from bilstm_exp.training import recording
-
 from bilstm_exp.analysis import reports
-
-from bilstm_exp.serving import model as serving
-from bilstm_exp.data import prepare as data_mod
 from bilstm_exp.config.schema import ExperimentConfig
+from bilstm_exp.data import prepare as data_mod
 from bilstm_exp.errors import ConfigError
-from bilstm_exp.training.evaluation import evaluate
+from bilstm_exp.models import build as models
+from bilstm_exp.models import embeddings, optim
 from bilstm_exp.models.fast_lstm import pad_batches
+from bilstm_exp.serving import model as serving
 from bilstm_exp.tracking import store
 from bilstm_exp.tracking.callback import MLflowLogger
 from bilstm_exp.tracking.session import Session
+from bilstm_exp.training import checkpoints, distribute, profiling, recording
+from bilstm_exp.training.evaluation import evaluate
 
 
 @dataclass

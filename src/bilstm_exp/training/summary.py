@@ -60,8 +60,8 @@ def start(config: ExperimentConfig, root: Path):
     bad data exits in about a second without creating an experiment or a run; with training.resume,
     the checkpoint to resume (a missing, unreadable or mismatched one fails here too). Returns PreparedData."""
     from bilstm_exp import quiet
-    from bilstm_exp.training import checkpoints
     from bilstm_exp.data import prepare as data
+    from bilstm_exp.training import checkpoints
 
     quiet.setup(config.training.log_level)
     announce(config, root)

@@ -136,8 +136,8 @@ def parent_to_resume(client, experiment_id: str, experiment_name: str, sweep_ove
     """The newest parent run in the experiment with these sweep overrides, to reopen; a refusal
     (UserError) when there is none, it FINISHED, or it (or one of its jobs) may still be running.
     A run left RUNNING by a process of this host that is gone (``kill -9``) is closed KILLED first."""
-    from bilstm_exp.tracking import runs
     from bilstm_exp.errors import UserError
+    from bilstm_exp.tracking import runs
     from bilstm_exp.tracking.store import child_runs, redact_text
 
     parents = client.search_runs([experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = 'parent'",

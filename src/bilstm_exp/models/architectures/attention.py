@@ -6,8 +6,8 @@ weights back from the layer named ``attention``.
 
 from __future__ import annotations
 
-from bilstm_exp.models.architectures.registry import Flops, merged_width, recurrent_flops, register
 from bilstm_exp.config.schema import AttentionModelConfig
+from bilstm_exp.models.architectures.registry import Flops, merged_width, recurrent_flops, register
 
 
 def flops(cfg: AttentionModelConfig) -> Flops:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from bilstm_exp.models.architectures.registry import Flops, merged_width, recurrent_flops, register
 from bilstm_exp.config.schema import StackedModelConfig
+from bilstm_exp.models.architectures.registry import Flops, merged_width, recurrent_flops, register
 
 
 def flops(cfg: StackedModelConfig) -> Flops:

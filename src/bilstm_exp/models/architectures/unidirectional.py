@@ -3,8 +3,8 @@ direction buys."""
 
 from __future__ import annotations
 
-from bilstm_exp.models.architectures.registry import Flops, recurrent_flops, register
 from bilstm_exp.config.schema import UnidirectionalModelConfig
+from bilstm_exp.models.architectures.registry import Flops, recurrent_flops, register
 
 
 def flops(cfg: UnidirectionalModelConfig) -> Flops:
