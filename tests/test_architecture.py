@@ -25,7 +25,7 @@ LAYERS = [
     {"tracking.store"},
     {"tracking.model_registry", "tracking.offline", "tracking.runs"},
     {"tracking.session"},
-    {"tracking.callback", "serving.model", "analysis.reports", "team.server"},
+    {"tracking.callback", "serving.model", "analysis.reports", "team.common", "team.optuna_storage", "team.server"},
     {"training.checkpoints", "training.evaluation", "training.profiling", "training.distribute"},
     {"training.recording", "training.summary"},
     {"training.runner", "training.crossval", "training.sweep"},

@@ -249,7 +249,7 @@ def test_user_without_permission_cannot_write_and_gets_one_clear_line(team, tmp_
 def test_two_optuna_workers_share_one_study_and_submitit_launches_jobs(team, tmp_path):
     import optuna
 
-    from bilstm_exp.team.server import optuna_storage
+    from bilstm_exp.team.optuna_storage import optuna_storage
 
     client = admin_client(team)
     study = f"study-{uuid.uuid4().hex[:8]}"
