@@ -353,10 +353,11 @@ def child_runs(client: MlflowClient, parent_run_id: str) -> list:
                               filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=10000)
 
 
-def history(client: MlflowClient, run, metric: str) -> list[float]:
-    """The metric's values in step order (finite values only)."""
+def history(client: MlflowClient, run, metric: str, before_step: int | None = None) -> list[float]:
+    """The metric's values in step order (finite values only); with ``before_step``, only the steps before
+    it (training logs the kept weights' ``val/*`` one step past the last epoch)."""
     points = sorted(client.get_metric_history(run.info.run_id, metric), key=lambda m: (m.step, m.timestamp))
-    return [m.value for m in points if math.isfinite(m.value)]
+    return [m.value for m in points if math.isfinite(m.value) and (before_step is None or m.step < before_step)]
 
 
 def best_value(client: MlflowClient, run, metric: str, mode: str = "max") -> float | None:
