@@ -174,8 +174,34 @@ def unique_name(request) -> str:
     return f"{request.node.name.split('[')[0].replace('_', '-')}-{uuid.uuid4().hex[:8]}"
 
 
-# Shared fixtures each xdist worker may start for itself: cheaper than keeping their tests on one worker.
-PER_WORKER = {"mlflow_server", "one_matmul_peak"}
+# The expensive fixtures tests share, and where they are defined. Under pytest-xdist (`make test` runs
+# `-n auto --dist loadgroup`) the tests that use one (directly or through another fixture) go to one worker,
+# so the fixture is built once, not once per worker. A new session- or module-scoped fixture that trains,
+# starts a server or runs DVC belongs here (mlflow_server and one_matmul_peak are cheaper built per worker).
+SHARED_FIXTURES = {
+    "trained": "tests/conftest.py",
+    "outcomes": "tests/test_bad_input.py",
+    "client": "tests/test_compare.py",
+    "reproduced": "tests/test_dvc.py",
+    "run": "tests/test_first_hour.py",
+    "server_run": "tests/test_server.py",
+    "resumed_sweep": "tests/test_sweep.py",
+    "team": "tests/test_team_server.py",
+    "runs": "tests/test_trust.py",
+}
+
+
+def shared_fixture_groups(item) -> list[str]:
+    """The shared fixtures an item uses: a session fixture (conftest) by name, a module fixture only in its module."""
+    module = item.nodeid.split("::", 1)[0]
+    return sorted(name if where == "tests/conftest.py" else f"{module}::{name}"
+                  for name, where in SHARED_FIXTURES.items()
+                  if name in item.fixturenames and where in ("tests/conftest.py", module))
+
+
+def pytest_configure(config):
+    """xdist_group is pytest-xdist's mark: known even when a run leaves xdist out (`-p no:xdist`)."""
+    config.addinivalue_line("markers", "xdist_group(name): tests pytest-xdist's loadgroup keeps on one worker")
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's loadgroup reads the xdist_group marks
@@ -183,9 +209,8 @@ def pytest_collection_modifyitems(config, items):
     """Tests that read runs trained by a shared fixture (the session's `trained`, test_trust's `runs`)
     count as slow: `make test-fast` skips them (the full `make test` runs them).
 
-    Under pytest-xdist (`make test` runs `-n auto --dist loadgroup`), tests that share an expensive
-    session- or module-scoped fixture of this suite go to one worker (one xdist_group), so the fixture
-    is built once, not once per worker; every other test is scheduled on its own."""
+    Tests that share a fixture of SHARED_FIXTURES go to one xdist group; tests that share two join their
+    groups (test_serving's `store` is built from `trained`); every other test is scheduled on its own."""
     shared: dict[str, str] = {}  # union-find over "tests that share a fixture"
 
     def root(key: str) -> str:
@@ -195,15 +220,9 @@ def pytest_collection_modifyitems(config, items):
 
     groups = {}
     for item in items:
-        if {"trained", "runs"} & set(getattr(item, "fixturenames", ())):
+        if {"trained", "runs"} & set(item.fixturenames):
             item.add_marker(pytest.mark.slow)
-        info = getattr(item, "_fixtureinfo", None)
-        keys = []
-        for name, definitions in (info.name2fixturedefs.items() if info else ()):
-            fixture = definitions[-1]
-            if fixture.scope in ("session", "module") and name not in PER_WORKER \
-                    and str(getattr(fixture, "baseid", "")).startswith("tests"):
-                keys.append(name if fixture.scope == "session" else f"{item.module.__name__}::{name}")
+        keys = shared_fixture_groups(item)
         for key in keys[1:]:
             first, other = root(keys[0]), root(key)
             if first != other:  # a group is named after its session fixture, if it has one
@@ -211,7 +230,7 @@ def pytest_collection_modifyitems(config, items):
         if keys:
             groups[item] = keys[0]
     for item, key in groups.items():
-        item.add_marker(pytest.mark.xdist_group(root(key).rsplit(".", 1)[-1].replace("::", "-")))
+        item.add_marker(pytest.mark.xdist_group(root(key).rsplit("/", 1)[-1].replace("::", "-")))
 
 
 def pytest_collection_finish(session):

@@ -337,7 +337,7 @@ def outcomes():
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def test_there_are_at_least_thirty_cases_across_the_four_kinds():
+def test_the_table_has_at_least_eighty_distinct_cases_and_five_of_each_kind():
     assert len(CASES) >= 80 and len({c.id for c in CASES}) == len(CASES)
     data_files = [c for c in CASES if "data=file" in c.args]
     cli = [c for c in CASES if c.module == "bilstm_exp.cli.main"]

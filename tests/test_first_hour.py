@@ -16,8 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
-
 NOISE = ["absl::InitializeLog", "oneDNN custom operations", "oneDNN supports DT_BOOL", "UserWarning",
          "Add type hints", "CloudPickle", "Downloading artifacts", "Successfully registered model",
          "Created version", "retracing", "INFO mlflow", "XLA service", "cpu_feature_guard"]
@@ -232,8 +230,3 @@ def test_sweep_table_lists_every_job_with_its_varying_overrides_and_marks_the_be
     (marked,) = [row for row in rows if row.startswith("*")]
     assert f"{best.data.metrics['val/accuracy']:.4f}" in marked
     assert f"model={best.data.params['model.name']}" in marked
-
-
-def test_readme_examples_script_exists_and_lists_the_predict_example():
-    text = (ROOT / "scripts" / "readme_examples.py").read_text()
-    assert "bilstm-exp predict" in text or '"predict"' in text

@@ -555,8 +555,9 @@ def test_a_signal_during_logging_and_checkpointing_arrives_after_it():
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: calls.append("handled"))
     try:
         with held_signals():
-            threading.Thread(target=os.kill, args=(os.getpid(), signal.SIGTERM)).start()  # from another thread
-            time.sleep(0.3)
+            sender = threading.Thread(target=os.kill, args=(os.getpid(), signal.SIGTERM))  # from another thread
+            sender.start()
+            sender.join()  # the signal is pending now: an unheld handler runs at the main thread's next bytecode
             assert calls == []  # held back while the epoch is being logged and checkpointed
         assert calls == ["handled"]  # then handled once, by the handler in place before
     finally:
