@@ -17,9 +17,10 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "bilstm_exp"
 
 LAYERS = [
-    {"errors", "quiet", "tracking.redaction", "tracking.lineage"},
-    {"config.schema"},
-    {"config.compose", "data.prepare"},
+    {"errors", "quiet", "tracking.redaction", "tracking.lineage", "analysis.statistics",
+     "analysis.formatting", "extras", "plugins", "disk", "tracking.sqlite_file", "training.signals"},
+    {"config.schema", "data.vocabulary", "data.splits", "data.tables", "data.batching"},
+    {"config.compose", "data.sources", "data.prepare"},
     {"models.fast_lstm", "models.layers", "models.architectures", "models.architectures.registry",
      "models.embeddings", "models.build", "models.optim"},
     {"tracking.store"},

@@ -23,7 +23,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from bilstm_exp.config.compose import CONF_DIR, compose  # noqa: F401  (CONF_DIR, compose: also used by the tests)
+from bilstm_exp import extras
+from bilstm_exp.config.compose import compose, primary_config
 from bilstm_exp.config.schema import ExperimentConfig, validate
 from bilstm_exp.errors import ConfigError, exit_on_user_error, fail
 
@@ -123,6 +124,7 @@ def check_overrides(args: list[str]) -> None:
             defaults.update({str(k): str(v) for k, v in entry.items()})
     with exit_on_user_error():
         check_option_keys([a for a in args if "=" in a and not a.startswith("-")], defaults)
+        extras.check_overrides(args)  # hydra/launcher=submitit_local without the [cluster] extra: say which
 
 
 def _train_command(args: argparse.Namespace) -> None:

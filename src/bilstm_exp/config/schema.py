@@ -30,9 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
+from bilstm_exp import extras, plugins
 from bilstm_exp.errors import ConfigError
 from bilstm_exp.tracking import redaction
 
@@ -210,6 +211,7 @@ class ModelConfig:
                    "false freezes randomly initialised embeddings", "set model.pretrained_embeddings=PATH "
                    "(a word2vec or GloVe file) or leave model.embeddings_trainable=true")
             return
+        extras.require("gensim", "embeddings", "model.pretrained_embeddings")  # gensim reads the vectors
         _, dim = probe_vectors(self.pretrained_embeddings, self.pretrained_format)  # readable, before TensorFlow
         _check(dim == self.embedding_dim, "model.embedding_dim",
                f"is {self.embedding_dim} but the vectors in {self.pretrained_embeddings} have {dim} dimensions",
@@ -533,6 +535,12 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "profiling": {"standard": ProfilingConfig, "trace": ProfilingConfig},
 }
 SCHEMA_GROUP = "schema"  # conf/<group>/<option>.yaml extends /schema/<group>/<option> from the ConfigStore
+# top-level keys beside seed and the groups: a project's plugin modules (bilstm_exp.plugins), and the
+# installed package's version (``${bilstm_exp_version:}``: a param of a project's DVC train stage, so an
+# upgrade re-runs training; bilstm-exp init writes both)
+TOP_LEVEL = ("plugins", "bilstm_exp_version")
+PLUGIN_BASES = {"model": ModelConfig, "optimizer": OptimizerConfig, "data": DataConfig}  # groups open to plugins
+VERSION_RESOLVER = "bilstm_exp_version"
 
 
 RENAMED = {  # keys of earlier versions, and what replaced them
@@ -599,11 +607,17 @@ def register_schemas() -> None:
 
 
 def schema_digest() -> str:
-    """md5 of every registered default: changes whenever a default in this module does (for drift checks)."""
-    tree = {group: {option: schema_defaults(group, option) for option in options}
+    """md5 of every registered default: changes whenever a default in this module does (for drift checks).
+    A plugin's schema does not count: it is known only once a config naming it is validated."""
+    tree = {group: {option: schema_defaults(group, option) for option, schema in options.items()
+                    if schema.__module__ == __name__}
             for group, options in SCHEMAS.items()}
     return hashlib.md5(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()
 
+    from bilstm_exp import __version__
+
+    if not OmegaConf.has_resolver(VERSION_RESOLVER):
+        OmegaConf.register_new_resolver(VERSION_RESOLVER, lambda: __version__)
 
 def _schema_for(group: str, node: Any) -> type:
     options = SCHEMAS[group]
@@ -611,7 +625,7 @@ def _schema_for(group: str, node: Any) -> type:
         return next(iter(options.values()))
     name = node.get("name") if isinstance(node, DictConfig) else None
     _check(name in options, f"{group}.name", f"'{name}' is not one of {', '.join(options)}",
-           f"choose an option, e.g. {group}={next(iter(options))}")
+           f"choose an option, e.g. {group}={next(iter(options))}{plugin}")
     return options[name]
 
 
@@ -623,6 +637,7 @@ def _explain(group: str, schema: type, error: OmegaConfBaseException) -> ConfigE
         return ConfigError(f"{key}: unknown key. Allowed keys for this {group} option: {allowed}. "
                            "Fix: remove it or correct its spelling")
     if isinstance(error, MissingMandatoryValue):
+    plugin = " (your own: list the module that registers it in plugins:)" if group in PLUGIN_BASES else ""
         return ConfigError(f"{key}: is required and has no value. Fix: pass it, e.g. {key}=...")
     return ConfigError(f"{key}: {text}. Fix: give a value of the type that {schema.__name__} declares "
                        "(src/bilstm_exp/config/schema.py)")
@@ -632,7 +647,7 @@ def validate(cfg: DictConfig | dict) -> ExperimentConfig:
     """Check a composed config and return it as typed dataclasses, or raise ConfigError."""
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.create(cfg)
-    known = set(SCHEMAS) | {"seed"}
+    known = set(SCHEMAS) | {"seed", *TOP_LEVEL}
     extra = sorted(set(cfg.keys()) - known - {"hydra", "experiment", "hparams_search"})
     if extra:
         raise ConfigError(f"{extra[0]}: unknown top-level key. Allowed: {', '.join(sorted(known))}. "
@@ -650,6 +665,7 @@ def validate(cfg: DictConfig | dict) -> ExperimentConfig:
             groups[group] = OmegaConf.to_object(merged)
         except ConfigError:
             raise
+    plugins.load(_plugin_modules(cfg.get("plugins")))  # a plugin's schema joins SCHEMAS before the groups are read
         except OmegaConfBaseException as error:
             raise _explain(group, schema, error) from None
     config = ExperimentConfig(seed=seed, **groups)
@@ -671,5 +687,36 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         if isinstance(value, dict):
             flat.update(flatten(value, f"{dotted}."))
         else:
+def _plugin_modules(value: Any) -> list[str]:
+    """The top-level ``plugins:`` key: a list of module names (one name alone is taken as a list)."""
+    if value is None:
+        return []
+    value = OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
+    _check(isinstance(value, (list, str)), "plugins", f"must be a list of module names, got {value!r}",
+           "e.g. plugins: [my_models.wide] in conf/config.yaml")
+    return [value] if isinstance(value, str) else value
+
+
+def add_option(group: str, name: str, schema: type | None = None) -> type:
+    """The schema of option ``name`` of ``group`` for a registry: the one SCHEMAS lists, or ``schema``,
+    which a plugin passes (bilstm_exp.plugins) and which joins SCHEMAS so :func:`validate` knows it."""
+    options = SCHEMAS[group]
+    if schema is None or options.get(name) is schema:
+        if name not in options:
+            raise ValueError(f"{group} option {name!r} has no schema: pass schema= (a dataclass subclassing "
+                             f"{PLUGIN_BASES[group].__name__}) and give it a conf/{group}/{name}.yaml")
+        return options[name]
+    if name in options:
+        raise ValueError(f"{group} option {name!r} exists already ({options[name].__name__}). Fix: name yours "
+                         "differently, or override the packaged YAML in your conf/ instead")
+    base = PLUGIN_BASES[group]
+    defaults = {f.name: f.default for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else {}
+    if not (isinstance(schema, type) and issubclass(schema, base) and defaults.get("name") == name):
+        raise ValueError(f"the schema of {group} option {name!r} must be a @dataclass subclassing {base.__name__} "
+                         f"whose name defaults to {name!r} (name: str = {name!r})")
+    options[name] = schema
+    return schema
+
+
             flat[dotted] = value
     return flat

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bilstm_exp import extras
 from bilstm_exp.config.schema import ModelConfig, probe_vectors
 from bilstm_exp.data.prepare import PAD_ID, Vocabulary, tokenize
 from bilstm_exp.errors import ConfigError, DataError, UserError
@@ -185,6 +186,7 @@ def add_command(sub: argparse._SubParsersAction) -> None:
 
 
 def command(args: argparse.Namespace) -> None:
+    extras.require("gensim", "embeddings", "bilstm-exp pretrain-embeddings")
     summary = pretrain(read_corpus(args.input, args.text_column), args.out, method=args.method, dim=args.dim,
                        epochs=args.epochs, min_count=args.min_count, window=args.window, skipgram=not args.cbow,
                        seed=args.seed, workers=args.workers)

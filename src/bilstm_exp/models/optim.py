@@ -20,12 +20,12 @@ from typing import Any
 import keras
 
 from bilstm_exp.config.schema import (
-    SCHEMAS,
     AdamWOptimizerConfig,
     ClippingConfig,
     OptimizerConfig,
     RMSpropOptimizerConfig,
     SGDOptimizerConfig,
+    add_option,
 )
 
 # clipping.name (config.CLIPPING_MODES, all but none) -> the Keras optimizer argument
@@ -42,14 +42,14 @@ class Optimizer:
 OPTIMIZERS: dict[str, Optimizer] = {}
 
 
-def register(name: str) -> Callable:
-    """Decorator: register ``build(cfg, **common)`` as optimizer ``name`` (schema: ``config.SCHEMAS``)."""
+def register(name: str, schema: type[OptimizerConfig] | None = None) -> Callable:
+    """Decorator: register ``build(cfg, **common)`` as optimizer ``name``.
+
+    Its schema is ``config.SCHEMAS['optimizer'][name]``; a plugin (bilstm_exp.plugins) passes its own
+    ``schema``, a dataclass subclassing OptimizerConfig, which joins that table."""
 
     def add(build: Callable[..., keras.optimizers.Optimizer]) -> Callable[..., keras.optimizers.Optimizer]:
-        schema = SCHEMAS["optimizer"].get(name)
-        if schema is None:
-            raise ValueError(f"optimizer {name!r} has no schema: add its dataclass to config.SCHEMAS['optimizer']")
-        OPTIMIZERS[name] = Optimizer(name, schema, build)
+        OPTIMIZERS[name] = Optimizer(name, add_option("optimizer", name, schema), build)
         return build
 
     return add

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bilstm_exp.config.schema import SCHEMAS, ModelConfig
+from bilstm_exp.config.schema import ModelConfig, add_option
 
 LSTM_GATES, GRU_GATES = 4, 3
 # Element-wise FLOPs per unit per time step, beyond the matmuls. LSTM: 4 bias adds, 5 activations
@@ -36,15 +36,14 @@ class Architecture:
 REGISTRY: dict[str, Architecture] = {}
 
 
-def register(name: str, *, flops: Callable[[Any], Flops]) -> Callable:
-    """Decorator: register ``build`` as architecture ``name`` (its schema: ``config.SCHEMAS['model'][name]``)."""
+def register(name: str, *, flops: Callable[[Any], Flops], schema: type[ModelConfig] | None = None) -> Callable:
+    """Decorator: register ``build`` as architecture ``name``.
+
+    Its schema is ``config.SCHEMAS['model'][name]``; a plugin (bilstm_exp.plugins) passes its own
+    ``schema``, a dataclass subclassing a ModelConfig, which joins that table."""
 
     def add(build: Callable[..., Any]) -> Callable[..., Any]:
-        schema = SCHEMAS["model"].get(name)
-        if schema is None:
-            raise ValueError(f"architecture {name!r} has no schema: add its dataclass to config.SCHEMAS['model'] "
-                             f"and a conf/model/{name}.yaml that extends /schema/model/{name}")
-        REGISTRY[name] = Architecture(name, schema, build, flops)
+        REGISTRY[name] = Architecture(name, add_option("model", name, schema), build, flops)
         return build
 
     return add
