@@ -27,6 +27,8 @@ LAYERS = [
     {"tracking.model_registry", "tracking.offline", "tracking.runs"},
     {"tracking.session"},
     {"tracking.callback", "serving.model", "analysis.reports", "team.common", "team.optuna_storage", "team.server"},
+    {"analysis.query", "analysis.samples", "analysis.groups", "analysis.verdicts", "analysis.baseline",
+     "analysis.table", "analysis.plots"},
     {"training.checkpoints", "training.evaluation", "training.profiling", "training.distribute"},
     {"training.recording", "training.summary"},
     {"training.runner", "training.crossval", "training.sweep"},

@@ -20,7 +20,6 @@ of a CV run is ``cv/<training.monitor>_mean``.
 
 from __future__ import annotations
 
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ import mlflow
 import numpy as np
 from mlflow.tracking import MlflowClient
 
+from bilstm_exp.analysis.statistics import ci95
 from bilstm_exp.config.schema import ExperimentConfig, flatten, to_dict
 from bilstm_exp.data import prepare as data_mod
 from bilstm_exp.tracking import model_registry as registry
@@ -53,12 +53,10 @@ class CVResult:
 
 def summary(values: list[float]) -> dict[str, float]:
     """mean, sample std and the 95% CI half-width of the mean (Student's t, n-1 degrees of freedom)."""
-    from scipy import stats
-
     array = np.asarray(values, dtype=float)
     n = len(array)
     std = float(array.std(ddof=1)) if n > 1 else float("nan")
-    ci = float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n)) if n > 1 else float("nan")
+    ci = ci95(values) if n > 1 else float("nan")  # a logged metric: NaN, not None, for a single fold
     return {"mean": float(array.mean()), "std": std, "ci95": ci}
 
 
