@@ -35,8 +35,8 @@ LAYERS = [
     {"stages.pipeline", "analysis.compare", "analysis.bench"},
     {"cli.main", "__main__"},
 ]
-PACKAGES = {"__init__", "config", "data", "models", "training", "tracking", "analysis", "serving", "team", "stages",
-            "cli"}
+PACKAGES = {"__init__", "config", "conf", "data", "models", "training", "tracking", "analysis", "serving", "team",
+            "stages", "cli"}
 
 
 def module_name(path: Path) -> str:

@@ -125,7 +125,7 @@ def checkpoint_of_another_config(folder: Path) -> None:
 
 
 def project_conf(folder: Path) -> None:
-    shutil.copytree(ROOT / "conf", folder / "conf")
+    shutil.copytree(ROOT / "src/bilstm_exp/conf", folder / "conf")
 
 
 def store_with_a_run(folder: Path) -> None:
@@ -138,7 +138,7 @@ def offline_run(folder: Path) -> None:
 
 CASES = [
     # ---------------------------------------------------------------- config overrides (python -m bilstm_exp)
-    Case("unknown-model", ["model=transformer"], "transformer", "Available options", code=1),
+    Case("unknown-model", ["model=transformer"], "Could not find 'model/transformer' (available: attention", "Fix:"),
     Case("zero-units", tiny("basic", "model.lstm_units=0"), "model.lstm_units: must be > 0", "Fix:"),
     Case("dropout-range", tiny("basic", "model.dropout=1.5"), "model.dropout: must be in [0, 1)", "Fix:"),
     Case("negative-threshold", tiny("basic", "clipping=norm", "clipping.threshold=-1"),

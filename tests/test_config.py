@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -128,32 +127,61 @@ def test_each_yaml_extends_its_schema_and_holds_only_what_differs(group, option)
     assert composed == {**defaults, **own}
 
 
-def test_dvc_exp_run_composes_a_full_params_yaml_from_the_schemas(tmp_path):
-    """DVC composes conf/ itself (hydra.enabled), without importing bilstm_exp: the schemas reach it
-    through the Hydra plugin module hydra_plugins.bilstm_exp_schemas."""
+WIDE = "defaults:\n  - /schema/model/basic@_here_\n\nlstm_units: 96\n"  # a user's own option of a packaged group
+
+
+def test_a_project_conf_overrides_a_packaged_default_and_adds_an_option(tmp_path, monkeypatch):
+    """In a folder with conf/, the project's configs come first and the packaged ones fill in the rest;
+    in a folder without one, every command runs on the packaged defaults."""
+    model = tmp_path / "project" / "conf" / "model"
+    model.mkdir(parents=True)
+    (model / "basic.yaml").write_text("defaults:\n  - /schema/model/basic@_here_\n\nlstm_units: 8\n")
+    (model / "wide.yaml").write_text(WIDE)
+    (tmp_path / "empty").mkdir()
+
+    def help_in(folder: Path) -> str:
+        return subprocess.run([sys.executable, "-m", "bilstm_exp", "--help"], cwd=folder, capture_output=True,
+                              text=True, timeout=120, check=True).stdout
+
+    assert "model: attention, basic, stacked, unidirectional, wide\n" in help_in(tmp_path / "project")
+    assert "model: attention, basic, stacked, unidirectional\n" in help_in(tmp_path / "empty")
+    monkeypatch.chdir(tmp_path / "project")
+    assert validate(compose([])).model.lstm_units == 8  # the project's basic.yaml
+    assert validate(compose(["model=wide"])).model.lstm_units == 96
+    assert validate(compose(["model=attention"])).model.attention_units == 64  # packaged, untouched
+    monkeypatch.chdir(tmp_path / "empty")
+    assert validate(compose([])).model.lstm_units == 64
+
+
+def test_dvc_exp_run_composes_a_project_conf_over_the_packaged_one(tmp_path):
+    """DVC composes the configs itself (hydra.enabled, config_dir conf), without importing bilstm_exp:
+    the schemas and the packaged configs reach it through the Hydra plugin modules
+    hydra_plugins.bilstm_exp_schemas and hydra_plugins.bilstm_exp_searchpath. The project's conf/
+    holds one option of its own and nothing else."""
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
 
     def sh(*args):
         return subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
 
-    shutil.copytree(CONF_DIR, tmp_path / "conf")
+    (tmp_path / "conf" / "model").mkdir(parents=True)
+    (tmp_path / "conf" / "model" / "wide.yaml").write_text(WIDE)
     sh("git", "init", "-q")
     sh("git", "config", "user.email", "tests@example.com")
     sh("git", "config", "user.name", "tests")
     dvc = str(bin_dir / "dvc")
     sh(dvc, "init", "-q")
     sh(dvc, "config", "hydra.enabled", "true")
-    stage = "import yaml; open('model.txt', 'w').write(yaml.safe_load(open('params.yaml'))['model']['name'])"
+    stage = "import yaml; open('units.txt', 'w').write(str(yaml.safe_load(open('params.yaml'))['model']['lstm_units']))"
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(
-        {"stages": {"show": {"cmd": f'python -c "{stage}"', "params": ["model"], "outs": ["model.txt"]}}}))
+        {"stages": {"show": {"cmd": f'python -c "{stage}"', "params": ["model"], "outs": ["units.txt"]}}}))
     (tmp_path / "params.yaml").write_text(OmegaConf.to_yaml(compose([])))
     sh("git", "add", "-A")
     sh("git", "commit", "-q", "-m", "conf")
-    sh(dvc, "exp", "run", "-S", "model=attention", "-S", "clipping=norm")
+    sh(dvc, "exp", "run", "-S", "model=wide", "-S", "clipping=norm")
     params = yaml.safe_load((tmp_path / "params.yaml").read_text())
-    expected = compose(["model=attention", "clipping=norm"])
+    expected = compose(["model=wide", "clipping=norm"], conf_dir=tmp_path / "conf")
     assert params == OmegaConf.to_container(expected, resolve=True)
-    assert params["model"]["attention_units"] == 64 and params["clipping"]["threshold"] == 1.0
-    assert (tmp_path / "model.txt").read_text() == "attention"
+    assert params["model"]["lstm_units"] == 96 and params["clipping"]["threshold"] == 1.0
+    assert (tmp_path / "units.txt").read_text() == "96"
     validate(params)

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bilstm_exp.config.compose import CONF_DIR
 from bilstm_exp.stages import pipeline
 from tests.conftest import ROOT, TINY
 
@@ -141,21 +142,36 @@ def test_params_yaml_is_the_default_composition_of_conf():
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
         composed = OmegaConf.to_container(compose(config_name="config"), resolve=True)
     text = (ROOT / "params.yaml").read_text()
     fix = "Fix: run `bilstm-exp compose-params` and commit params.yaml"
     assert yaml.safe_load(text) == composed, f"params.yaml differs from the default composition of conf/. {fix}"
-    conf = ROOT / "conf"
-    assert pipeline.read_stamp(text) == pipeline.conf_md5(conf, pipeline.composed_groups(conf, composed)), \
+    assert pipeline.read_stamp(text) == pipeline.conf_md5(ROOT, composed), \
         f"params.yaml records another conf/ md5 than conf/ has now. {fix}"
+
+
+def test_stages_refuse_params_yaml_composed_before_a_project_conf_changed(tmp_path, monkeypatch):
+    """The staleness check covers the project's own conf/ (over the packaged configs), not only the
+    packaged one: an edit there stops the stage with the command to run."""
+    from bilstm_exp.errors import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "conf" / "model").mkdir(parents=True)
+    basic = tmp_path / "conf" / "model" / "basic.yaml"
+    basic.write_text("defaults:\n  - /schema/model/basic@_here_\n\nlstm_units: 8\n")
+    params = pipeline.compose_params(tmp_path, [])
+    assert pipeline.load_params(params, tmp_path).model.lstm_units == 8
+    basic.write_text("defaults:\n  - /schema/model/basic@_here_\n\nlstm_units: 16\n")
+    with pytest.raises(ConfigError, match="conf/ changed since params.yaml was composed.*bilstm-exp compose-params"):
+        pipeline.load_params(params, tmp_path)
 
 
 def test_dvc_composes_conf_into_params_yaml_on_exp_run():
     result = dvc(ROOT, "config", "--list", "--project")
     settings = dict(line.split("=", 1) for line in result.stdout.split())
     assert settings["hydra.enabled"] == "true"
-    assert settings.get("hydra.config_dir", "conf") == "conf"
+    assert settings["hydra.config_dir"] == "src/bilstm_exp/conf"  # this repository's configs are the packaged ones
     assert settings.get("hydra.config_name", "config") == "config"
 
 
@@ -319,7 +335,7 @@ def test_repro_reruns_what_changed_and_links_dvc_and_mlflow(reproduced):
     assert len(all_runs(repo)) == runs
 
     # conf/ edited but params.yaml not recomposed: the stage stops, names the fix, trains nothing
-    basic = repo / "conf/model/basic.yaml"
+    basic = repo / "src/bilstm_exp/conf/model/basic.yaml"
     original = basic.read_text()
     basic.write_text(original + "lstm_units: 16\n")  # overrides the schema's default
     stale = dvc(repo, "repro", check=False)
@@ -347,8 +363,7 @@ def test_repro_reruns_what_changed_and_links_dvc_and_mlflow(reproduced):
     assert params["model"]["name"] == "attention" and params["data"]["num_samples"] == 200
     # DVC wrote the bare composition; the first stage put the header back, with the conf/ it came from
     assert text.startswith(pipeline.HEADER) and "# composed by: dvc exp run (tiny-attention)" in text
-    conf = repo / "conf"
-    assert pipeline.read_stamp(text) == pipeline.conf_md5(conf, pipeline.composed_groups(conf, params))
+    assert pipeline.read_stamp(text) == pipeline.conf_md5(repo, params)
     exp_run_id = read_json(repo / "reports/train/metrics.json")["mlflow_run_id"]
     tags = client.get_run(exp_run_id).data.tags
     assert tags["dvc_exp_name"] == "tiny-attention" and tags["architecture"] == "attention"

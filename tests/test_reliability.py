@@ -481,7 +481,7 @@ def test_compose_params_keeps_a_conf_file_interpolation_out_of_params_yaml(tmp_p
     from bilstm_exp.tracking import store
     from tests.conftest import ROOT
 
-    shutil.copytree(ROOT / "conf", tmp_path / "conf")
+    shutil.copytree(ROOT / "src/bilstm_exp/conf", tmp_path / "conf")
     local = tmp_path / "conf" / "tracking" / "local.yaml"
     local.write_text(local.read_text() + "\nregistered_model_name: ${oc.env:MODEL_NAME_SECRET}\n")
     monkeypatch.setenv("MODEL_NAME_SECRET", SECRET)
@@ -537,7 +537,7 @@ def test_a_refusing_dvc_stage_keeps_the_earlier_outputs(tmp_path):
     assert {name: (repo / name).read_bytes() for name in outputs} == before  # nothing lost
 
     sh(repo, "git", "checkout", "-q", "--", "params.yaml")  # the experiment left `epochs: abc` in the workspace
-    synthetic = repo / "conf" / "data" / "synthetic.yaml"
+    synthetic = repo / "src/bilstm_exp/conf" / "data" / "synthetic.yaml"
     synthetic.write_text(synthetic.read_text() + "\nlabel_noise: 0.05\n")  # conf/ edited: params.yaml is stale
     stale = dvc(repo, "repro", "prepare", check=False)
     assert stale.returncode != 0 and "conf/ changed since params.yaml was composed" in stale.stdout + stale.stderr

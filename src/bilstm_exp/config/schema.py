@@ -577,11 +577,24 @@ def check_option_keys(overrides: list[str], defaults: dict[str, str]) -> None:
         if has(SCHEMAS[group][chosen[group]]):
             continue
         options = [option for option, schema in SCHEMAS[group].items() if has(schema)]
-        if options:
-            owners = " and ".join(f"{group}={o}" for o in options)
-            raise ConfigError(f"{dotted}: the {group} option '{chosen[group]}' has no key '{key}'; "
-                              f"{owners} {'has' if len(options) == 1 else 'have'} it. "
-                              f"Fix: add {group}={options[0]}, e.g. {group}={options[0]} {override}")
+        if not options:
+            raise _unknown_key(f"{group}.{key}", SCHEMAS[group][chosen[group]], override)
+        owners = " and ".join(f"{group}={o}" for o in options)
+        raise ConfigError(f"{dotted}: the {group} option '{chosen[group]}' has no key '{key}'; "
+                          f"{owners} {'has' if len(options) == 1 else 'have'} it. "
+                          f"Fix: add {group}={options[0]}, e.g. {group}={options[0]} {override}")
+
+
+def _unknown_key(dotted: str, schema: type, override: str) -> ConfigError:
+    """A key no option of its group has: the allowed keys, and the closest one as the fix."""
+    import difflib
+
+    group, key = dotted.split(".", 1)
+    allowed = [f.name for f in dataclasses.fields(schema)]
+    close = difflib.get_close_matches(key, allowed, n=1)
+    fix = (f"did you mean {group}.{close[0]}? e.g. {override.replace(dotted, f'{group}.{close[0]}', 1)}" if close
+           else "remove it or correct its spelling")
+    return ConfigError(f"{dotted}: unknown key. Allowed keys for this {group} option: {', '.join(allowed)}. Fix: {fix}")
 
 
 def schema_defaults(group: str, option: str) -> dict[str, Any]:
@@ -599,6 +612,10 @@ def register_schemas() -> None:
     """
     from hydra.core.config_store import ConfigStore
 
+    from bilstm_exp import __version__
+
+    if not OmegaConf.has_resolver(VERSION_RESOLVER):
+        OmegaConf.register_new_resolver(VERSION_RESOLVER, lambda: __version__)
     store = ConfigStore.instance()
     for group, options in SCHEMAS.items():
         for option in options:
@@ -614,16 +631,13 @@ def schema_digest() -> str:
             for group, options in SCHEMAS.items()}
     return hashlib.md5(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()
 
-    from bilstm_exp import __version__
-
-    if not OmegaConf.has_resolver(VERSION_RESOLVER):
-        OmegaConf.register_new_resolver(VERSION_RESOLVER, lambda: __version__)
 
 def _schema_for(group: str, node: Any) -> type:
     options = SCHEMAS[group]
     if len(set(options.values())) == 1:
         return next(iter(options.values()))
     name = node.get("name") if isinstance(node, DictConfig) else None
+    plugin = " (your own: list the module that registers it in plugins:)" if group in PLUGIN_BASES else ""
     _check(name in options, f"{group}.name", f"'{name}' is not one of {', '.join(options)}",
            f"choose an option, e.g. {group}={next(iter(options))}{plugin}")
     return options[name]
@@ -637,7 +651,6 @@ def _explain(group: str, schema: type, error: OmegaConfBaseException) -> ConfigE
         return ConfigError(f"{key}: unknown key. Allowed keys for this {group} option: {allowed}. "
                            "Fix: remove it or correct its spelling")
     if isinstance(error, MissingMandatoryValue):
-    plugin = " (your own: list the module that registers it in plugins:)" if group in PLUGIN_BASES else ""
         return ConfigError(f"{key}: is required and has no value. Fix: pass it, e.g. {key}=...")
     return ConfigError(f"{key}: {text}. Fix: give a value of the type that {schema.__name__} declares "
                        "(src/bilstm_exp/config/schema.py)")
@@ -652,6 +665,7 @@ def validate(cfg: DictConfig | dict) -> ExperimentConfig:
     if extra:
         raise ConfigError(f"{extra[0]}: unknown top-level key. Allowed: {', '.join(sorted(known))}. "
                           "Fix: remove it or correct its spelling")
+    plugins.load(_plugin_modules(cfg.get("plugins")))  # a plugin's schema joins SCHEMAS before the groups are read
     seed = cfg.get("seed", 42)
     _check(isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0, "seed",
            f"must be a non-negative integer, got {seed!r}", "e.g. seed=42")
@@ -665,7 +679,6 @@ def validate(cfg: DictConfig | dict) -> ExperimentConfig:
             groups[group] = OmegaConf.to_object(merged)
         except ConfigError:
             raise
-    plugins.load(_plugin_modules(cfg.get("plugins")))  # a plugin's schema joins SCHEMAS before the groups are read
         except OmegaConfBaseException as error:
             raise _explain(group, schema, error) from None
     config = ExperimentConfig(seed=seed, **groups)
@@ -674,19 +687,6 @@ def validate(cfg: DictConfig | dict) -> ExperimentConfig:
     return config
 
 
-def to_dict(config: ExperimentConfig) -> dict[str, Any]:
-    """The validated config as plain nested dicts (for YAML and params)."""
-    return dataclasses.asdict(config)
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{'model': {'lstm_units': 64}} -> {'model.lstm_units': 64}; lists stay whole values."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{dotted}."))
-        else:
 def _plugin_modules(value: Any) -> list[str]:
     """The top-level ``plugins:`` key: a list of module names (one name alone is taken as a list)."""
     if value is None:
@@ -718,5 +718,18 @@ def add_option(group: str, name: str, schema: type | None = None) -> type:
     return schema
 
 
+def to_dict(config: ExperimentConfig) -> dict[str, Any]:
+    """The validated config as plain nested dicts (for YAML and params)."""
+    return dataclasses.asdict(config)
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'model': {'lstm_units': 64}} -> {'model.lstm_units': 64}; lists stay whole values."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{dotted}."))
+        else:
             flat[dotted] = value
     return flat

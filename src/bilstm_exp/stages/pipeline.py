@@ -6,7 +6,8 @@
     bilstm-exp compose-params [OVERRIDES]      conf/ -> params.yaml (what `dvc exp run -S` does)
 
 The stages read ``params.yaml``, which is what DVC tracks, never ``conf/`` directly. params.yaml
-is a Hydra composition of conf/; it records the md5 of the conf/ it came from in a comment line.
+is a Hydra composition of the configs (the project's own ``conf/``, when it has one, over the packaged
+``bilstm_exp/conf``); it records the md5 of both in a comment line.
 `dvc repro` does not recompose (treeverse/dvc#10750), so every stage first checks that conf/ has
 not changed since params.yaml was composed and stops with the command to run when it has. Under
 `dvc exp run` DVC has just recomposed params.yaml itself (hydra.enabled in .dvc/config); the stage
@@ -35,11 +36,11 @@ from typing import Any
 
 import yaml
 
+from bilstm_exp.config.compose import CONF_DIR, CONF_MODULE, USER_CONF, conf_layers
 from bilstm_exp.config.schema import ExperimentConfig, validate
 from bilstm_exp.errors import ConfigError, DataError, TrackingError
 
 PARAMS = Path("params.yaml")
-CONF = Path("conf")
 PREPARED = Path("data/prepared")
 PREPARE_REPORTS = Path("reports/prepare")
 MODEL = Path("artifacts/model")
@@ -57,34 +58,41 @@ RECOMPOSE = ("run `dvc exp run` (it recomposes conf/ into params.yaml; add -S KE
 # --------------------------------------------------------------------------- params.yaml <-> conf/
 
 
-def conf_md5(conf_dir: Path, groups: list[str]) -> str:
-    """Hash of what conf/config.yaml and the given groups' folders say: each YAML file's relative
-    path and parsed content (comments and formatting do not count). config.yaml's ``hydra:`` section
-    (output folders, callbacks) never reaches params.yaml, so it does not count either. The defaults
-    the YAML files extend (the schemas in config.py) count too."""
+def conf_md5(root: Path, params: dict[str, Any]) -> str:
+    """Hash of what the configs ``params`` was composed from say: config.yaml and the folders of the
+    groups it draws on, in each layer (the project's ``conf/`` and the packaged one), each YAML file's
+    layer, relative path and parsed content (comments and formatting do not count). config.yaml's
+    ``hydra:`` section (output folders, callbacks) never reaches params.yaml, so it does not count
+    either. The defaults the YAML files extend (the schemas in config/) count too."""
     from bilstm_exp.config.schema import schema_digest
 
-    files = [conf_dir / "config.yaml"]
-    for group in sorted(groups):
-        files += sorted(p for p in (conf_dir / group).rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
     digest = hashlib.md5(schema_digest().encode())
-    for path in files:
-        if not path.is_file():
-            continue
-        try:
-            content = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]}). Fix: correct the file") from None
-        if path == conf_dir / "config.yaml" and isinstance(content, dict):
-            content = {key: value for key, value in content.items() if key != "hydra"}
-        digest.update(path.relative_to(conf_dir).as_posix().encode() + b"\0")
-        digest.update(json.dumps(content, sort_keys=True, default=str).encode() + b"\0")
+    for layer in conf_layers(root):
+        name = "conf" if layer != CONF_DIR else CONF_MODULE  # never a path of this machine
+        for path in _config_files(layer, params):
+            digest.update(f"{name}/{path.relative_to(layer).as_posix()}".encode() + b"\0")
+            digest.update(json.dumps(_yaml_content(path, layer), sort_keys=True, default=str).encode() + b"\0")
     return digest.hexdigest()
 
 
-def composed_groups(conf_dir: Path, params: dict[str, Any]) -> list[str]:
-    """The conf/ groups a composition draws on: its top-level keys that are folders in conf/."""
-    return sorted(key for key in params if isinstance(params[key], dict) and (conf_dir / key).is_dir())
+def _config_files(layer: Path, params: dict[str, Any]) -> list[Path]:
+    """config.yaml and the YAML files of the groups a composition draws on (its top-level keys that
+    are folders of the layer)."""
+    groups = sorted(key for key in params if isinstance(params[key], dict) and (layer / key).is_dir())
+    files = [layer / "config.yaml"]
+    for group in groups:
+        files += sorted(p for p in (layer / group).rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
+    return [path for path in files if path.is_file()]
+
+
+def _yaml_content(path: Path, layer: Path) -> Any:
+    try:
+        content = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]}). Fix: correct the file") from None
+    if path == layer / "config.yaml" and isinstance(content, dict):
+        content = {key: value for key, value in content.items() if key != "hydra"}
+    return content
 
 
 def compose(root: Path, overrides: list[str]) -> str:
@@ -96,7 +104,7 @@ def compose(root: Path, overrides: list[str]) -> str:
     from bilstm_exp.config.compose import compose as hydra_compose
     from bilstm_exp.tracking import redaction
 
-    cfg = hydra_compose(overrides, conf_dir=root / CONF)
+    cfg = hydra_compose(overrides, conf_dir=root / USER_CONF if (root / USER_CONF).is_dir() else None)
     from_env = redaction.references(cfg)
     OmegaConf.resolve(cfg)
     for key, text in from_env.items():
@@ -118,7 +126,7 @@ def compose_params(root: Path, overrides: list[str]) -> Path:
         raise ConfigError(f"{leaked[0]}: holds credentials, and params.yaml is tracked by git. Fix: remove them "
                           "and put them in MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD or "
                           "MLFLOW_TRACKING_TOKEN")
-    stamp = f"{STAMP}{conf_md5(root / CONF, composed_groups(root / CONF, params))}\n"
+    stamp = f"{STAMP}{conf_md5(root, params)}\n"
     recipe = f"# overrides: {' '.join(overrides)}\n" if overrides else ""
     _write_text(root / PARAMS, HEADER + stamp + recipe + body)
     return root / PARAMS
@@ -139,10 +147,7 @@ def _restore_header(root: Path, text: str, md5: str, note: str) -> None:
 
 def check_fresh(root: Path, text: str, params: dict[str, Any]) -> None:
     """Refuse params.yaml when conf/ changed after it was composed (see the module docstring)."""
-    conf_dir = root / CONF
-    if not conf_dir.is_dir():
-        return  # nothing to drift from: params.yaml is the only source of the config
-    current = conf_md5(conf_dir, composed_groups(conf_dir, params))
+    current = conf_md5(root, params)
     stamp = read_stamp(text)
     if stamp is None and os.environ.get("DVC_EXP_NAME"):
         # `dvc exp run` has just composed params.yaml from conf/ (hydra.enabled), without our header
@@ -262,9 +267,9 @@ def _tracking_root() -> Path:
 
 
 def prepare_stage(config: ExperimentConfig) -> None:
-    from bilstm_exp.data import prepare as data
+    from bilstm_exp.data.prepare import prepare
 
-    prepared = data.prepare(config.data)  # data.split_seed: the split (seed is for the weights)
+    prepared = prepare(config.data)  # data.split_seed: the split (seed is for the weights)
     stats = {"data_md5": prepared.md5(), "class_names": prepared.class_names, **prepared.stats}
     with staging(PREPARED, PREPARE_REPORTS / "length_histogram.csv", PREPARE_REPORTS / "stats.json") as (
             folder, histogram, stats_file):
@@ -277,12 +282,12 @@ def prepare_stage(config: ExperimentConfig) -> None:
 
 
 def _load_prepared():
-    from bilstm_exp.data import prepare as data
+    from bilstm_exp.data.prepare import PreparedData
 
     if not (PREPARED / "splits.npz").is_file():
         raise DataError(f"{PREPARED}/: no prepared data. Fix: run `dvc repro prepare` "
                         "(or `bilstm-exp prepare --params params.yaml`) first")
-    return data.PreparedData.load(PREPARED)
+    return PreparedData.load(PREPARED)
 
 
 def train_stage(config: ExperimentConfig) -> None:
