@@ -9,9 +9,7 @@ from typing import Any
 
 import keras
 import mlflow
-from mlflow.tracking import MlflowClient
 
-from bilstm_exp.tracking import store
 from bilstm_exp.tracking.session import Session
 
 
@@ -51,8 +49,6 @@ class MLflowLogger(keras.callbacks.Callback):
         optimizer = getattr(self.model, "optimizer", None)
         if optimizer is not None and "lr" not in metrics:
             metrics["lr"] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
-        if self.session is not None:
-            self.session.log_metrics(metrics, step=epoch)
-            return
-        run_id = self.run_id or mlflow.active_run().info.run_id
-        store.log_batch(MlflowClient(), run_id, metrics=store.as_metrics(metrics, epoch))
+        if self.session is None:  # the active run (or ``run_id``): its writes go through a session too
+            self.session = Session.attach(mlflow.get_tracking_uri(), self.run_id or mlflow.active_run().info.run_id)
+        self.session.log_metrics(metrics, step=epoch)

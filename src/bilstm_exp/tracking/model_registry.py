@@ -14,7 +14,10 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from bilstm_exp.tracking import retry
+
 CHAMPION = "champion"
+DECISION_TAG = "champion.decision"  # version tag, written last: a version without it is half-registered
 
 
 def log_model(python_model, artifacts: dict[str, str], signature, input_example) -> Any:
@@ -32,23 +35,56 @@ def log_model(python_model, artifacts: dict[str, str], signature, input_example)
 
 @contextmanager
 def registry_lock(uri: str) -> Iterator[None]:
-    """Serialise registry writes of parallel local runs (a sqlite store next to a lock file).
+    """Serialise the registry writes of this machine's runs on one store: a lock file next to a sqlite
+    store, or in the temporary folder for a server (named by its URI).
 
-    Concurrent ``register_model`` calls can otherwise hand out duplicate version numbers and
-    race on the champion alias. A server store is left to the server.
-    """
-    if not uri.startswith("sqlite:///"):
-        yield
-        return
+    Concurrent ``register_model`` calls can otherwise hand out duplicate version numbers and race on
+    the champion alias (two runs both finding no champion). Runs on other machines sharing a server
+    are not serialised: their champion decisions may interleave."""
+    import hashlib
+    import tempfile
+
     from filelock import FileLock
 
-    with FileLock(uri[len("sqlite:///"):] + ".registry.lock", timeout=300):
+    path = (uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else
+            str(Path(tempfile.gettempdir()) / f"bilstm-exp-registry-{hashlib.md5(uri.encode()).hexdigest()[:16]}"))
+    with FileLock(path + ".registry.lock", timeout=300):
         yield
 
 
 FINGERPRINT_TAG = "data.fingerprint"  # run and version tag: md5 of the evaluation data (PreparedData.fingerprint)
 SKIPPED_TAG = "registry.skipped"  # run tag: why the run registered no version
 VERSION_TAG = "registry.version"  # run tag: NAME/VERSION of the run's one registered version
+FAILED_TAG = "registry.failed"  # run tag: why the store refused the registration (`bilstm-exp register` redoes it)
+
+
+def register_command(run_id: str, uri: str) -> str:
+    """The command that registers a run's model later (its store refused the registration)."""
+    from bilstm_exp.tracking.store import redact
+
+    return f"bilstm-exp register --run {run_id} --tracking-uri {redact(uri)}"
+
+
+def configured(run, metric: str | None = None, greater: bool | None = None) -> tuple[str, str, bool]:
+    """(registered model name, champion metric, greater is better) as the run was configured (its
+    params); ``metric`` and ``greater`` stand in for what it left to training.monitor."""
+    from bilstm_exp.config.schema import metric_mode
+
+    params = {key: value for key, value in run.data.params.items() if value not in ("", "None")}
+    metric = params.get("tracking.champion_metric") or metric or params.get("training.monitor", "val/loss")
+    if "tracking.champion_greater_is_better" in params:
+        greater = params["tracking.champion_greater_is_better"] == "True"
+    elif greater is None:
+        mode = params.get("training.monitor_mode") if metric == params.get("training.monitor") else None
+        greater = (mode or metric_mode(metric)) == "max"
+    return params.get("tracking.registered_model_name", "bilstm-sentiment"), metric, greater
+
+
+def logged_model_uri(client: MlflowClient, run) -> str | None:
+    """``models:/<model id>`` of the model the run logged, or None."""
+    models = client.search_logged_models([run.info.experiment_id],
+                                         filter_string=f"source_run_id='{run.info.run_id}'")
+    return f"models:/{models[0].model_id}" if models else None
 
 
 def skip_reason(register_model: Any, max_samples: Any, *, sweep_registers: str = "best", sweep_job: bool = False,
@@ -81,32 +117,48 @@ def register(client: MlflowClient, model_uri: str, name: str, run_id: str, metri
     * otherwise it moves only if the version beats the champion on ``champion_metric`` in its
       direction (``promoted``), else ``kept``.
 
-    The decision, its reason and the delta become version tags, so the alias history is auditable."""
+    The decision, its reason and the delta become version tags, so the alias history is auditable.
+    Safe to repeat after a failure (:mod:`bilstm_exp.tracking.retry`): ``champion.decision`` is written
+    last, and a version of this run without it is completed, not registered again."""
     with registry_lock(client.tracking_uri):
         existing = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
-        if existing:
-            return min(existing, key=lambda v: int(v.version))
-        version = mlflow.register_model(model_uri, name, tags={"run_id": run_id})
-        value = metrics.get(champion_metric)
-        tags = {f"metric.{k}": f"{v:.6g}" for k, v in metrics.items()
-                if k.startswith(("val/", "test/")) and isinstance(v, (int, float))}
-        fingerprint = _run_tags(client, run_id).get(FINGERPRINT_TAG)
-        if fingerprint:
-            tags[FINGERPRINT_TAG] = fingerprint
+        version = (min(existing, key=lambda v: int(v.version)) if existing
+                   else mlflow.register_model(model_uri, name, tags={"run_id": run_id}))
+        if (version.tags or {}).get(DECISION_TAG):
+            return version
         current = champion(client, name)
-        if current is not None:
-            tags["champion.previous_version"] = str(current.version)
-        decision, reason = _decide(client, name, current, value, fingerprint, champion_metric, greater_is_better, tags)
-        tags.update({"champion.decision": decision, "champion.reason": reason, "champion.metric": champion_metric})
-        for key, text in tags.items():
-            client.set_model_version_tag(name, version.version, key, text)
-        if decision == "promoted":
-            client.set_registered_model_alias(name, CHAMPION, version.version)
+        if current is not None and current.version == version.version:
+            decision = "promoted"  # an earlier attempt moved the alias here, after writing the other tags
+        else:
+            decision, tags = _decision(client, name, current, run_id, metrics, champion_metric, greater_is_better)
+            for key, text in tags.items():
+                client.set_model_version_tag(name, version.version, key, text)
+            if decision == "promoted":
+                client.set_registered_model_alias(name, CHAMPION, version.version)
         try:
             client.set_tag(run_id, VERSION_TAG, f"{name}/{version.version}")
-        except MlflowException:
-            pass  # the run lives elsewhere (a synced run keeps its own tags)
-    return version
+        except MlflowException as error:
+            if retry.transient(error):
+                raise
+            # otherwise the run lives elsewhere (a synced run keeps its own tags)
+        client.set_model_version_tag(name, version.version, DECISION_TAG, decision)
+    return client.get_model_version(name, version.version)
+
+
+def _decision(client: MlflowClient, name: str, current, run_id: str, metrics: dict[str, float], metric: str,
+              greater_is_better: bool) -> tuple[str, dict[str, str]]:
+    """The champion decision and the version tags that explain it (all but ``champion.decision``)."""
+    tags = {f"metric.{k}": f"{v:.6g}" for k, v in metrics.items()
+            if k.startswith(("val/", "test/")) and isinstance(v, (int, float))}
+    fingerprint = _run_tags(client, run_id).get(FINGERPRINT_TAG)
+    if fingerprint:
+        tags[FINGERPRINT_TAG] = fingerprint
+    if current is not None:
+        tags["champion.previous_version"] = str(current.version)
+    decision, reason = _decide(client, name, current, metrics.get(metric), fingerprint, metric, greater_is_better,
+                               tags)
+    tags.update({"champion.reason": reason, "champion.metric": metric})
+    return decision, tags
 
 
 def _decide(client: MlflowClient, name: str, current, value: float | None, fingerprint: str | None, metric: str,
@@ -136,8 +188,8 @@ def champion(client: MlflowClient, name: str):
     """The version the ``champion`` alias points at, or None."""
     try:
         return client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        return None
+    except MlflowException as error:
+        return _absent(error)
 
 
 def promote(client: MlflowClient, name: str, version: int | str, reason: str, user: str) -> Any:
@@ -179,15 +231,23 @@ def promote(client: MlflowClient, name: str, version: int | str, reason: str, us
 def _run_tags(client: MlflowClient, run_id: str | None) -> dict[str, str]:
     try:
         return dict(client.get_run(run_id).data.tags) if run_id else {}
-    except MlflowException:
-        return {}
+    except MlflowException as error:
+        return _absent(error) or {}
 
 
 def _version_metric(client: MlflowClient, version, metric: str) -> float | None:
     try:
         return client.get_run(version.run_id).data.metrics.get(metric)
-    except MlflowException:
-        return None
+    except MlflowException as error:
+        return _absent(error)
+
+
+def _absent(error: MlflowException) -> None:
+    """None for a read that found nothing; a busy store's error is raised (to be retried): "no
+    champion" read from a locked store would promote the wrong version."""
+    if retry.transient(error):
+        raise error
+    return None
 
 
 def _versions(*names: str) -> dict[str, str]:

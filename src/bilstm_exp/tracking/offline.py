@@ -91,6 +91,29 @@ def replay(client: MlflowClient, run_id: str, journal: Journal) -> None:
                     [RunTag(k, v) for k, v in journal.tags.items()])
 
 
+def take_over(run_id: str, uri: str, offline_run_id: str) -> None:
+    """MLflow's fluent API (log_artifact, log_model) writes to the offline copy from now on."""
+    import mlflow
+    from mlflow.tracking import MlflowClient, fluent
+
+    stack = fluent._active_run_stack.get()
+    if stack and stack[-1].info.run_id == run_id:
+        stack[-1] = mlflow.ActiveRun(MlflowClient(uri).get_run(offline_run_id))
+    mlflow.set_tracking_uri(uri)
+
+
+def end(run_ids: set[str], uri: str, offline_run_id: str, status: str, target_uri: str) -> None:
+    """End the offline copy with ``status``; the fluent API leaves it and points at ``target_uri`` again."""
+    import mlflow
+    from mlflow.tracking import MlflowClient, fluent
+
+    stack = fluent._active_run_stack.get()
+    if stack and stack[-1].info.run_id in run_ids:
+        stack.pop()
+    MlflowClient(uri).set_terminated(offline_run_id, status)
+    mlflow.set_tracking_uri(target_uri)
+
+
 def sync_command_line(folder: Path, target_uri: str) -> str:
     try:
         shown = folder.resolve().relative_to(Path.cwd().resolve())
@@ -139,11 +162,8 @@ def sync(source: Path, target_uri: str | None = None) -> list[SyncReport]:
 
 
 def _sync_run(local: MlflowClient, run, experiment_name: str, uri: str) -> SyncReport:
-    import mlflow
     from mlflow.entities import Param, RunTag
     from mlflow.tracking import MlflowClient
-
-    from bilstm_exp.tracking import model_registry as registry
 
     target = MlflowClient(uri)
     experiment = target.get_experiment_by_name(experiment_name)
@@ -177,20 +197,31 @@ def _sync_run(local: MlflowClient, run, experiment_name: str, uri: str) -> SyncR
                      for model in local.search_logged_models([run.info.experiment_id],
                                                              f"source_run_id='{run.info.run_id}'")]
 
-    name = run.data.tags.get(REGISTER_TAG)
-    if name and model_ids and not target.search_model_versions(f"name='{name}' and run_id='{run_id}'"):
-        previous = mlflow.get_tracking_uri()
-        mlflow.set_tracking_uri(uri)
-        try:
-            version = registry.register(target, f"models:/{model_ids[-1]}", name, run_id,
-                                        target.get_run(run_id).data.metrics,
-                                        run.data.tags.get(CHAMPION_TAG, "val/accuracy"),
-                                        run.data.tags.get(GREATER_TAG, "true") == "true")
-        finally:
-            mlflow.set_tracking_uri(previous)
-        report.model_version = str(version.version)
+    if model_ids:
+        report.model_version = _register(target, run, run_id, f"models:/{model_ids[-1]}", uri)
     target.set_terminated(run_id, run.info.status, end_time=run.info.end_time)
     return report
+
+
+def _register(target: MlflowClient, run, run_id: str, model_uri: str, uri: str) -> str | None:
+    """The registration the run wished for when it went offline (its tags), on the target; the
+    version number, or None when it wished none or the target already has the run's version."""
+    import mlflow
+
+    from bilstm_exp.tracking import model_registry as registry
+
+    name = run.data.tags.get(REGISTER_TAG)
+    if not name or target.search_model_versions(f"name='{name}' and run_id='{run_id}'"):
+        return None
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        version = registry.register(target, model_uri, name, run_id, target.get_run(run_id).data.metrics,
+                                    run.data.tags.get(CHAMPION_TAG, "val/accuracy"),
+                                    run.data.tags.get(GREATER_TAG, "true") == "true")
+    finally:
+        mlflow.set_tracking_uri(previous)
+    return str(version.version)
 
 
 def _target_run(target: MlflowClient, origin: str | None, experiment_id: str) -> str | None:

@@ -3,7 +3,7 @@
     python -m bilstm_exp data.folds=5                       # one configuration, 5 folds
     python -m bilstm_exp -m data.folds=5 model=basic,attention   # a sweep of CV runs; best by cv/<monitor>_mean
 
-The folds cover all examples (:func:`bilstm_exp.data.prepare.fold_splits`): fold k tests on the k-th stratified
+The folds cover all examples (:func:`bilstm_exp.data.splits.fold_splits`): fold k tests on the k-th stratified
 part, so every example is tested exactly once; its validation split (``data.val_fraction`` of all
 examples) is carved from the other K-1 parts, and the rest trains. ``data.test_fraction`` is not used.
 Folds depend on ``data.split_seed`` only, so two configurations run with the same split seed and K see
@@ -24,15 +24,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import mlflow
 import numpy as np
-from mlflow.tracking import MlflowClient
 
 from bilstm_exp.analysis.statistics import ci95
-from bilstm_exp.config.schema import ExperimentConfig, flatten, to_dict
-from bilstm_exp.data import prepare as data_mod
+from bilstm_exp.config.schema import ExperimentConfig, flatten
+from bilstm_exp.data import prepare as data
 from bilstm_exp.tracking import model_registry as registry
 from bilstm_exp.tracking import store
+from bilstm_exp.tracking.session import Session
 from bilstm_exp.training import recording
 from bilstm_exp.training import runner as training
 
@@ -76,9 +75,9 @@ def run(config: ExperimentConfig, *, root: Path, overrides: list[str] | None = N
     """Train and evaluate ``config`` on each of ``data.folds`` folds; see the module docstring.
     ``parent_run_id``/``extra_tags`` (a sweep job) apply to the CV parent run."""
     overrides = overrides or []
+    checked = data.check(config.data, folds=config.data.folds)  # bad data fails here, before the store is opened
     experiment_id = store.setup(config.tracking, root)
-    folds = data_mod.prepare_folds(config.data)  # bad data fails here, before a run exists
-    client = MlflowClient(mlflow.get_tracking_uri())
+    folds = data.prepare_folds(config.data, checked)
     name = f"cv{len(folds)}-{config.model.name}-{config.optimizer.name}-clip_{config.clipping.name}"
     tags = {**(extra_tags or {}), ROLE_TAG: "parent", "architecture": config.model.name,
             "hydra_overrides": " ".join(overrides), recording.FINGERPRINT_TAG: folds[0].fingerprint(),
@@ -87,31 +86,21 @@ def run(config: ExperimentConfig, *, root: Path, overrides: list[str] | None = N
                                   "data.folds to register a model",
             "mlflow.note.content": f"{len(folds)}-fold cross-validation of {config.model.name} on "
                                    f"{config.data.name} data (split seed {config.data.split_seed})"}
-    if parent_run_id:
-        tags["mlflow.parentRunId"] = parent_run_id
-    parent = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
-    print(f"[bilstm-exp] {len(folds)}-fold cross-validation: parent run {parent}", flush=True)
-    try:
-        store.log_batch(client, parent, params=store.as_params(flatten(to_dict(config))))
-        results = []
-        for fold in folds:
-            result = training.run(config, root=root, overrides=overrides, prepared=fold, parent_run_id=parent,
-                                  extra_tags={FOLD_TAG: str(fold.fold), ROLE_TAG: "fold", PARENT_TAG: parent})
-            client.set_tag(result.run_id, "mlflow.runName", f"{name}-fold{fold.fold}")
-            results.append(result)
+    # the parent ends as any run does (FINISHED, FAILED with the error masked, KILLED on Ctrl-C or SIGTERM)
+    with Session.start(experiment_id, run_name=name, tags=tags, parent_run_id=parent_run_id, fluent=False) as parent:
+        print(f"[bilstm-exp] {len(folds)}-fold cross-validation: parent run {parent.run_id}", flush=True)
+        parent.log_params(flatten(store.masked_config(config)))
+        results = [training.run(config, root=root, overrides=overrides, prepared=fold, parent_run_id=parent.run_id,
+                                run_name=f"{name}-fold{fold.fold}",
+                                extra_tags={FOLD_TAG: str(fold.fold), ROLE_TAG: "fold", PARENT_TAG: parent.run_id})
+                   for fold in folds]
         metrics = aggregate([r.metrics for r in results])
-        store.log_batch(client, parent, metrics=store.as_metrics(metrics))
-        client.log_dict(parent, {"folds": [{"fold": k, "run_id": r.run_id,
-                                            **{m: v for m, v in r.metrics.items() if m.startswith(("val/", "test/"))}}
-                                           for k, r in enumerate(results)], "summary": metrics}, "cv/summary.json")
-    except BaseException as error:
-        interrupted = isinstance(error, KeyboardInterrupt)
-        client.set_tag(parent, "error", f"{type(error).__name__}: {error}"[:1000])
-        client.set_terminated(parent, "KILLED" if interrupted else "FAILED")
-        raise
-    client.set_terminated(parent, "FINISHED")
-    _print(parent, metrics, config.training.monitor)
-    return CVResult(parent, metrics, results)
+        parent.log_metrics(metrics)
+        parent.log_dict({"folds": [{"fold": k, "run_id": r.run_id,
+                                    **{m: v for m, v in r.metrics.items() if m.startswith(("val/", "test/"))}}
+                                   for k, r in enumerate(results)], "summary": metrics}, "cv/summary.json")
+    _print(parent.run_id, metrics, config.training.monitor)
+    return CVResult(parent.run_id, metrics, results)
 
 
 def _print(run_id: str, metrics: dict[str, float], monitor: str) -> None:

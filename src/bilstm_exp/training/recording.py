@@ -13,13 +13,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
 import yaml
 
 from bilstm_exp.analysis import reports
 from bilstm_exp.config.schema import ExperimentConfig, flatten, to_dict
-from bilstm_exp.data import prepare as data_mod
+from bilstm_exp.data.prepare import PreparedData
 from bilstm_exp.models import build as models
 from bilstm_exp.serving import model as serving
 from bilstm_exp.tracking import model_registry as registry
@@ -29,15 +28,15 @@ from bilstm_exp.training import checkpoints
 from bilstm_exp.training.evaluation import Evaluation
 
 
-def header(session: Session, config: ExperimentConfig, overrides: list[str], prepared: data_mod.PreparedData,
+def header(session: Session, config: ExperimentConfig, overrides: list[str], prepared: PreparedData,
            folder: Path) -> None:
     """What a new run records before training: params, config and overrides, data md5."""
     recorded = store.masked_config(config)  # values from ${oc.env:...} as their interpolation; secrets masked
     session.log_params(flatten(recorded))
     (folder / "config.yaml").write_text(yaml.safe_dump(recorded, sort_keys=False))
     (folder / "overrides.yaml").write_text(yaml.safe_dump(store.scrub(list(overrides))))
-    mlflow.log_artifact(str(folder / "config.yaml"))
-    mlflow.log_artifact(str(folder / "overrides.yaml"))
+    session.log_artifacts(folder / "config.yaml")
+    session.log_artifacts(folder / "overrides.yaml")
     tags = {"data_md5": prepared.md5(), FINGERPRINT_TAG: prepared.fingerprint(), GROUP_TAG: config_group(config)}
     if prepared.fold is not None:
         tags["data.fold_fingerprint"] = prepared.split_fingerprint()
@@ -65,18 +64,18 @@ def config_group(config: ExperimentConfig) -> str:
 
 
 def results(session: Session, config: ExperimentConfig, classifier: serving.TextClassifier,
-            prepared: data_mod.PreparedData, evaluation: Evaluation, history: dict[str, list[float]],
+            prepared: PreparedData, evaluation: Evaluation, history: dict[str, list[float]],
             metrics: dict[str, float], folder: Path) -> str:
     """Artifacts and the model, in a fresh folder: repeatable if the server goes down meanwhile.
     Returns the logged model's URI."""
     folder = Path(tempfile.mkdtemp(prefix="record-", dir=folder))
     if (folder.parent / "profile").is_dir():  # profiling=trace: a TensorBoard-readable profiler trace
-        mlflow.log_artifacts(str(folder.parent / "profile"), "profile")
-    _artifacts(classifier.model, prepared, evaluation, history, folder / "reports")
+        session.log_artifacts(folder.parent / "profile", "profile")
+    _artifacts(session, classifier.model, prepared, evaluation, history, folder / "reports")
     return _model(session, config, classifier, prepared, metrics, folder / "model")
 
 
-def _artifacts(model, prepared: data_mod.PreparedData, evaluation: Evaluation,
+def _artifacts(session: Session, model, prepared: PreparedData, evaluation: Evaluation,
                history: dict[str, list[float]], folder: Path) -> None:
     """Curves, confusion matrix, classification report, vocabulary and (attention) the heatmap."""
     folder.mkdir()
@@ -85,19 +84,19 @@ def _artifacts(model, prepared: data_mod.PreparedData, evaluation: Evaluation,
     reports.confusion_matrix(evaluation.y_true, evaluation.y_pred, names, folder / "confusion_matrix.png")
     reports.classification_report(evaluation.y_true, evaluation.y_pred, names, folder / "classification_report.txt")
     (folder / "vocab.json").write_text(prepared.vocab.to_json())
-    mlflow.log_artifacts(str(folder), "reports")
+    session.log_artifacts(folder, "reports")
     if has_attention(model):
         attention = folder / "attention"
         attention.mkdir()
         reports.attention_heatmap(attention_examples(model, prepared, evaluation), attention)
-        mlflow.log_artifacts(str(attention), "attention")
+        session.log_artifacts(attention, "attention")
 
 
 def has_attention(model) -> bool:
     return "attention" in [layer.name for layer in model.layers]
 
 
-def attention_examples(model, prepared: data_mod.PreparedData, evaluation: Evaluation,
+def attention_examples(model, prepared: PreparedData, evaluation: Evaluation,
                        count: int = 4) -> list[dict[str, Any]]:
     """Attention over the tokens of the ``count`` shortest test texts (fixed for a data split)."""
     order = np.argsort([len(s) for s in prepared.splits["test"]], kind="stable")[:count]
@@ -112,7 +111,7 @@ def attention_examples(model, prepared: data_mod.PreparedData, evaluation: Evalu
 
 
 def _model(session: Session, config: ExperimentConfig, classifier: serving.TextClassifier,
-           prepared: data_mod.PreparedData, metrics: dict[str, float], folder: Path) -> str:
+           prepared: PreparedData, metrics: dict[str, float], folder: Path) -> str:
     """Log the raw-text pyfunc model; register it and decide on the champion alias."""
     import pandas as pd
     from mlflow.models import ModelSignature

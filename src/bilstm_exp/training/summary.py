@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import sys
-import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,44 +29,40 @@ def say(line: str = "") -> None:
 # --------------------------------------------------------------------------- where
 
 
-def shown_uri(uri: str, cwd: Path | None = None) -> str:
-    """The URI as the user should read and paste it: credentials removed, a sqlite file under the
-    working directory relative to it (``sqlite:///mlflow.db``)."""
-    uri = store.redact(uri)
-    if uri.startswith("sqlite:///"):
-        path = Path(urllib.parse.unquote(uri[len("sqlite:///"):]))
-        try:
-            return f"sqlite:///{path.resolve().relative_to((cwd or Path.cwd()).resolve()).as_posix()}"
-        except ValueError:
-            return uri
-    return uri
-
-
 def announce(config: ExperimentConfig, root: Path) -> str:
     """The run's first line: the store it will be recorded in (explicit tracking.tracking_uri >
-    MLFLOW_TRACKING_URI > ./mlflow.db). The store is checked now without creating anything (a down
-    server, a corrupt or read-only sqlite file, a deleted experiment fail in seconds, before the data
-    is read). Returns the URI."""
+    MLFLOW_TRACKING_URI > ./mlflow.db), printed once the store is checked without creating anything
+    (a down server, a corrupt or read-only sqlite file, a deleted experiment fail in seconds). Returns the URI."""
     uri = store.resolve_uri(config.tracking, root)
-    say(f"{PREFIX} recording to {shown_uri(uri)} (experiment '{config.tracking.experiment_name}')")
     store.preflight(uri, config.tracking.experiment_name)
+    say(recording_line(config, uri))
     return uri
+
+
+def recording_line(config: ExperimentConfig, uri: str) -> str:
+    return f"{PREFIX} recording to {store.shown_uri(uri)} (experiment '{config.tracking.experiment_name}')"
 
 
 def start(config: ExperimentConfig, root: Path):
-    """Everything a run does before TensorFlow is imported: the configured log level, the first line
-    (where the run will be recorded; a down server fails here), and the data, read and validated, so
-    bad data exits in about a second without creating an experiment or a run; with training.resume,
-    the checkpoint to resume (a missing, unreadable or mismatched one fails here too). Returns PreparedData."""
+    """Everything a run does before TensorFlow is imported, cheapest check first: the configured log
+    level; the data a user handed over, read and checked without MLflow (bad data exits in about a
+    second, creating nothing); the store (a down server fails in seconds); the data prepared; with
+    training.resume, the checkpoint to resume (a missing, unreadable or mismatched one fails here).
+    Only then the first line, where the run is recorded. Returns PreparedData."""
     from bilstm_exp import quiet
     from bilstm_exp.data import prepare as data
     from bilstm_exp.training import checkpoints
 
     quiet.setup(config.training.log_level)
-    announce(config, root)
-    prepared = data.prepare(config.data)
+    uri = store.resolve_uri(config.tracking, root)  # credentials in a URI, tracking=server without one
+    checked = data.check(config.data)
+    store.preflight(uri, config.tracking.experiment_name)
+    prepared = data.prepare(config.data, checked=checked)
     if config.training.resume:  # checked again when training.run opens it (DVC stages and sweeps call that alone)
-        checkpoints.for_config(config, root, store.resolve_uri(config.tracking, root)).check_data(prepared.md5())
+        checkpointer = checkpoints.for_config(config, root)
+        store.check_resumable(checkpointer.run_id, uri)
+        checkpointer.check_data(prepared.md5())
+    say(recording_line(config, uri))  # the run is going to happen
     return prepared
 
 
@@ -106,10 +101,13 @@ def test_metrics(metrics: dict[str, float]) -> str:
 def champion(client, run, config: ExperimentConfig) -> str:
     """The registry decision for the run's model version, from its tags."""
     from bilstm_exp.tracking import offline
-    from bilstm_exp.tracking.model_registry import SKIPPED_TAG
+    from bilstm_exp.tracking.model_registry import FAILED_TAG, SKIPPED_TAG, register_command
 
     if run.data.tags.get(SKIPPED_TAG):
         return f"not registered: {run.data.tags[SKIPPED_TAG]}"
+    if run.data.tags.get(FAILED_TAG):
+        return (f"not registered: the store refused it ({run.data.tags[FAILED_TAG]}); register it later: "
+                f"{register_command(run.info.run_id, client.tracking_uri)}")
     if config.tracking.register_model is False:
         return "not registered: tracking.register_model=false"
     try:
@@ -130,19 +128,18 @@ def champion(client, run, config: ExperimentConfig) -> str:
             else f"{decision}: {version.name} version {version.version}, {alias}")
 
 
-def run_lines(uri: str, run_id: str, config: ExperimentConfig, cwd: Path | None = None) -> list[str]:
+def run_lines(uri: str, run_id: str, config: ExperimentConfig) -> list[str]:
     """The end-of-run summary, read from the store."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
     run = client.get_run(run_id)
-    shown = shown_uri(uri, cwd)
+    shown = store.shown_uri(uri)
     experiment_id = run.info.experiment_id
     lines = [f"{PREFIX} run {run.info.status.lower()}: {run.info.run_name} ({run_id})",
              f"  test       {test_metrics(run.data.metrics)}"]
     if "data/skipped_rows" in run.data.metrics:
-        lines.append(f"  data       {int(run.data.metrics['data/skipped_rows'])} bad rows skipped "
-                     "(data.on_bad_rows=skip)")
+        lines.append(f"  data       {bad_rows(int(run.data.metrics['data/skipped_rows']), config)}")
     lines += [f"  champion   {champion(client, run, config)}",
               f"  recorded   {shown}, experiment '{config.tracking.experiment_name}' (id {experiment_id})"]
     if store.is_http(uri):
@@ -151,6 +148,13 @@ def run_lines(uri: str, run_id: str, config: ExperimentConfig, cwd: Path | None 
         lines += [f"  open       mlflow ui --backend-store-uri {shown}",
                   f"             then {run_url(uri, experiment_id, run_id)}"]
     return lines
+
+
+def bad_rows(skipped: int, config: ExperimentConfig) -> str:
+    """What became of a data file's bad rows, in the terms of data.on_bad_rows."""
+    if getattr(config.data, "on_bad_rows", "error") == "skip":
+        return f"{skipped} bad rows skipped (data.on_bad_rows=skip)"
+    return "no bad rows (data.on_bad_rows=error stops at the first one)"
 
 
 def report_run(config: ExperimentConfig, root: Path, run_id: str,
@@ -167,7 +171,7 @@ def report_run(config: ExperimentConfig, root: Path, run_id: str,
         lines = run_lines(uri, run_id, config)
     except Exception as error:  # e.g. the server went down after the run was kept offline
         print(f"bilstm-exp: warning: run {run_id} finished, but its summary could not be read from "
-              f"{shown_uri(uri)} ({type(error).__name__})", file=sys.stderr, flush=True)
+              f"{store.shown_uri(uri)} ({type(error).__name__})", file=sys.stderr, flush=True)
         return
     say()
     for line in lines:
