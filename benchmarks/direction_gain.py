@@ -17,6 +17,7 @@ import numpy as np
 
 from bilstm_exp.cli.main import compose
 from bilstm_exp.config.schema import validate
+from bilstm_exp.data import batching, sources
 from bilstm_exp.data import prepare as data
 from bilstm_exp.models import build as models
 from bilstm_exp.serving import model as serving
@@ -26,7 +27,7 @@ OUT = Path(__file__).with_name("direction_gain.md")
 
 
 def cue_at_start(text: str, label: int) -> bool:
-    cues = set(data._POSITIVE if label == 1 else data._NEGATIVE)
+    cues = set(sources._POSITIVE if label == 1 else sources._NEGATIVE)
     return sum(word in cues for word in text.split()[:8]) >= 3
 
 
@@ -37,7 +38,7 @@ def main() -> None:
         prepared = data.prepare(config.data, config.seed)
         training.configure_tensorflow(config)
         pipelines = training.datasets(config, prepared)
-        batches = data.padding_stats(pipelines["train"]).batches
+        batches = batching.padding_stats(pipelines["train"]).batches
         model = training.compile_model(config, prepared, batches)
         history = model.fit(pipelines["train"], validation_data=pipelines["val"],
                             epochs=config.training.epochs, verbose=2)

@@ -31,6 +31,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from bilstm_exp.config.compose import compose  # noqa: E402
 from bilstm_exp.config.schema import validate  # noqa: E402
+from bilstm_exp.data import batching  # noqa: E402
 from bilstm_exp.data import prepare as data  # noqa: E402
 from bilstm_exp.models import build as models
 from bilstm_exp.models import embeddings
@@ -59,7 +60,8 @@ def train_one(overrides: list[str], prepared: data.PreparedData) -> dict[str, fl
     training.configure_tensorflow(config)
     pipelines = training.datasets(config, prepared)
     vectors = embeddings.for_vocabulary(config.model, prepared.vocab, prepared.splits["train"], seed=config.seed)
-    model = training.compile_model(config, prepared, data.padding_stats(pipelines["train"]).batches, vectors=vectors)
+    batches = batching.padding_stats(pipelines["train"]).batches
+    model = training.compile_model(config, prepared, batches, vectors=vectors)
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.training.early_stopping.patience,
                                          restore_best_weights=True)
     history = model.fit(pipelines["train"], validation_data=pipelines["val"], epochs=config.training.epochs,

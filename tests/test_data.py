@@ -9,7 +9,9 @@ import pytest
 
 from bilstm_exp.config.compose import compose
 from bilstm_exp.config.schema import validate
-from bilstm_exp.data import prepare as data
+from bilstm_exp.data import batching, sources, splits
+from bilstm_exp.data.prepare import PreparedData, prepare
+from bilstm_exp.data.vocabulary import OOV_ID, Vocabulary, tokenize
 from bilstm_exp.errors import DataError
 
 
@@ -19,9 +21,9 @@ def cfg(*overrides: str):
 
 def test_synthetic_is_deterministic_and_long_tailed():
     config = cfg("data.num_samples=3000")
-    a = data.synthetic(config.data, seed=7)
-    b = data.synthetic(config.data, seed=7)
-    c = data.synthetic(config.data, seed=8)
+    a = sources.synthetic(config.data, seed=7)
+    b = sources.synthetic(config.data, seed=7)
+    c = sources.synthetic(config.data, seed=8)
     assert a.texts == b.texts and np.array_equal(a.labels, b.labels)
     assert a.texts != c.texts
     lengths = np.array([len(t.split()) for t in a.texts])
@@ -31,9 +33,9 @@ def test_synthetic_is_deterministic_and_long_tailed():
 
 
 def test_synthetic_strong_cue_sits_at_one_end():
-    raw = data.synthetic(cfg("data.label_noise=0").data, seed=1)
-    positive = set(data._POSITIVE)
-    negative = set(data._NEGATIVE)
+    raw = sources.synthetic(cfg("data.label_noise=0").data, seed=1)
+    positive = set(sources._POSITIVE)
+    negative = set(sources._NEGATIVE)
     for text, label in zip(raw.texts[:200], raw.labels[:200]):
         words = text.split()
         ends = words[:8] + words[-8:]
@@ -42,15 +44,15 @@ def test_synthetic_strong_cue_sits_at_one_end():
 
 
 def test_multiclass_synthetic_has_named_classes():
-    raw = data.synthetic(cfg("data.num_classes=4", "data.num_samples=200").data, seed=0)
+    raw = sources.synthetic(cfg("data.num_classes=4", "data.num_samples=200").data, seed=0)
     assert raw.class_names == ["class_0", "class_1", "class_2", "class_3"]
     assert set(np.unique(raw.labels)) == {0, 1, 2, 3}
 
 
 def test_split_is_stratified_seeded_and_disjoint():
     labels = np.array([0] * 300 + [1] * 100)
-    a = data.stratified_split(labels, 0.1, 0.2, seed=3)
-    b = data.stratified_split(labels, 0.1, 0.2, seed=3)
+    a = splits.stratified_split(labels, 0.1, 0.2, seed=3)
+    b = splits.stratified_split(labels, 0.1, 0.2, seed=3)
     assert all(np.array_equal(a[k], b[k]) for k in a)
     every = np.concatenate(list(a.values()))
     assert len(every) == len(set(every)) == 400
@@ -59,26 +61,26 @@ def test_split_is_stratified_seeded_and_disjoint():
 
 
 def test_vocabulary_is_fitted_on_train_only():
-    prepared = data.prepare(cfg("data.num_samples=200", "data.vocab_size=50").data, seed=0)
-    train_words = {w for t in prepared.texts["train"] for w in data.tokenize(t)}
+    prepared = prepare(cfg("data.num_samples=200", "data.vocab_size=50").data, seed=0)
+    train_words = {w for t in prepared.texts["train"] for w in tokenize(t)}
     assert set(prepared.vocab.words) <= train_words
     assert len(prepared.vocab) == 50
     assert all(len(s) <= prepared.max_length for split in prepared.splits.values() for s in split)
 
 
 def test_vocabulary_encodes_unknown_words_and_truncates():
-    vocab = data.Vocabulary(["good", "film"])
-    assert vocab.encode("Good film, zzz", max_length=10).tolist() == [2, 3, data.OOV_ID, data.OOV_ID]
+    vocab = Vocabulary(["good", "film"])
+    assert vocab.encode("Good film, zzz", max_length=10).tolist() == [2, 3, OOV_ID, OOV_ID]
     assert vocab.encode("good film good", max_length=2, truncating="pre").tolist() == [3, 2]
-    assert data.Vocabulary.from_json(vocab.to_json()).words == ["good", "film"]
+    assert Vocabulary.from_json(vocab.to_json()).words == ["good", "film"]
 
 
 def test_max_samples_caps_any_source(tmp_path):
     path = tmp_path / "reviews.csv"
     path.write_text("text,label\n" + "".join(f"text number {i},{i % 2}\n" for i in range(50)))
-    raw = data.load_raw(cfg("data=file", f"data.path={path}", "data.max_samples=20").data, seed=0)
+    raw = sources.load_raw(cfg("data=file", f"data.path={path}", "data.max_samples=20").data, seed=0)
     assert len(raw.texts) == 20
-    raw = data.load_raw(cfg("data.max_samples=30").data, seed=0)
+    raw = sources.load_raw(cfg("data.max_samples=30").data, seed=0)
     assert len(raw.texts) == 30
 
 
@@ -97,17 +99,17 @@ def test_file_formats_and_string_labels(tmp_path, suffix):
         table.to_json(path, orient="records", lines=True)
     else:
         table.to_parquet(path)
-    raw = data.load_raw(cfg("data=file", f"data.path={path}", "data.text_column=review",
+    raw = sources.load_raw(cfg("data=file", f"data.path={path}", "data.text_column=review",
                             "data.label_column=sentiment").data, seed=0)
     assert raw.class_names == ["neg", "neutral", "pos"]
     assert raw.texts[0] == "the film was good" and raw.labels[0] == 2
 
 
 def test_tweets_come_from_the_installed_package():
-    raw = data.load_raw(cfg("data=tweets", "data.max_samples=500").data, seed=0)
+    raw = sources.load_raw(cfg("data=tweets", "data.max_samples=500").data, seed=0)
     assert raw.class_names == ["negative", "positive"]
     assert len(raw.texts) == 500 and set(np.unique(raw.labels)) == {0, 1}
-    assert data.tweets_csv().is_file()
+    assert sources.tweets_csv().is_file()
 
 
 def test_imdb_offline_fails_clearly(monkeypatch):
@@ -119,7 +121,7 @@ def test_imdb_offline_fails_clearly(monkeypatch):
 
     monkeypatch.setattr(keras.datasets.imdb, "load_data", offline)
     with pytest.raises(DataError, match="needs to download.*Fix: connect to the internet"):
-        data.load_raw(cfg("data=imdb").data, seed=0)
+        sources.load_raw(cfg("data=imdb").data, seed=0)
 
 
 BAD_FILES = [
@@ -141,30 +143,30 @@ def test_bad_files_name_file_row_and_problem(tmp_path, content, message):
     if content is not None:
         path.write_bytes(content)
     with pytest.raises(DataError) as caught:
-        data.load_raw(cfg("data=file", f"data.path={path}").data, seed=0)
+        sources.load_raw(cfg("data=file", f"data.path={path}").data, seed=0)
     text = str(caught.value)
     assert str(path) in text and message in text and "Fix:" in text, text
 
 
 def test_prepared_data_round_trips_and_hash_is_stable(tmp_path):
-    prepared = data.prepare(cfg("data.num_samples=120").data, seed=0)
+    prepared = prepare(cfg("data.num_samples=120").data, seed=0)
     prepared.save(tmp_path / "prepared")
-    loaded = data.PreparedData.load(tmp_path / "prepared")
+    loaded = PreparedData.load(tmp_path / "prepared")
     assert loaded.md5() == prepared.md5()
     assert loaded.class_names == prepared.class_names
     assert json.loads((tmp_path / "prepared" / "meta.json").read_text())["stats"]["length_histogram"]
-    other = data.prepare(cfg("data.num_samples=120").data, seed=1)
+    other = prepare(cfg("data.num_samples=120").data, seed=1)
     assert other.md5() != prepared.md5()
 
 
 def test_bucketed_batches_are_right_padded_and_pad_less_than_max():
     config = cfg("data.num_samples=400")
-    prepared = data.prepare(config.data, seed=0)
+    prepared = prepare(config.data, seed=0)
     seqs, labels = prepared.splits["train"], prepared.labels["train"]
-    bounds = data.bucket_boundaries(np.array([len(s) for s in seqs]), 8)
-    bucketed = data.make_dataset(seqs, labels, 32, padding="bucket", max_length=400, boundaries=bounds)
-    padded = data.make_dataset(seqs, labels, 32, padding="max", max_length=400)
-    bucket, full = data.padding_stats(bucketed), data.padding_stats(padded)
+    bounds = batching.bucket_boundaries(np.array([len(s) for s in seqs]), 8)
+    bucketed = batching.make_dataset(seqs, labels, 32, padding="bucket", max_length=400, boundaries=bounds)
+    padded = batching.make_dataset(seqs, labels, 32, padding="max", max_length=400)
+    bucket, full = batching.padding_stats(bucketed), batching.padding_stats(padded)
     assert bucket.real_tokens == full.real_tokens == sum(len(s) for s in seqs)
     assert bucket.batches == int(bucketed.cardinality()) and full.batches == int(padded.cardinality())
     assert 0 <= bucket.fraction < full.fraction < 1

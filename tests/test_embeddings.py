@@ -15,7 +15,7 @@ import pytest
 from bilstm_exp.cli import main as cli
 from bilstm_exp.config.compose import CONF_DIR, compose
 from bilstm_exp.config.schema import validate
-from bilstm_exp.data.prepare import Vocabulary, tokenize
+from bilstm_exp.data.vocabulary import Vocabulary, tokenize
 from bilstm_exp.errors import ConfigError, DataError
 from bilstm_exp.models import embeddings
 from tests.conftest import ROOT, tiny
@@ -98,10 +98,10 @@ def test_frozen_pretrained_embeddings_stay_unchanged_and_coverage_is_logged(tmp_
     """A tiny tracked run with frozen GloVe vectors for the synthetic cue words and a minimum frequency."""
     from mlflow.tracking import MlflowClient
 
-    from bilstm_exp.data import prepare as data
+    from bilstm_exp.data import sources
     from bilstm_exp.training import runner as training
 
-    cues = data._POSITIVE + data._NEGATIVE
+    cues = sources._POSITIVE + sources._NEGATIVE
     rng = np.random.default_rng(0)
     table = {w: rng.normal(size=8).round(4).tolist() for w in [*cues, "notinthedata"]}
     vectors = write_vectors(tmp_path, table)

@@ -128,12 +128,12 @@ def test_tracking_uri_precedence_explicit_then_environment_then_default(tmp_path
 def prepare(tmp_path: Path, name: str, content: str | bytes, *overrides: str):
     from bilstm_exp.config.compose import compose
     from bilstm_exp.config.schema import validate
-    from bilstm_exp.data import prepare as data
+    from bilstm_exp.data.prepare import prepare as prepare_data
 
     path = tmp_path / name
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
     config = validate(compose(["data=file", f"data.path={path}", *overrides]))
-    return data.prepare(config.data)
+    return prepare_data(config.data)
 
 
 def test_headerless_tsv_with_columns_by_position(tmp_path):

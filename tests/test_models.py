@@ -12,6 +12,7 @@ import pytest
 from bilstm_exp.config.compose import CONF_DIR, compose
 from bilstm_exp.config.schema import CLIPPING_MODES, SCHEMAS, ModelConfig, validate
 from bilstm_exp.data import prepare as data
+from bilstm_exp.data import sources
 from bilstm_exp.models import architectures, optim
 from bilstm_exp.models import build as models
 from bilstm_exp.training import profiling
@@ -149,7 +150,7 @@ def test_registries_agree_with_the_schemas():
     """Every option of conf/model, conf/optimizer and conf/data has a builder, registered with its schema."""
     assert {n: a.schema for n, a in architectures.REGISTRY.items()} == SCHEMAS["model"]
     assert {n: o.schema for n, o in optim.OPTIMIZERS.items()} == SCHEMAS["optimizer"]
-    assert {n: s.schema for n, s in data.SOURCES.items()} == SCHEMAS["data"]
+    assert {n: sources.get(n).schema for n in sources.names()} == SCHEMAS["data"]
     assert set(optim.CLIP_ARGUMENT) | {"none"} == set(CLIPPING_MODES)
     with pytest.raises(ValueError, match="has no schema"):
         architectures.register("transformer", flops=lambda cfg: None)(lambda *args: None)

@@ -109,7 +109,7 @@ def test_every_cost_metric_is_recorded_and_sane(trained, tmp_path):
 
 @pytest.mark.slow
 def test_clip_fraction_is_one_with_a_tiny_threshold_and_bucketing_pads_less(workdir):
-    from bilstm_exp.data import prepare as data
+    from bilstm_exp.data import batching
     from bilstm_exp.training import runner as training
 
     result = _train("basic", "training.epochs=2", "clipping=global_norm", "clipping.threshold=1e-6",
@@ -118,7 +118,7 @@ def test_clip_fraction_is_one_with_a_tiny_threshold_and_bucketing_pads_less(work
     assert _history(client, result.run_id, "grad/clip_fraction") == [1.0, 1.0]
     padded_to_max = client.get_run(result.run_id).data.metrics["data/padding_fraction"]
     # the same prepared data through the default (bucketed) pipeline
-    bucketed = data.padding_stats(training.datasets(validate(compose(tiny("basic"))), result.prepared)["train"])
+    bucketed = batching.padding_stats(training.datasets(validate(compose(tiny("basic"))), result.prepared)["train"])
     assert 0.0 <= bucketed.fraction < padded_to_max < 1.0
 
 

@@ -164,7 +164,8 @@ class Bench:
         import keras
         import mlflow
 
-        from bilstm_exp.data import prepare as data_mod
+        from bilstm_exp.data import batching
+        from bilstm_exp.data.prepare import prepare
         from bilstm_exp.tracking import store
         from bilstm_exp.tracking.callback import MLflowLogger
         from bilstm_exp.tracking.session import Session
@@ -172,17 +173,17 @@ class Bench:
         from bilstm_exp.training import runner as training
 
         self.keras, self.mlflow = keras, mlflow
-        self.data_mod, self.profiling, self.training = data_mod, profiling, training
+        self.batching, self.profiling, self.training = batching, profiling, training
         self.MLflowLogger, self.Session = MLflowLogger, Session
         self.settings = settings
         self.root = root
         self.config = _config(settings.overrides)
         self.experiment_id = store.setup(self.config.tracking, root)
         _log(f"preparing data ({settings.name})")
-        self.prepared = data_mod.prepare(self.config.data, self.config.seed)
+        self.prepared = prepare(self.config.data, self.config.seed)
         training.configure_tensorflow(self.config)
         self.pipes = training.datasets(self.config, self.prepared)
-        self.stats = data_mod.padding_stats(self.pipes["train"])
+        self.stats = batching.padding_stats(self.pipes["train"])
         self.samples = len(self.prepared.labels["train"])
 
     def describe(self) -> str:
@@ -293,7 +294,7 @@ class Bench:
         _log("bucketing_speedup: pad-to-max vs bucketed, same initial weights")
         max_config = _config([*self.settings.overrides, "data.padding=max"])
         max_pipes = self.training.datasets(max_config, self.prepared)
-        max_stats = self.data_mod.padding_stats(max_pipes["train"])
+        max_stats = self.batching.padding_stats(max_pipes["train"])
         bucket_model = self._plugin_model()
         max_model = self._plugin_model(max_config, max_stats.batches)
         max_model.set_weights(bucket_model.get_weights())
@@ -316,7 +317,7 @@ class Bench:
         out.update({"epochs_trained": epochs, "test_accuracy_max": acc["max"], "test_accuracy_bucket": acc["bucket"],
                     "accuracy_gap_points": 100 * abs(acc["max"] - acc["bucket"]),
                     "padding_fraction_max": max_stats.fraction, "padding_fraction_bucket": self.stats.fraction,
-                    "bucket_boundaries": self.data_mod.bucket_boundaries(
+                    "bucket_boundaries": self.batching.bucket_boundaries(
                         np.array([len(s) for s in self.prepared.splits["train"]]), self.config.data.num_buckets)})
         return out
 

@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 from bilstm_exp import extras
 from bilstm_exp.config.compose import compose, primary_config
 from bilstm_exp.config.schema import ExperimentConfig, validate
-from bilstm_exp.errors import ConfigError, exit_on_user_error, fail
+from bilstm_exp.errors import ConfigError, exit_on_user_error
 
 INTERRUPTED = "stopped before a run was started; nothing was recorded"
 
@@ -132,42 +132,6 @@ def _train_command(args: argparse.Namespace) -> None:
     train(validate(compose(args.overrides)), args.overrides)
 
 
-def _predict_command(args: argparse.Namespace) -> None:
-    texts = list(args.texts)
-    if args.file:
-        texts += read_texts(Path(args.file))
-    if not texts:
-        fail("no texts given. Fix: pass texts as arguments or --file PATH")
-    blank = [i for i, text in enumerate(texts) if not text.strip()]
-    if blank:
-        fail(f"text {blank[0] + 1} of {len(texts)} is empty or only whitespace: there is nothing to classify. "
-             "Fix: pass non-empty texts")
-    from bilstm_exp.tracking import store
-
-    uri = None
-    if args.model.startswith(("models:/", "runs:/")) or args.tracking_uri:  # needs the store: checked first
-        uri = store.existing_store(args.tracking_uri)
-        store.open_store(uri)  # credentials refused; a down server fails in seconds, naming the URI
-    import mlflow.pyfunc  # after the checks: a bad URI answers without loading MLflow's model code
-    from mlflow.exceptions import MlflowException
-
-    if uri is not None:
-        mlflow.set_tracking_uri(uri)
-    try:
-        model = mlflow.pyfunc.load_model(args.model)
-    except Exception as error:
-        fail(f"cannot load model {args.model}: {str(error).splitlines()[0]}. Fix: check the URI "
-             "(models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/model) and the tracking URI")
-    import pandas as pd
-
-    try:
-        result = model.predict(pd.DataFrame({"text": texts}))  # matches any raw-text signature, old or new
-    except MlflowException as error:
-        fail(f"the model refused the input: {error.message.splitlines()[0]}. Fix: pass non-empty texts")
-    for text, prob, label in zip(texts, result["probability"], result["label"], strict=True):
-        print(f"{label}\t{prob:.4f}\t{text}")
-
-
 def _promote_command(args: argparse.Namespace) -> None:
     import getpass
     import os
@@ -183,23 +147,10 @@ def _promote_command(args: argparse.Namespace) -> None:
           f"{args.reason.strip()}")
 
 
-def read_texts(path: Path) -> list[str]:
-    """One text per line, or the `text` column of a CSV."""
-    if not path.is_file():
-        fail(f"{path}: no such file. Fix: pass an existing text or CSV file")
-    if path.suffix.lower() == ".csv":
-        import pandas as pd
-
-        table = pd.read_csv(path)
-        if "text" not in table.columns:
-            fail(f"{path}: no 'text' column (found {', '.join(table.columns)}). Fix: name the column 'text'")
-        return table["text"].dropna().astype(str).tolist()  # an empty cell is no text, not "nan"
-    return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def parser() -> argparse.ArgumentParser:
     from bilstm_exp.analysis import bench, compare
     from bilstm_exp.models import embeddings
+    from bilstm_exp.serving import predict
     from bilstm_exp.stages import pipeline
     from bilstm_exp.team import server
     from bilstm_exp.tracking import offline, runs
@@ -216,8 +167,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="models:/bilstm-sentiment@champion", help="model URI")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLflow's own default)")
     p.add_argument("--file", default=None, help="a text file (one text per line) or a CSV with a text column")
+    p.add_argument("--encoding", default="utf-8", help="the file's text encoding, e.g. latin-1 (default: utf-8)")
     p.add_argument("texts", nargs="*")
-    p.set_defaults(func=_predict_command)
+    p.set_defaults(func=predict.command)
     p = sub.add_parser("compare", help="rank configurations: mean ±95%% CI, a verdict on the noise, plot, report")
     compare.add_arguments(p)
     p.set_defaults(func=compare.command)

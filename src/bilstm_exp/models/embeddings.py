@@ -7,7 +7,7 @@
   the vocabulary (``embedding/oov_fraction``) and of the training tokens
   (``embedding/oov_token_fraction``) got no pretrained vector.
 * :func:`pretrain` trains word2vec or fastText vectors on unlabelled text (tokenised like the
-  classifier's input, :func:`bilstm_exp.data.prepare.tokenize`) and writes them in word2vec text format, which
+  classifier's input, :func:`bilstm_exp.data.vocabulary.tokenize`) and writes them in word2vec text format, which
   ``model.pretrained_embeddings`` reads back.
 
 No TensorFlow here; gensim is imported inside the functions that use it. The config's validation has
@@ -27,7 +27,7 @@ import numpy as np
 
 from bilstm_exp import extras
 from bilstm_exp.config.schema import ModelConfig, probe_vectors
-from bilstm_exp.data.prepare import PAD_ID, Vocabulary, tokenize
+from bilstm_exp.data.vocabulary import PAD_ID, Vocabulary, tokenize
 from bilstm_exp.errors import ConfigError, DataError, UserError
 
 METHODS = ("word2vec", "fasttext")

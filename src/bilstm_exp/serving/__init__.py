@@ -1,4 +1,6 @@
-"""Serving: the registered model as an MLflow pyfunc (raw text in, probability and label out).
+"""Serving: the registered model as an MLflow pyfunc (raw text in, probability and label out) in
+``model``, and `bilstm-exp predict` in ``predict``.
 
-May import: ``data`` (the vocabulary and tokenizer), ``errors``. Never ``tracking`` or ``training``.
+May import: ``data`` (the vocabulary, the tokenizer, the file readers), ``errors``; ``predict`` also
+``tracking.store`` (to find and check the store it loads a model from). Never ``training``.
 """

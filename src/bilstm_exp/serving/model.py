@@ -21,7 +21,7 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
-from bilstm_exp.data.prepare import PAD_ID, Vocabulary
+from bilstm_exp.data.vocabulary import PAD_ID, Vocabulary
 
 BATCH = 256
 

@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from bilstm_exp.data import prepare as data
+from bilstm_exp.data.batching import bucket_boundaries
+from bilstm_exp.data.prepare import PreparedData
 
 
 @dataclass
@@ -23,7 +24,7 @@ class Evaluation:
     probabilities: np.ndarray
 
 
-def evaluate(classifier, prepared: data.PreparedData, split: str = "test") -> Evaluation:
+def evaluate(classifier, prepared: PreparedData, split: str = "test") -> Evaluation:
     """Metrics of ``classifier`` (a :class:`~bilstm_exp.serving.model.TextClassifier`) on one split's raw
     texts: loss, accuracy, and AUC (two classes) or macro F1 (more), named ``<split>/<metric>``."""
     from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score
@@ -41,7 +42,7 @@ def evaluate(classifier, prepared: data.PreparedData, split: str = "test") -> Ev
     return Evaluation(out, y, pred, probs)
 
 
-def detailed(classifier, prepared: data.PreparedData,
+def detailed(classifier, prepared: PreparedData,
              num_buckets: int) -> tuple[dict[str, float], dict[str, list[list[Any]]]]:
     """Test metrics and the plot tables: confusion pairs, ROC, precision-recall, accuracy per length."""
     from sklearn.metrics import (
@@ -75,7 +76,7 @@ def detailed(classifier, prepared: data.PreparedData,
         tables["roc"], tables["precision_recall"] = [], []
     # accuracy per length bucket: the boundaries training's bucketing uses (training-length quantiles)
     train_lengths = np.array([len(s) for s in prepared.splits["train"]])
-    bounds = [0, *data.bucket_boundaries(train_lengths, num_buckets), prepared.max_length + 1]
+    bounds = [0, *bucket_boundaries(train_lengths, num_buckets), prepared.max_length + 1]
     lengths = np.array([len(s) for s in prepared.splits["test"]])
     rows = []
     for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):

@@ -18,7 +18,9 @@ import tensorflow as tf
 
 from bilstm_exp.analysis import reports
 from bilstm_exp.config.schema import ExperimentConfig
-from bilstm_exp.data import prepare as data_mod
+from bilstm_exp.data import batching
+from bilstm_exp.data.prepare import PreparedData, check, prepare
+from bilstm_exp.data.vocabulary import PAD_ID
 from bilstm_exp.errors import ConfigError
 from bilstm_exp.models import build as models
 from bilstm_exp.models import embeddings, optim
@@ -38,7 +40,7 @@ class RunResult:
     history: dict[str, list[float]]  # Keras History: per-epoch logs, incl. profiling keys
     model_uri: str | None  # the logged pyfunc model
     classifier: serving.TextClassifier | None  # the trained model, raw text in (None: a multi_worker non-chief)
-    prepared: data_mod.PreparedData
+    prepared: PreparedData
     kept_offline: tuple[str, str] | None = None  # (URI, run id) of the offline store, if the server went down
 
 
@@ -50,20 +52,20 @@ def configure_tensorflow(config: ExperimentConfig) -> None:
     keras.mixed_precision.set_global_policy("mixed_float16" if config.training.mixed_precision else "float32")
 
 
-def datasets(config: ExperimentConfig, prepared: data_mod.PreparedData) -> dict[str, tf.data.Dataset]:
+def datasets(config: ExperimentConfig, prepared: PreparedData) -> dict[str, tf.data.Dataset]:
     """Train (shuffled), val and test pipelines with bucket boundaries from the training lengths."""
     cfg = config.data
     lengths = np.array([len(s) for s in prepared.splits["train"]])
-    bounds = data_mod.bucket_boundaries(lengths, cfg.num_buckets) if cfg.padding == "bucket" else None
+    bounds = batching.bucket_boundaries(lengths, cfg.num_buckets) if cfg.padding == "bucket" else None
     return distribute.shard(config, {  # multi_worker: this worker's batches, as many as every other worker's
-        name: data_mod.make_dataset(prepared.splits[name], prepared.labels[name], distribute.replica_batch_size(config),
+        name: batching.make_dataset(prepared.splits[name], prepared.labels[name], distribute.replica_batch_size(config),
                                     padding=cfg.padding, max_length=cfg.max_length, boundaries=bounds,
                                     shuffle=name == "train", seed=config.seed)
         for name in ("train", "val", "test")
     })
 
 
-def compile_model(config: ExperimentConfig, prepared: data_mod.PreparedData, steps_per_epoch: int,
+def compile_model(config: ExperimentConfig, prepared: PreparedData, steps_per_epoch: int,
                   model: keras.Model | None = None, vectors: embeddings.Vectors | None = None) -> keras.Model:
     """Compile ``model`` (default: the configured architecture, freshly built, its embedding started from
     ``vectors`` or else from model.pretrained_embeddings) with the configured optimizer, loss and metrics:
@@ -100,61 +102,44 @@ class AttentionProbe(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         weights = np.asarray(models.attention_model(self.model).predict_on_batch(self.token_ids))
         if logs is not None:
-            logs["attention/entropy"] = reports.entropy(weights, self.token_ids != data_mod.PAD_ID)
+            logs["attention/entropy"] = reports.entropy(weights, self.token_ids != PAD_ID)
 
 
 def run(config: ExperimentConfig, *, root: Path, overrides: list[str] | None = None,
-        prepared: data_mod.PreparedData | None = None, parent_run_id: str | None = None,
-        extra_tags: dict[str, str] | None = None) -> RunResult:
-    """Train and evaluate one configuration and record it as one MLflow run.
+        prepared: PreparedData | None = None, parent_run_id: str | None = None,
+        extra_tags: dict[str, str] | None = None, run_name: str | None = None) -> RunResult:
+    """Train and evaluate one configuration and record it as one MLflow run (``run_name``: a fold's).
 
-    The store is checked before any data is prepared, so a down server fails fast.
-    ``prepared`` skips data preparation (the DVC train stage passes what `prepare` wrote);
-    ``parent_run_id`` nests the run under a sweep's parent run.
+    Checks run cheapest first: the data a user handed over, then the store (a down server fails
+    fast), then what a resume needs, all before any run exists. ``prepared`` skips data preparation
+    (the DVC train stage passes what `prepare` wrote); ``parent_run_id`` nests the run under a sweep's.
     """
     if not distribute.is_chief(config):  # training.strategy=multi_worker (TF_CONFIG checked here): a worker
         return _train_worker(config, prepared)  # trains its shard and records nothing; the chief records
-    start = time.perf_counter()
-    prepared = prepared or data_mod.prepare(config.data)  # bad data fails here, before any experiment or run
-    prepare_s = prepared.prepare_s if prepared.prepare_s is not None else time.perf_counter() - start
+    checked = None if prepared else check(config.data)  # bad data fails here, before the store is opened
     experiment_id = store.setup(config.tracking, root)
+    prepared = prepared or prepare(config.data, checked=checked)
     checkpointer = checkpoints.for_config(config, root)  # training.resume: fails here, before training
-    overrides = overrides or []
+    store.check_resumable(checkpointer.run_id)  # the run to resume is in the store and not FINISHED
     checkpointer.check_data(prepared.md5())
     # model.pretrained_embeddings: the vectors for this vocabulary; an unreadable file fails before a run exists
     vectors = embeddings.for_vocabulary(config.model, prepared.vocab, prepared.splits["train"], seed=config.seed)
 
-    with Session.start(experiment_id, run_name=_run_name(config), tags=_tags(config, overrides, extra_tags),
-                       parent_run_id=parent_run_id, run_id=checkpointer.run_id) as session, \
+    with Session.start(experiment_id, run_name=run_name or _run_name(config),
+                       tags=_tags(config, overrides or [], extra_tags), parent_run_id=parent_run_id,
+                       run_id=checkpointer.run_id) as session, \
             tempfile.TemporaryDirectory(prefix="bilstm-exp-") as tmp:
         folder = Path(tmp)
-        checkpointer.bind(session.run_id)
-        if checkpointer.resuming:
-            session.log_tags({"resumed_from_epoch": str(checkpointer.initial_epoch)})
-        else:
-            session.resilient(lambda: recording.header(session, config, overrides, prepared, folder))
-
-        configure_tensorflow(config)
-        pipelines = datasets(config, prepared)
-        padding = data_mod.padding_stats(pipelines["train"])
-        start = time.perf_counter()
-        with distribute.scope(config):
-            model = compile_model(config, prepared, padding.batches, vectors=vectors)
-        build_s = time.perf_counter() - start
+        _begin(session, checkpointer, config, overrides or [], prepared, folder)
+        model, pipelines, padding, build_s = _build(config, prepared, vectors)
         session.log_params({"derived.trainable_params": int(model.count_params())})
-
         profiler = profiling.EpochProfiler(len(prepared.labels["train"]), padding.real_tokens)
         history = _fit(config, model, pipelines, prepared, profiler, session, checkpointer, folder)
-
-        classifier = serving.TextClassifier().setup(models.inference_model(model), prepared.vocab, {
-            "class_names": prepared.class_names, "max_length": prepared.max_length,
-            "truncating": prepared.truncating})
+        classifier = _classifier(model, prepared)
         evaluation = evaluate(classifier, prepared)
         kept = _log_kept_weights(config, session, classifier, prepared, history)  # final val/*, best/epoch
-        skipped = {"data/skipped_rows": prepared.stats["skipped_rows"]} if "skipped_rows" in prepared.stats else {}
-        metrics = {**evaluation.metrics, **skipped, "time/data_prepare_s": prepare_s, "time/model_build_s": build_s,
-                   "data/padding_fraction": padding.fraction, **vectors.metrics,  # embedding/oov_fraction
-                   **_cost_metrics(config, model, prepared, profiler, classifier, history)}
+        metrics = {**evaluation.metrics, **_data_metrics(prepared, padding), "time/model_build_s": build_s,
+                   **vectors.metrics, **_cost_metrics(config, model, prepared, profiler, classifier, history)}
         session.log_metrics(metrics)
         metrics.update(kept)
         session.settle()  # a server down since some epoch: deliver what is buffered, or continue offline
@@ -165,8 +150,41 @@ def run(config: ExperimentConfig, *, root: Path, overrides: list[str] | None = N
     return RunResult(session.run_id, metrics, history, model_uri, classifier, prepared, kept_offline)
 
 
+def _begin(session: Session, checkpointer: checkpoints.Checkpointer, config: ExperimentConfig, overrides: list[str],
+           prepared: PreparedData, folder: Path) -> None:
+    """Bind the checkpoints to the run; record what the run is (or that it resumes one)."""
+    checkpointer.bind(session.run_id)
+    if checkpointer.resuming:
+        session.log_tags({"resumed_from_epoch": str(checkpointer.initial_epoch)})
+    else:
+        session.resilient(lambda: recording.header(session, config, overrides, prepared, folder))
+
+
+def _build(config: ExperimentConfig, prepared: PreparedData, vectors: embeddings.Vectors):
+    """TensorFlow configured, the tf.data pipelines, their padding, the compiled model and its build time."""
+    configure_tensorflow(config)
+    pipelines = datasets(config, prepared)
+    padding = batching.padding_stats(pipelines["train"])
+    start = time.perf_counter()
+    with distribute.scope(config):
+        model = compile_model(config, prepared, padding.batches, vectors=vectors)
+    return model, pipelines, padding, time.perf_counter() - start
+
+
+def _classifier(model: keras.Model, prepared: PreparedData) -> serving.TextClassifier:
+    """The trained model as it is served: raw text in."""
+    return serving.TextClassifier().setup(models.inference_model(model), prepared.vocab, {
+        "class_names": prepared.class_names, "max_length": prepared.max_length, "truncating": prepared.truncating})
+
+
+def _data_metrics(prepared: PreparedData, padding: batching.PaddingStats) -> dict[str, float]:
+    """Preparation time, padding and (a file source) the bad rows skipped."""
+    skipped = {"data/skipped_rows": prepared.stats["skipped_rows"]} if "skipped_rows" in prepared.stats else {}
+    return {**skipped, "time/data_prepare_s": prepared.prepare_s or 0.0, "data/padding_fraction": padding.fraction}
+
+
 def _fit(config: ExperimentConfig, model: keras.Model, pipelines: dict[str, tf.data.Dataset],
-         prepared: data_mod.PreparedData, profiler: profiling.EpochProfiler, session: Session,
+         prepared: PreparedData, profiler: profiling.EpochProfiler, session: Session,
          checkpointer: checkpoints.Checkpointer, folder: Path) -> dict[str, list[float]]:
     """``model.fit`` from the checkpointed epoch on; returns every epoch's logs (resumed ones included)."""
     checkpointer.restore(model)  # resuming: weights and optimizer state of the last finished epoch
@@ -199,7 +217,7 @@ def _fit(config: ExperimentConfig, model: keras.Model, pipelines: dict[str, tf.d
     return history
 
 
-def _stopping(config: ExperimentConfig, prepared: data_mod.PreparedData) -> keras.callbacks.EarlyStopping | None:
+def _stopping(config: ExperimentConfig, prepared: PreparedData) -> keras.callbacks.EarlyStopping | None:
     """Early stopping on ``training.monitor``; it also keeps the best epoch's weights (restored at the
     end of ``fit``), with a patience no run reaches when early stopping is disabled."""
     training = config.training
@@ -228,7 +246,7 @@ def best_epoch(config: ExperimentConfig, history: dict[str, list[float]]) -> int
 
 
 def _log_kept_weights(config: ExperimentConfig, session: Session, classifier: serving.TextClassifier,
-                      prepared: data_mod.PreparedData, history: dict[str, list[float]]) -> dict[str, float]:
+                      prepared: PreparedData, history: dict[str, list[float]]) -> dict[str, float]:
     """Evaluate the weights the run keeps (the best epoch's, restored) on the validation split and log
     them as the last step of ``val/*`` (step = epochs trained, one past the last epoch), so each
     ``val/*`` metric's latest value, and the registry's ``metric.val/*`` tags, describe the saved model.
@@ -241,10 +259,10 @@ def _log_kept_weights(config: ExperimentConfig, session: Session, classifier: se
     return kept
 
 
-def _train_worker(config: ExperimentConfig, prepared: data_mod.PreparedData | None) -> RunResult:
+def _train_worker(config: ExperimentConfig, prepared: PreparedData | None) -> RunResult:
     """A non-chief multi_worker task: the chief's data, model and steps (every collective matched), no
     MLflow, checkpoints or evaluation: it writes nothing (bilstm_exp.training.distribute)."""
-    prepared = prepared or data_mod.prepare(config.data)
+    prepared = prepared or prepare(config.data)
     configure_tensorflow(config)
     pipelines = datasets(config, prepared)
     with distribute.scope(config):
@@ -258,7 +276,7 @@ def _train_worker(config: ExperimentConfig, prepared: data_mod.PreparedData | No
     return RunResult("", {}, fitted.history, None, None, prepared)
 
 
-def _cost_metrics(config: ExperimentConfig, model: keras.Model, prepared: data_mod.PreparedData,
+def _cost_metrics(config: ExperimentConfig, model: keras.Model, prepared: PreparedData,
                   profiler: profiling.EpochProfiler, classifier: serving.TextClassifier,
                   history: dict[str, list[float]]) -> dict[str, float]:
     """Size, compile overhead, latency, FLOPs, throughput and memory of the trained model."""

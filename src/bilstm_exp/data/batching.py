@@ -1,0 +1,91 @@
+"""tf.data pipelines: token-id splits -> right-padded batches, grouped by length into buckets.
+
+TensorFlow is imported inside :func:`make_dataset` only, so the rest of ``data`` stays light.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from bilstm_exp.data.vocabulary import PAD_ID
+
+
+def bucket_boundaries(lengths: np.ndarray, num_buckets: int) -> list[int]:
+    """Boundaries at quantiles of the training lengths, so buckets hold similar counts.
+
+    Equal-count buckets keep every bucket's batches full; equal-width buckets would leave the
+    long tail with a few near-empty batches. Duplicates (many equal lengths) are dropped.
+    """
+    if num_buckets <= 1:
+        return []
+    qs = np.quantile(lengths, np.linspace(0, 1, num_buckets + 1)[1:-1])
+    return sorted({int(q) + 1 for q in qs})
+
+
+def make_dataset(sequences: list[np.ndarray], labels: np.ndarray, batch_size: int, *, padding: str,
+                 max_length: int, boundaries: list[int] | None = None, shuffle: bool = False,
+                 seed: int = 0):
+    """Right-padded batches (so the cuDNN LSTM kernel stays usable), cached and prefetched.
+
+    ``padding="bucket"`` groups texts of similar length (``bucket_by_sequence_length``) and pads
+    each batch to its bucket's upper boundary (the last bucket to the longest text), so a run sees
+    one sequence length per bucket: a compiled recurrent kernel (``model.kernel=fast``: XLA) is
+    compiled once per bucket, not once per batch. ``padding="max"`` pads every batch to ``max_length``.
+    """
+    import tensorflow as tf
+
+    lengths = np.array([len(s) for s in sequences], dtype=np.int32)
+    padded = np.zeros((len(sequences), max(lengths)), dtype=np.int32)
+    for row, seq in enumerate(sequences):
+        padded[row, : len(seq)] = seq
+    ds = (tf.data.Dataset.from_tensor_slices((padded, lengths, labels.astype(np.int32)))
+          .map(lambda x, n, y: (x[:n], y), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+          .cache())
+    if shuffle:
+        ds = ds.shuffle(len(sequences), seed=seed, reshuffle_each_iteration=True)
+    if padding == "bucket":
+        ds, batches = _bucketed(ds, lengths, batch_size, boundaries or [])
+    else:
+        batches = -(-len(sequences) // batch_size)
+        ds = ds.padded_batch(batch_size, padded_shapes=([max_length], []), padding_values=(PAD_ID, 0))
+    # bucket membership depends only on length, so every pass has the same number of batches;
+    # declaring it lets Keras show progress and know the epoch length from the first epoch
+    return ds.apply(tf.data.experimental.assert_cardinality(batches)).prefetch(tf.data.AUTOTUNE)
+
+
+def _bucketed(ds, lengths: np.ndarray, batch_size: int, boundaries: list[int]):
+    """``ds`` batched by length bucket, each batch padded to its bucket's boundary; and the batch count."""
+    import tensorflow as tf
+
+    # pad_to_bucket_boundary needs every length below the last boundary: close the last bucket
+    # just above the longest text
+    bounds = [b for b in boundaries if b <= int(lengths.max())] + [int(lengths.max()) + 1]
+    per_bucket = np.bincount(np.searchsorted(bounds, lengths, side="right"), minlength=len(bounds) + 1)
+    batches = int(sum(-(-count // batch_size) for count in per_bucket))
+    return ds.bucket_by_sequence_length(
+        element_length_func=lambda x, y: tf.shape(x)[0],
+        bucket_boundaries=bounds,
+        bucket_batch_sizes=[batch_size] * (len(bounds) + 1),
+        padded_shapes=([None], []),
+        padding_values=(PAD_ID, 0),
+        pad_to_bucket_boundary=True,
+    ), batches
+
+
+@dataclass
+class PaddingStats:
+    fraction: float  # padded positions / all positions fed to the model
+    real_tokens: int
+    batches: int
+
+
+def padding_stats(dataset) -> PaddingStats:
+    """Padding and size of one pass over a batched dataset (token id 0 is padding)."""
+    real = total = batches = 0
+    for x, _ in dataset.as_numpy_iterator():
+        real += int(np.count_nonzero(x))
+        total += x.size
+        batches += 1
+    return PaddingStats(1.0 - real / total if total else 0.0, real, batches)
