@@ -222,6 +222,114 @@ def test_verdict_says_within_the_noise_or_cannot_tell(client, experiment, capsys
     assert "cannot tell: one run each; repeat with -m seed=1,2,3 or data.folds=5" in " ".join(out.split())
 
 
+# --------------------------------------------------------------------------- against a baseline
+
+
+def baseline_lines(out: str) -> dict[str, str]:
+    """The verdicts under 'Against the baseline ...', by architecture: {arch: sentence}."""
+    text = " ".join(out.split())
+    section = text.split("Against the baseline ", 1)[1].split(" wrote ", 1)[0]
+    parts = section.split(" #")[1:]  # "#1 stacked: beats the baseline by ..."
+    return {part.split()[1].rstrip(":"): part.split(": ", 1)[1] for part in parts}
+
+
+def test_baseline_named_by_group_run_or_kfold_parent_gives_every_configuration_a_paired_verdict(
+        client, experiment, capsys, tmp_path):
+    """K-fold runs of four architectures on the same folds; basic is the baseline. stacked is better on
+    every fold, attention worse on every fold, unidirectional up on some folds and down on others."""
+    name, exp_id = experiment
+    base = log_kfold(client, exp_id, "basic", [0.40, 0.45, 0.42, 0.50, 0.47])
+    log_kfold(client, exp_id, "stacked", [0.30, 0.36, 0.31, 0.41, 0.37])
+    log_kfold(client, exp_id, "attention", [0.43, 0.47, 0.45, 0.52, 0.49])
+    log_kfold(client, exp_id, "unidirectional", [0.45, 0.40, 0.47, 0.45, 0.46])
+    report, out = run_compare(client, capsys, "--experiment", name, "--baseline", base,
+                              "--output", str(tmp_path / "parent"))
+    check_width(out)
+    assert "Against the baseline #3 basic" in out and "on val/loss (training.monitor, lower is better" in out
+    verdicts = baseline_lines(out)
+    # stacked - basic per fold: -0.10 -0.09 -0.11 -0.09 -0.10: mean 0.098 lower, t(4) interval
+    assert verdicts["stacked"].startswith("beats the baseline by 0.098 val/loss (95% CI 0.088 to 0.11, "
+                                          "paired t-test over 5 folds, p<0.001)")
+    assert verdicts["attention"].startswith("worse than the baseline by 0.024 val/loss (95% CI")
+    assert verdicts["unidirectional"].startswith("within the noise: 0.002 val/loss better (95% CI -0.06 to 0.064")
+    assert "basic" not in verdicts  # the baseline itself is named in the heading, not judged
+    assert [(v.group.architecture, v.word) for v in report.baseline] == [
+        ("stacked", "better"), ("unidirectional", "within the noise"), ("basic", "baseline"), ("attention", "worse")]
+    rows = rows_of(report)
+    assert [r["vs_baseline_verdict"] for r in rows] == ["better", "within the noise", "baseline", "worse"]
+    assert float(rows[0]["vs_baseline"]) == pytest.approx(0.098)  # positive: better than the baseline
+    markdown = (report.folder / "compare.md").read_text()
+    assert "**Against the baseline #3 basic" in markdown and "- #1 stacked: beats the baseline by 0.098" in markdown
+    # the same baseline named by its group (as compare.md and compare.csv show it) or by one of its fold runs
+    group = next(r["group"] for r in rows if r["architecture"] == "basic")
+    assert f"| basic | {group} |" in markdown
+    fold_run = next(r["run_ids"] for r in rows if r["architecture"] == "basic").split()[0]
+    for wanted in (group, group[:6], fold_run):
+        again, out = run_compare(client, capsys, "--experiment", name, "--baseline", wanted,
+                                 "--output", str(tmp_path / wanted))
+        assert [(v.group.architecture, v.word) for v in again.baseline] == [
+            (v.group.architecture, v.word) for v in report.baseline]
+        assert baseline_lines(out) == verdicts
+
+
+def test_baseline_from_another_sweep_is_read_from_the_store_and_accuracy_differs_in_points(
+        client, experiment, capsys, tmp_path):
+    """"Does anything beat my default?": the default's seeds ran in one sweep, a candidate's in another;
+    comparing the candidate's sweep against the default's parent run pairs them over their seeds."""
+    name, exp_id = experiment
+    monitor = {"training.monitor": "val/accuracy", "training.monitor_mode": "max"}
+    sweeps = {}
+    for arch, accuracies in (("basic", (0.80, 0.82, 0.81)), ("attention", (0.83, 0.845, 0.84))):
+        sweeps[arch] = client.create_run(exp_id, run_name=f"sweep-{arch}",
+                                         tags={"bilstm_exp.training.sweep": "parent"}).info.run_id
+        for seed, accuracy in enumerate(accuracies, 1):
+            log_run(client, exp_id, arch, seed, accuracy=accuracy, params=monitor,
+                    tags={"mlflow.parentRunId": sweeps[arch]})
+        client.set_terminated(sweeps[arch], "FINISHED")
+    report, out = run_compare(client, capsys, "--parent", sweeps["attention"], "--baseline", sweeps["basic"],
+                              "--output", str(tmp_path / "sweeps"))
+    assert [(r["architecture"], r["n"]) for r in rows_of(report)] == [("attention", "3"), ("basic", "3")]
+    # attention - basic per seed: +3.0, +2.5, +3.0 points
+    assert baseline_lines(out)["attention"].startswith(
+        "beats the baseline by 2.8 points (95% CI 2.1 to 3.6, paired t-test over 3 seeds, p=")
+    assert "higher is better" in out
+
+
+def test_ranking_by_another_metric_is_said_and_the_baseline_is_judged_on_the_monitor(
+        client, experiment, capsys, tmp_path):
+    name, exp_id = experiment
+    for seed, (loss, accuracy) in enumerate(((0.50, 0.80), (0.52, 0.81), (0.54, 0.79)), 1):
+        log_run(client, exp_id, "basic", seed, loss, accuracy)
+    for seed, (loss, accuracy) in enumerate(((0.60, 0.90), (0.63, 0.91), (0.61, 0.89)), 1):
+        log_run(client, exp_id, "attention", seed, loss, accuracy)
+    report, out = run_compare(client, capsys, "--experiment", name, "--metric", "test/accuracy",
+                              "--baseline", rows_of(run_compare(client, capsys, "--experiment", name, "--output",
+                                                                str(tmp_path / "plain"))[0])[0]["group"],
+                              "--output", str(tmp_path / "ranked"))
+    text = " ".join(out.split())
+    assert [g.architecture for g in report.groups] == ["attention", "basic"]  # by test accuracy
+    assert ("ranked by test/accuracy (--metric); these runs were trained and their weights kept on val/loss "
+            "(training.monitor), the metric to decide on; the verdicts against the baseline use val/loss") in text
+    # the baseline (basic, best on val/loss) against attention, on val/loss: attention is worse
+    assert baseline_lines(out)["attention"].startswith("worse than the baseline by 0.093 val/loss")
+
+
+def test_a_baseline_that_names_nothing_or_several_configurations_says_how_to_name_one(
+        client, experiment, capsys, tmp_path):
+    name, exp_id = experiment
+    log_run(client, exp_id, "basic", 1, 0.5)
+    log_run(client, exp_id, "attention", 1, 0.6)
+    with pytest.raises(compare_mod.CompareError, match="--baseline 0123abcd names no configuration group.*Fix:"):
+        run_compare(client, capsys, "--experiment", name, "--baseline", "0123abcd", "--output", str(tmp_path))
+    with pytest.raises(compare_mod.CompareError, match="too short.*Fix:"):
+        run_compare(client, capsys, "--experiment", name, "--baseline", "a", "--output", str(tmp_path))
+    result = run_module(["compare", "--tracking-uri", client.tracking_uri, "--experiment", name,
+                         "--baseline", "0123abcd", "--output", str(tmp_path / "cli")],
+                        tmp_path, module="bilstm_exp.cli.main", timeout=120)
+    assert result.returncode == 2 and "Fix:" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "cli").exists()  # nothing half-written
+
+
 # --------------------------------------------------------------------------- readable output
 
 

@@ -94,7 +94,9 @@ def judge(group: Group, base: Group | None, column: str, metric: str, mode: str)
         return BaselineVerdict(group, "cannot tell", cannot)
     diff = difference(group.by_pair(column), base.by_pair(column), higher_is_better=mode == "max")
     if not diff.real:
-        text = f"within the noise: {amount(metric, diff.mean, signed=True)} ({interval(metric, diff)})"
+        worse = diff.mean < 0  # say how much better or worse, its interval in the same direction
+        text = (f"within the noise: {amount(metric, abs(diff.mean))} {'worse' if worse else 'better'} "
+                f"({interval(metric, diff, worse)})")
         return BaselineVerdict(group, "within the noise", text, diff)
     if diff.mean > 0:
         text = f"beats the baseline by {amount(metric, diff.mean)} ({interval(metric, diff)})"

@@ -53,10 +53,10 @@ def units(metric: str) -> tuple[float, str]:
     return 1.0, metric
 
 
-def amount(metric: str, value: float, signed: bool = False) -> str:
-    """``1.2 points`` or ``0.021 val/loss`` (``+`` before a positive value when ``signed``)."""
+def amount(metric: str, value: float) -> str:
+    """``1.2 points`` or ``0.021 val/loss``."""
     scale, unit = units(metric)
-    return ("+" if signed and value > 0 else "") + f"{number(scale * value, 2)} {unit}"
+    return f"{number(scale * value, 2)} {unit}"
 
 
 def interval(metric: str, diff: Difference, worse: bool = False) -> str:
