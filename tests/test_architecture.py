@@ -38,6 +38,7 @@ LAYERS = [
 ]
 PACKAGES = {"__init__", "config", "conf", "data", "models", "training", "tracking", "analysis", "serving", "team",
             "stages", "cli"}
+    {"cli.init"},
 
 
 def module_name(path: Path) -> str:

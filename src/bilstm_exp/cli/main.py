@@ -1,5 +1,6 @@
 """`bilstm-exp` subcommands and the glue between Hydra and a run.
 
+    bilstm-exp init [DIR]                    set up bilstm-exp in your repository: conf/, dvc.yaml, params.yaml
     bilstm-exp train [overrides...]          one run (same as python -m bilstm_exp overrides...)
     bilstm-exp prepare|train|evaluate --params params.yaml   the DVC stages
     bilstm-exp compose-params [overrides...] conf/ -> params.yaml
@@ -153,6 +154,7 @@ def parser() -> argparse.ArgumentParser:
     from bilstm_exp.serving import predict
     from bilstm_exp.stages import pipeline
     from bilstm_exp.team import server
+    from bilstm_exp.cli import init
     from bilstm_exp.tracking import offline, runs
 
     top = argparse.ArgumentParser(prog="bilstm-exp", description=__doc__,
@@ -185,6 +187,8 @@ def parser() -> argparse.ArgumentParser:
     runs.add_command(sub)  # bilstm-exp runs --stale --close: runs a dead process left RUNNING
     server.add_command(sub)  # bilstm-exp server start|stop|user: a local team server (PostgreSQL + basic auth)
     p = sub.add_parser("bench", help=bench.HELP)
+    register_command.add_command(sub)  # bilstm-exp register --run ID: a run's model, after its store refused it
+    init.add_command(sub)  # bilstm-exp init: conf/, dvc.yaml, params.yaml in the user's repository
     bench.add_arguments(p)
     p.set_defaults(func=bench.command)
     return top
