@@ -150,11 +150,11 @@ def _promote_command(args: argparse.Namespace) -> None:
 
 def parser() -> argparse.ArgumentParser:
     from bilstm_exp.analysis import bench, compare
+    from bilstm_exp.cli import init
     from bilstm_exp.models import embeddings
     from bilstm_exp.serving import predict
     from bilstm_exp.stages import pipeline
     from bilstm_exp.team import server
-    from bilstm_exp.cli import init
     from bilstm_exp.tracking import offline, runs
 
     top = argparse.ArgumentParser(prog="bilstm-exp", description=__doc__,
@@ -183,12 +183,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
     p.set_defaults(func=_promote_command)
+    init.add_command(sub)  # bilstm-exp init: conf/, dvc.yaml, params.yaml in the user's repository
     embeddings.add_command(sub)  # bilstm-exp pretrain-embeddings: word2vec/fastText vectors from your text
     runs.add_command(sub)  # bilstm-exp runs --stale --close: runs a dead process left RUNNING
     server.add_command(sub)  # bilstm-exp server start|stop|user: a local team server (PostgreSQL + basic auth)
     p = sub.add_parser("bench", help=bench.HELP)
-    register_command.add_command(sub)  # bilstm-exp register --run ID: a run's model, after its store refused it
-    init.add_command(sub)  # bilstm-exp init: conf/, dvc.yaml, params.yaml in the user's repository
     bench.add_arguments(p)
     p.set_defaults(func=bench.command)
     return top
