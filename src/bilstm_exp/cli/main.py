@@ -120,7 +120,7 @@ def check_overrides(args: list[str]) -> None:
     from bilstm_exp.config.schema import check_option_keys
 
     defaults: dict[str, str] = {}
-    for entry in (yaml.safe_load((CONF_DIR / "config.yaml").read_text(encoding="utf-8")) or {}).get("defaults", []):
+    for entry in (yaml.safe_load(primary_config().read_text(encoding="utf-8")) or {}).get("defaults", []):
         if isinstance(entry, dict):
             defaults.update({str(k): str(v) for k, v in entry.items()})
     with exit_on_user_error():
