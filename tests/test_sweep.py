@@ -220,7 +220,8 @@ def test_a_sigtermed_sweep_resumes_under_its_parent(resumed_sweep):
     sweep = resumed_sweep
     # the first attempt: stopped honestly, with the counts right
     assert sweep.first_code == 143, sweep.first_stderr[-3000:]
-    assert sweep.first_parent.info.status == "FAILED"
+    assert sweep.first_parent.info.status == "KILLED"  # stopped by SIGTERM, as any run it stops
+    assert sweep.first_parent.data.tags["failure_reason"] == "terminated"
     assert sweep.before["0"].info.status == "FINISHED" and sweep.before["1"].info.status == "KILLED"
     assert "1 of 2 jobs failed" in sweep.first_stderr
     killed = sweep.before["1"].info.run_id

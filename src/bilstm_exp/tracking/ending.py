@@ -7,18 +7,33 @@
                characters; ``failure_reason``: the exception's own, else ``exception``)
 
 Used through :class:`bilstm_exp.tracking.session.Session` by single runs, cross-validation parents
-and sweep parents alike. No MLflow here.
+and sweep parents alike. A run whose process dies (``kill -9``) cannot end itself: the liveness tags
+of :func:`process_tags` (heartbeat, host, pid) let `bilstm-exp runs --stale --close` end it KILLED.
+No MLflow here.
 """
 
 from __future__ import annotations
 
+import datetime
+import os
 import signal
+import socket
 from typing import Any
 
 from bilstm_exp import disk
 from bilstm_exp.tracking.redaction import redact_text
+from bilstm_exp.tracking.store import HEARTBEAT_TAG, HOST_TAG, PID_TAG
 
 ERROR_MAX_CHARS = 1000
+
+
+def heartbeat() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def process_tags() -> dict[str, str]:
+    """Where the run's process lives, and that it lived just now (updated with every epoch's logging)."""
+    return {HEARTBEAT_TAG: heartbeat(), HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
 
 
 class Terminated(KeyboardInterrupt):

@@ -40,9 +40,6 @@ The session is an object the caller passes around; there is no module-level "cur
 
 from __future__ import annotations
 
-import datetime
-import os
-import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -57,8 +54,8 @@ from mlflow.tracking import MlflowClient
 from bilstm_exp.errors import TrackingError
 from bilstm_exp.tracking import model_registry as registry
 from bilstm_exp.tracking import offline, retry, store
-from bilstm_exp.tracking.ending import Interrupts, as_interrupt, ending
-from bilstm_exp.tracking.store import HEARTBEAT_TAG, HOST_TAG, PID_TAG
+from bilstm_exp.tracking.ending import Interrupts, as_interrupt, ending, heartbeat, process_tags
+from bilstm_exp.tracking.store import HEARTBEAT_TAG
 
 RETRY_INTERVAL_S = 10.0  # while the store is down or busy, buffered logging is retried at most this often
 SETTLE_ATTEMPTS, SETTLE_WAIT_S = 3, 5.0  # before the results: tries to reach the server, and the wait between
@@ -66,14 +63,6 @@ SETTLE_ATTEMPTS, SETTLE_WAIT_S = 3, 5.0  # before the results: tries to reach th
 T = TypeVar("T")
 
 FAILURE_TAGS = ("error", "failure_reason")  # cleared when a resumed run finishes
-
-
-def heartbeat() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def process_tags() -> dict[str, str]:
-    return {HEARTBEAT_TAG: heartbeat(), HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
 
 
 def warn(message: str) -> None:
@@ -251,6 +240,12 @@ class Session:
 
     def log_tags(self, tags: dict[str, Any]) -> None:
         self.log_batch(tags=store.as_tags(tags))
+
+    def resume(self, forget: list[str]) -> None:
+        """RUNNING again (a resumed sweep's parent), the tags of its earlier end forgotten."""
+        retry.retrying(lambda: MlflowClient(self.uri).update_run(self.run_id, "RUNNING"))
+        self.forget_tags([key for key in forget if key in self.journal.tags])
+        self.log_tags(process_tags())
 
     def forget_tags(self, keys: list[str]) -> None:
         """Delete tags the run carries (a resumed run's earlier end); kept offline, the copy has none."""
