@@ -10,6 +10,7 @@
     bilstm-exp sync --from DIR --to URI      upload a run kept offline while the server was down
     bilstm-exp runs --stale [--close]        runs a dead process (kill -9) left RUNNING; close them KILLED
     bilstm-exp promote --model NAME --version N --reason TEXT   move the champion alias by hand
+    bilstm-exp register --run RUN_ID         register a finished run's model (its store refused it at the time)
     bilstm-exp bench [--quick]               the benchmarks quoted in the README
     bilstm-exp pretrain-embeddings --input FILE --out vectors.txt   word vectors from your own text
 
@@ -99,7 +100,7 @@ def run_from_hydra(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
-    from bilstm_exp.training.sweep import plan_job  # a multirun job: child of the sweep's parent run
+    from bilstm_exp.training.sweep_plan import plan_job  # a multirun job: child of the sweep's parent run
 
     hydra_cfg = HydraConfig.get()
     overrides = list(hydra_cfg.overrides.task)
@@ -155,7 +156,7 @@ def parser() -> argparse.ArgumentParser:
     from bilstm_exp.serving import predict
     from bilstm_exp.stages import pipeline
     from bilstm_exp.team import server
-    from bilstm_exp.tracking import offline, runs
+    from bilstm_exp.tracking import offline, register_command, runs
 
     top = argparse.ArgumentParser(prog="bilstm-exp", description=__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -183,6 +184,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
     p.set_defaults(func=_promote_command)
+    register_command.add_command(sub)  # bilstm-exp register --run ID: a run's model, after its store refused it
     init.add_command(sub)  # bilstm-exp init: conf/, dvc.yaml, params.yaml in the user's repository
     embeddings.add_command(sub)  # bilstm-exp pretrain-embeddings: word2vec/fastText vectors from your text
     runs.add_command(sub)  # bilstm-exp runs --stale --close: runs a dead process left RUNNING
