@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from bilstm_exp.config.schema import SCHEMAS, DataConfig, FileDataConfig, SyntheticDataConfig, TweetsDataConfig
+from bilstm_exp.config.schema import DataConfig, FileDataConfig, SyntheticDataConfig, TweetsDataConfig, add_option
 from bilstm_exp.data import tables
 from bilstm_exp.data.splits import MORE_DATA
 from bilstm_exp.errors import DataError
@@ -50,17 +50,16 @@ class Source:
 _SOURCES: dict[str, Source] = {}
 
 
-def register(name: str, *, seeded: bool = False) -> Callable:
-    """Decorator: register a loader as data source ``name`` (its schema: ``config.SCHEMAS['data'][name]``).
+def register(name: str, *, seeded: bool = False, schema: type[DataConfig] | None = None) -> Callable:
+    """Decorator: register a loader as data source ``name`` (its schema: ``config.SCHEMAS['data'][name]``;
+    a plugin, bilstm_exp.plugins, passes its own ``schema``, a dataclass subclassing DataConfig).
 
     The loader takes ``(cfg, seed)`` when ``seeded`` (it generates or samples), else ``(cfg)``.
     """
 
     def add(load: Callable[..., RawData]) -> Callable[..., RawData]:
-        schema = SCHEMAS["data"].get(name)
-        if schema is None:
-            raise ValueError(f"data source {name!r} has no schema: add its dataclass to config.SCHEMAS['data']")
-        _SOURCES[name] = Source(name, schema, load if seeded else lambda cfg, seed: load(cfg))
+        known = add_option("data", name, schema)
+        _SOURCES[name] = Source(name, known, load if seeded else lambda cfg, seed: load(cfg))
         return load
 
     return add
