@@ -549,7 +549,7 @@ def test_a_signal_during_logging_and_checkpointing_arrives_after_it():
     kernel gives to one of TensorFlow's threads): the handler runs once, after the block."""
     import threading
 
-    from bilstm_exp.training.checkpoints import held_signals
+    from bilstm_exp.training.signals import held_signals
 
     calls = []
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: calls.append("handled"))

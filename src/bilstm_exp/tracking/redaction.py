@@ -86,35 +86,8 @@ def references(cfg: Any) -> dict[str, str]:
     """Dotted key -> unresolved text, for every leaf of an (unresolved) OmegaConf config whose value
     comes from the environment; the ``hydra`` node is skipped. Also remembers the variables' values
     for :func:`redact_text`."""
-    from omegaconf import DictConfig, ListConfig
-
     raw: dict[str, str] = {}
-
-    def walk(node: Any, key: str) -> None:
-        if node is None:
-            return
-        if node._is_interpolation():
-            raw[key] = str(node._value())
-        elif isinstance(node, DictConfig):
-            if node._is_none() or node._is_missing():
-                return
-            for child in node.keys():
-                if not key and child == "hydra":
-                    continue
-                walk(node._get_node(child), f"{key}.{child}" if key else str(child))
-        elif isinstance(node, ListConfig):
-            if node._is_none() or node._is_missing():
-                return
-            items = [node._get_node(i) for i in range(len(node))]
-            texts = [str(item._value()) for item in items if item is not None and item._is_interpolation()]
-            if texts:
-                raw[key] = "[" + ", ".join(str(item._value()) for item in items) + "]"
-        else:
-            value = node._value()
-            if isinstance(value, str) and ENV_INTERPOLATION.search(value):  # e.g. "${oc.env:HOME}/x" as text
-                raw[key] = value
-
-    walk(cfg, "")
+    _unresolved(cfg, "", raw)
     env = {key: text for key, text in raw.items() if ENV_INTERPOLATION.search(text)}
     # a leaf that interpolates an env-derived leaf (${tracking.password}) carries the same value
     changed = True
@@ -126,6 +99,30 @@ def references(cfg: Any) -> dict[str, str]:
     for text in env.values():
         remember(text)
     return env
+
+
+def _unresolved(node: Any, key: str, raw: dict[str, str]) -> None:
+    """Collect into ``raw`` the unresolved text of every interpolated leaf under ``node`` (and of
+    plain strings that hold an environment interpolation as text)."""
+    from omegaconf import DictConfig, ListConfig
+
+    if node is None:
+        return
+    if node._is_interpolation():
+        raw[key] = str(node._value())
+    elif isinstance(node, (DictConfig, ListConfig)):
+        if node._is_none() or node._is_missing():
+            return
+        if isinstance(node, DictConfig):
+            for child in node.keys():
+                if key or child != "hydra":
+                    _unresolved(node._get_node(child), f"{key}.{child}" if key else str(child), raw)
+        else:
+            items = [node._get_node(i) for i in range(len(node))]
+            if any(item is not None and item._is_interpolation() for item in items):
+                raw[key] = "[" + ", ".join(str(item._value()) for item in items) + "]"
+    elif isinstance(node._value(), str) and ENV_INTERPOLATION.search(node._value()):
+        raw[key] = node._value()  # e.g. "${oc.env:HOME}/x" as text
 
 
 def remember(text: str) -> None:

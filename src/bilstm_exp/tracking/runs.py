@@ -1,4 +1,9 @@
-"""`bilstm-exp runs --stale [--older-than MIN] [--close]`: runs a dead process left RUNNING.
+"""`bilstm-exp runs [--limit N]`: the recent runs; `--stale [--older-than MIN] [--close]`: runs a dead
+process left RUNNING.
+
+``bilstm-exp runs`` lists the most recently started runs of the store, like ``mlflow runs list`` but
+readable: start time, status, name (the config), the monitored metric and test accuracy, run id.
+Reading needs no write access: a store on a read-only file system can be listed.
 
 A run ends FINISHED, FAILED or KILLED whenever its process can still act (exceptions, Ctrl-C,
 SIGTERM). A ``kill -9``, the OOM killer or a power cut leave it RUNNING for ever. Every run carries
@@ -31,6 +36,7 @@ from bilstm_exp.tracking import store
 from bilstm_exp.tracking.store import HEARTBEAT_TAG, HOST_TAG, PID_TAG
 
 DEFAULT_OLDER_THAN_MIN = 30.0
+DEFAULT_LIMIT = 20
 
 
 @dataclass
@@ -101,13 +107,44 @@ def close(client, stale: Stale) -> None:
     client.set_terminated(run_id, "KILLED")
 
 
+# --------------------------------------------------------------------------- listing
+
+
+def recent(client, experiment_ids: list[str], limit: int) -> list:
+    """The ``limit`` most recently started runs of the experiments, any status, newest first."""
+    return client.search_runs(experiment_ids, order_by=["attributes.start_time DESC"], max_results=limit)
+
+
+def key_metrics(run) -> str:
+    """The numbers a person looks at first: the run's monitored metric (``training.monitor``, as the
+    run recorded it) and its test accuracy, when logged."""
+    keys = dict.fromkeys([run.data.params.get("training.monitor", "val/loss"), "test/accuracy"])
+    return "  ".join(f"{key} {run.data.metrics[key]:.4f}" for key in keys if key in run.data.metrics) or "-"
+
+
+def table(runs: list, names: dict[str, str]) -> list[str]:
+    """One aligned line per run: start time (UTC), status, name, key metrics, id (and the experiment
+    when there are several)."""
+    several = len({run.info.experiment_id for run in runs}) > 1
+    rows = [["STARTED (UTC)", "STATUS", "NAME", "KEY METRICS", "RUN ID"] + (["EXPERIMENT"] if several else [])]
+    for run in runs:
+        started = datetime.datetime.fromtimestamp(run.info.start_time / 1000, datetime.UTC)
+        experiment = [names.get(run.info.experiment_id, run.info.experiment_id)] if several else []
+        rows.append([started.strftime("%Y-%m-%d %H:%M"), run.info.status, run.info.run_name or "-", key_metrics(run),
+                     run.info.run_id, *experiment])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
+
+
 # --------------------------------------------------------------------------- CLI
 
 
 def add_command(sub) -> None:
-    p = sub.add_parser("runs", help="list RUNNING runs; --stale: those a dead process left RUNNING; --close: "
-                                    "end them KILLED",
+    p = sub.add_parser("runs", help="list recent runs (status, name, key metrics, id); --stale: those a dead "
+                                    "process left RUNNING; --close: end them KILLED",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--limit", type=int, default=DEFAULT_LIMIT, metavar="N",
+                   help=f"how many of the most recent runs to list (default {DEFAULT_LIMIT})")
     p.add_argument("--stale", action="store_true", help="only runs whose process is gone or whose heartbeat is old")
     p.add_argument("--older-than", type=float, default=DEFAULT_OLDER_THAN_MIN, metavar="MIN",
                    help=f"heartbeat age in minutes that makes a run stale (default {DEFAULT_OLDER_THAN_MIN:g})")
@@ -123,7 +160,9 @@ def command(args: argparse.Namespace) -> None:
         raise TrackingError("--close ends stale runs only. Fix: add --stale (and --older-than MIN)")
     if args.older_than < 0:
         raise TrackingError(f"--older-than {args.older_than:g}: must be >= 0 minutes. Fix: e.g. --older-than 30")
-    client = store.open_store(store.existing_store(args.tracking_uri))
+    if args.limit < 1:
+        raise TrackingError(f"--limit {args.limit}: must be >= 1. Fix: e.g. --limit {DEFAULT_LIMIT}")
+    client = store.open_store(store.existing_store(args.tracking_uri))  # reads only: a read-only store will do
     experiments = client.search_experiments()
     if args.experiment:
         experiments = [e for e in experiments if e.name == args.experiment]
@@ -131,22 +170,28 @@ def command(args: argparse.Namespace) -> None:
             raise TrackingError(f"experiment '{args.experiment}' not found. Fix: drop --experiment or pass one of "
                                 "the names `mlflow experiments search` lists")
     names = {e.experiment_id: e.name for e in experiments}
-    ids = list(names)
     if args.stale:
-        rows = find(client, ids, names, args.older_than)
-    else:
-        now = time.time()
-        rows = [Stale(run, names.get(run.info.experiment_id, ""), (now - last_sign_of_life(run)) / 60.0, "running")
-                for run in client.search_runs(ids, filter_string="attributes.status = 'RUNNING'", max_results=10000)]
-    kind = "stale" if args.stale else "RUNNING"
+        stale(client, find(client, list(names), names, args.older_than), args.close)
+        return
+    runs = recent(client, list(names), args.limit)
+    if not runs:
+        print("no runs in this store yet")
+        return
+    for line in table(runs, names):
+        print(line)
+    if len(runs) == args.limit:
+        print(f"(the {args.limit} most recent; --limit N lists more)")
+
+
+def stale(client, rows: list[Stale], close_them: bool) -> None:
+    """Print the stale runs and, with ``close_them``, end each KILLED."""
     if not rows:
-        print(f"no {kind} runs")
+        print("no stale runs")
         return
     for row in rows:
         info = row.run.info
         print(f"{info.run_id}\t{row.experiment}\t{info.run_name}\tlast heartbeat {row.age_min:.1f} min ago\t"
               f"{row.reason}")
-        if args.close:
+        if close_them:
             close(client, row)
-    print(f"{len(rows)} {kind} run(s)" + (": ended KILLED" if args.close else
-                                          ("; end them KILLED with --close" if args.stale else "")))
+    print(f"{len(rows)} stale run(s)" + (": ended KILLED" if close_them else "; end them KILLED with --close"))

@@ -8,6 +8,7 @@ answers in half a second.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -17,9 +18,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bilstm_exp import disk
 from bilstm_exp.config.schema import TrackingConfig
-from bilstm_exp.errors import TrackingError
+from bilstm_exp.disk import DiskFull
+from bilstm_exp.errors import TrackingError, UserError
+from bilstm_exp.tracking import sqlite_file
 from bilstm_exp.tracking.redaction import SECRET_WORDS, has_credentials, is_secret, redact, redact_text, scrub  # noqa: F401
+from bilstm_exp.tracking.sqlite_file import sqlite_path, store_lock
 
 if TYPE_CHECKING:
     from mlflow.entities import Metric, Param, RunTag
@@ -122,6 +127,14 @@ def is_http(uri: str) -> bool:
     return urllib.parse.urlsplit(uri).scheme in ("http", "https")
 
 
+def shown_uri(uri: str) -> str:
+    """The URI as a person should read and paste it: credentials removed, a sqlite file as an absolute
+    path (``sqlite:////home/me/project/mlflow.db``), which opens the same store from any folder."""
+    uri = redact(uri)
+    db = sqlite_path(uri)
+    return uri if db is None else f"sqlite:///{Path(urllib.parse.unquote(str(db))).resolve()}"
+
+
 def reachable(uri: str, timeout_s: float = 3.0) -> bool:
     """A server answers its /health; a local store is always 'reachable'."""
     if not is_http(uri):
@@ -134,82 +147,11 @@ def reachable(uri: str, timeout_s: float = 3.0) -> bool:
         return False
 
 
-def sqlite_path(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URI (None for other stores)."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    return Path(urllib.parse.urlsplit(uri).path[1:] if uri.startswith("sqlite:////") else uri[len("sqlite:///"):])
-
-
-@contextmanager
-def store_lock(uri: str, timeout_s: float = 300) -> Iterator[None]:
-    """A cross-process lock (a file next to a sqlite store) around creating and migrating the store:
-    MLflow's schema migration fails when two processes run it at once on a new database. Other stores
-    need none."""
-    db = sqlite_path(uri)
-    if db is None:
-        yield
-        return
-    from filelock import FileLock, Timeout
-
-    try:
-        with FileLock(str(db) + ".lock", timeout=timeout_s):
-            yield
-    except Timeout:
-        raise TrackingError(f"tracking store {uri}: another process has held {db}.lock for {timeout_s:.0f} s. "
-                            f"Fix: wait for it, or delete {db}.lock if no bilstm-exp process is running") from None
-
-
-def _check_sqlite_file(db: Path, uri: str, write: bool) -> None:
-    """A sqlite store that exists must be a readable database (and writable for a run): checked with
-    sqlite3 first, because MLflow retries a broken one for minutes and then prints a traceback."""
-    import sqlite3
-
-    if not db.parent.is_dir():
-        raise TrackingError(f"tracking store {uri}: folder {db.parent} does not exist. "
-                            "Fix: create it or point tracking.tracking_uri elsewhere")
-    if db.is_dir():
-        raise TrackingError(f"tracking store {uri}: {db} is a folder, not a sqlite file. "
-                            "Fix: point the URI at a file, e.g. sqlite:///mlflow.db")
-    if not db.exists():
-        if write and not os.access(db.parent, os.W_OK):
-            raise TrackingError(f"tracking store {uri}: folder {db.parent} is read-only, so the store cannot be "
-                                "created. Fix: make it writable or point tracking.tracking_uri elsewhere")
-        return
-    fix = (f"Fix: move {db} aside (mv {db} {db}.broken) and start a new store, or restore it from a backup")
-    try:
-        connection = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
-        try:
-            connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        finally:
-            connection.close()
-    except sqlite3.DatabaseError as error:
-        raise TrackingError(f"tracking store {uri}: {db} is not a usable sqlite database ({error}). {fix}") from None
-    if not write:
-        return
-    read_only = not os.access(db, os.W_OK) or not os.access(db.parent, os.W_OK)
-    if not read_only:
-        try:  # a write lock, released at once: fails on a read-only file or file system
-            connection = sqlite3.connect(str(db), timeout=10)
-            try:
-                connection.execute("BEGIN IMMEDIATE")
-                connection.rollback()
-            finally:
-                connection.close()
-        except sqlite3.OperationalError as error:
-            read_only = "readonly" in str(error) or "read-only" in str(error)
-            if not read_only and "locked" not in str(error):
-                raise TrackingError(f"tracking store {uri}: {db} cannot be written ({error}). {fix}") from None
-    if read_only:
-        raise TrackingError(f"tracking store {uri}: {db} is read-only (a run must write to it). Fix: make it "
-                            f"and its folder writable (chmod u+w {db} {db.parent}), or point "
-                            "tracking.tracking_uri at a writable store")
-
-
 def check_store(uri: str, timeout_s: float = 5.0, write: bool = True) -> None:
     """Fail fast, naming the URI, when the store cannot be used: credentials in the URI, a server that
-    does not answer its /health within ``timeout_s``, a sqlite file that is corrupt or (``write``)
-    read-only. Creates and migrates a new local store, one process at a time (:func:`store_lock`)."""
+    does not answer its /health within ``timeout_s``, a sqlite file that is corrupt, damaged or
+    (``write``) read-only. Creates and migrates a new local store, one process at a time
+    (:func:`store_lock`); reading an existing one takes no lock, so a read-only store can be read."""
     check_credentials(uri)
     scheme = urllib.parse.urlsplit(uri).scheme
     if scheme in ("http", "https"):
@@ -226,12 +168,12 @@ def check_store(uri: str, timeout_s: float = 5.0, write: bool = True) -> None:
         return
     db = sqlite_path(uri)
     if db is not None:
-        _check_sqlite_file(db, uri, write)
+        sqlite_file.check_file(db, uri, write)
     from mlflow.tracking import MlflowClient
 
-    try:
-        with store_lock(uri):
-            MlflowClient(uri).search_experiments(max_results=1)  # creates and migrates a new store once
+    try:  # creates and migrates a new store, once; reading an existing one needs no lock (a read-only store)
+        with store_lock(uri) if write or db is None or not db.exists() else contextlib.nullcontext():
+            MlflowClient(uri).search_experiments(max_results=1)
     except TrackingError:
         raise
     except Exception as error:  # MlflowException, or SQLAlchemy's own errors
@@ -249,7 +191,7 @@ def preflight(uri: str, experiment_name: str) -> None:
     if db is None:
         check_store(uri)
     else:
-        _check_sqlite_file(db, uri, write=True)
+        sqlite_file.check_file(db, uri, write=True)
         if not db.is_file():
             return
         check_store(uri)
@@ -264,6 +206,8 @@ def existing_store(explicit: str | None = None) -> str:
     (opening a missing one would create an empty store and report nothing useful)."""
     uri = explicit or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
     db = sqlite_path(uri)
+    if db is not None and db.is_dir():
+        raise sqlite_file.not_a_file(db, uri)
     if db is not None and not db.is_file():
         raise TrackingError(f"no MLflow store at {db} (tracking URI {uri}). Fix: run in the folder you trained in, "
                             "or pass --tracking-uri sqlite:///PATH/mlflow.db or a server URI")
@@ -303,6 +247,7 @@ def setup(cfg: TrackingConfig, root: Path) -> str:
 
     uri = resolve_uri(cfg, root)
     check_store(uri)
+    disk.silence_library_reports()  # a full store is said in one line, not in MLflow's traceback too
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     experiment = _experiment(client, cfg.experiment_name, uri)
@@ -339,6 +284,49 @@ def short_http_retries() -> Iterator[None]:
             os.environ.pop(key, None)
 
 
+# --------------------------------------------------------------------------- a full disk
+
+
+def store_full(uri: str, run_id: str) -> DiskFull:
+    """The one line of a run whose store cannot record its end because the store's disk is full."""
+    db = sqlite_path(uri)
+    place = disk.where(db) if db is not None else redact(uri)
+    return DiskFull(f"the tracking store cannot be written, its disk is full: {place}; run {run_id} is left "
+                    "RUNNING (its last checkpoint, if any, is kept). Fix: free space there, then end the run with "
+                    "`bilstm-exp runs --stale --close`, or continue it with the same overrides plus "
+                    "training.resume=true")
+
+
+@contextmanager
+def ending_on_a_full_disk(uri: str, run_id: str, error: BaseException) -> Iterator[None]:
+    """Around ending a run FAILED after ``error``. When the store's disk is full the end cannot be
+    recorded: the run is left RUNNING (MLflow forgets it as its active run, so its exit hook cannot end
+    it FINISHED later) and :func:`store_full` says so. A full disk elsewhere (artifacts, a checkpoint)
+    after which the run did end FAILED becomes one line naming what is full."""
+    try:
+        yield
+    except Exception as end_error:
+        if not disk.is_full(end_error):
+            raise
+        forget_active_run({run_id})
+        raise store_full(uri, run_id) from error
+    if disk.is_full(error) and not isinstance(error, UserError):
+        db = sqlite_path(uri)
+        full = disk.full_path(error) or (str(db) if db is not None else "a file the run was writing")
+        raise DiskFull(f"no space left on device for {disk.where(full)}; run {run_id} ended FAILED. Fix: free "
+                       "space there and start the run again") from error
+
+
+def forget_active_run(run_ids: set[str]) -> None:
+    """MLflow's fluent API no longer holds one of ``run_ids`` as its active run (it has no public call
+    for a run it must not end)."""
+    from mlflow.tracking import fluent
+
+    stack = fluent._active_run_stack.get()
+    if stack and stack[-1].info.run_id in run_ids:
+        stack.pop()
+
+
 # --------------------------------------------------------------------------- reading runs
 
 # Tags a run's session writes and `bilstm-exp runs --stale` reads
@@ -368,8 +356,11 @@ def best_value(client: MlflowClient, run, metric: str, mode: str = "max") -> flo
     return max(values) if mode == "max" else min(values)
 
 
-def check_resumable(run_id: str, uri: str | None = None) -> None:
-    """The run to resume exists in the store at URI (default: the current one) and has not FINISHED."""
+def check_resumable(run_id: str | None, uri: str | None = None) -> None:
+    """The run to resume (None: a new run, nothing to check) exists in the store at URI (default: the
+    current one) and has not FINISHED."""
+    if run_id is None:
+        return
     import mlflow
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient

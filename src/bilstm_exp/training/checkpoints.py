@@ -11,8 +11,10 @@ Every finished epoch is checkpointed in ``checkpoints/<run_id>/`` under the work
 
 A checkpoint is written after MLflow has received the epoch's metrics, and SIGINT/SIGTERM are held
 back while both happen, so an epoch is either logged and checkpointed or neither: a resumed run never
-logs a step twice. ``state.json`` is replaced atomically and names its weights file, so a crash while
-writing leaves the previous checkpoint intact. The folder is deleted when the run ends FINISHED.
+logs a step twice. Every file is written under a temporary name and renamed, ``state.json`` (which
+names its weights file) last, so a crash or a full disk while writing leaves the previous checkpoint
+intact (a full disk ends the run with :class:`bilstm_exp.disk.DiskFull`). The folder is deleted when
+the run ends FINISHED.
 
 ``training.resume=true`` (with ``training.resume_run_id`` or, without it, the newest checkpoint made
 with the same config) restores the weights, optimizer and early-stopping state and continues with the
@@ -25,20 +27,21 @@ metric-history length, not value for value.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import shutil
-import signal
 import time
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from bilstm_exp import disk
 from bilstm_exp.errors import UserError
+from bilstm_exp.tracking.redaction import is_secret, scrub
+from bilstm_exp.training.signals import Deferral, held_signals
 
 if TYPE_CHECKING:  # Keras is imported only where a callback is made: a resume is checked before TensorFlow
     import keras
@@ -50,7 +53,6 @@ STATE = "state.json"
 BEST = "best.weights.npz"
 # How a run is executed, not what it computes: these may differ between the run and its resumption.
 RUNTIME_KEYS = ("training.resume", "training.resume_run_id", "training.verbose")
-HELD = {signal.SIGINT, signal.SIGTERM}  # held back while an epoch is logged and checkpointed
 
 
 class ResumeError(UserError):
@@ -170,34 +172,93 @@ class Checkpointer:
         """The last callbacks of ``fit``, siblings in this order: hold signals, ``logger`` (the MLflow
         logger), checkpoint the epoch and release the signals. An epoch is thus either logged and
         checkpointed or neither. Also restores early stopping's counters on a resumption."""
-        hold, checkpoint = _callback_classes()
-        return [hold(self), logger, checkpoint(self, stopping)]
+        import keras
+
+        hold = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: self._hold())
+        save = keras.callbacks.LambdaCallback(
+            on_train_begin=lambda logs: self._restore_stopping(stopping),
+            on_epoch_end=lambda epoch, logs: self._epoch_end(save.model, epoch, logs or {}, stopping),
+            on_train_end=lambda logs: self._train_end(save.model, stopping))
+        return [hold, logger, save]
+
+    def _hold(self) -> None:
+        """SIGINT and SIGTERM wait from the end of an epoch until it is checkpointed."""
+        self.held = Deferral().hold()
+
+    def _restore_stopping(self, stopping: keras.callbacks.EarlyStopping | None) -> None:
+        """A resumption: early stopping's counters and best weights as the interrupted run left them
+        (``EarlyStopping.on_train_begin``, called just before, has reset them)."""
+        early = (self.state or {}).get("early_stopping")
+        if stopping is None or not early:
+            return
+        stopping.wait, stopping.best_epoch, stopping.best = early["wait"], early["best_epoch"], early["best"]
+        if (self.folder / BEST).exists():
+            with np.load(self.folder / BEST) as arrays:
+                stopping.best_weights = [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
+
+    def _epoch_end(self, model: keras.Model, epoch: int, logs: dict[str, Any],
+                   stopping: keras.callbacks.EarlyStopping | None) -> None:
+        """Keep the epoch's logs and checkpoint it (a NaN epoch is no state to resume from); then
+        release the signals held since the epoch ended (one that arrived meanwhile is handled now)."""
+        try:
+            scalars = {key: float(value) for key, value in logs.items() if np.ndim(value) == 0}
+            for key, value in scalars.items():
+                self.history.setdefault(key, []).append(value)
+            if all(np.isfinite(v) for v in scalars.values()):
+                self.save(model, epoch, stopping)
+        finally:
+            held, self.held = self.held, None
+            if held is not None:
+                held.release()
+
+    def _train_end(self, model: keras.Model, stopping: keras.callbacks.EarlyStopping | None) -> None:
+        """After EarlyStopping restored its best weights: checkpoint what evaluation will use."""
+        epochs = len(next(iter(self.history.values()), []))
+        if epochs and all(np.isfinite(v) for values in self.history.values() for v in values):
+            with held_signals():
+                self.save(model, epochs - 1, stopping, fit_done=True)
 
     # ------------------------------------------------------------------ writing
 
-    def save(self, model: keras.Model, epoch: int, logs: dict[str, Any],
-             stopping: keras.callbacks.EarlyStopping | None, fit_done: bool = False) -> None:
+    def save(self, model: keras.Model, epoch: int, stopping: keras.callbacks.EarlyStopping | None,
+             fit_done: bool = False) -> None:
+        """Checkpoint ``epoch`` atomically: each file is written under a temporary name, then all are
+        renamed, ``state.json`` last. A failed write (a full disk) removes what it wrote and leaves the
+        previous checkpoint as it was."""
         folder = self.folder
-        folder.mkdir(parents=True, exist_ok=True)
-        weights = f"epoch-{epoch:04d}.weights.h5"
-        model.save_weights(folder / f"{weights}.tmp.weights.h5", overwrite=True)
-        os.replace(folder / f"{weights}.tmp.weights.h5", folder / weights)
-        early = None
-        if stopping is not None:
-            early = {"wait": int(stopping.wait), "best_epoch": int(stopping.best_epoch),
-                     "stopped_epoch": int(stopping.stopped_epoch),
-                     "best": None if stopping.best is None else float(stopping.best)}
-            if stopping.best_weights is not None:
-                with open(folder / f"{BEST}.tmp", "wb") as out:
-                    np.savez(out, *stopping.best_weights)
-                os.replace(folder / f"{BEST}.tmp", folder / BEST)
+        weights = f"epoch-{epoch:04d}{'-final' if fit_done else ''}.weights.h5"
+        early, best = _early_stopping(stopping)
         state = {"run_id": self.run_id, "epoch": epoch, "fit_done": fit_done, "weights": weights,
                  "saved_at": time.time(), "config": self.config, "data_md5": self.data_md5,
                  "history": self.history, "early_stopping": early}
-        _write_json(folder / STATE, state)
+        staged: list[tuple[Path, Path]] = []
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            staged.append(_stage(folder / weights, lambda tmp: model.save_weights(tmp, overwrite=True)))
+            if best is not None:
+                staged.append(_stage(folder / BEST, lambda tmp: np.savez(tmp, *best)))
+            staged.append(_stage(folder / STATE, lambda tmp: tmp.write_text(json.dumps(state, default=str))))
+        except Exception as error:
+            for tmp, _ in staged:
+                disk.remove_quietly(tmp)
+            if disk.is_full(error):
+                raise self._full(epoch) from error
+            raise
+        for tmp, final in staged:
+            os.replace(tmp, final)
         for old in folder.glob("epoch-*.weights.h5"):
             if old.name != weights:
                 old.unlink(missing_ok=True)
+
+    def _full(self, epoch: int) -> disk.DiskFull:
+        """The one line for a checkpoint that did not fit: where, and what is still there to resume."""
+        kept = _read_state(self.folder)
+        tail = (f"no epoch of run {self.run_id} was checkpointed. Fix: free space there and start the run again"
+                if kept is None else f"the last good checkpoint of run {self.run_id} (epoch {kept['epoch'] + 1}) "
+                "is intact. Fix: free space there, then continue the run with the same overrides plus "
+                "training.resume=true")
+        return disk.DiskFull(f"no space left on device for the checkpoint of epoch {epoch + 1}: "
+                             f"{disk.where(self.folder)}; {tail}")
 
     def delete(self) -> None:
         """After a FINISHED run: nothing is left to resume."""
@@ -207,115 +268,42 @@ class Checkpointer:
                 (self.root / FOLDER).rmdir()
 
 
-def for_config(config: ExperimentConfig, root: Path, tracking_uri: str | None = None) -> Checkpointer:
-    """The checkpointer of a run of ``config`` in ROOT: epoch checkpoints in
-    checkpoints/<run_id>/; with training.resume=true, the interrupted run's, checked (files, config,
-    and that the run is in the tracking store, default: the current one, and not FINISHED)."""
-    from bilstm_exp.config.schema import flatten
-    from bilstm_exp.tracking import store
+def identity(config: ExperimentConfig) -> dict[str, Any]:
+    """What names a checkpoint: the flattened config as it is recorded (environment values as their
+    interpolation text, nothing secret), compared key by key on resume."""
+    from bilstm_exp.config.schema import flatten, to_dict
 
-    flat = {k: v for k, v in flatten(store.masked_config(config)).items() if not store.is_secret(k, v)}
-    checkpointer = Checkpointer.open(root, flat, config.training.resume, config.training.resume_run_id)
-    if checkpointer.resuming:
-        store.check_resumable(checkpointer.run_id, tracking_uri)
-    return checkpointer
+    recorded = scrub(to_dict(config), getattr(config, "env_refs", None))
+    return {k: v for k, v in flatten(recorded).items() if not is_secret(k, v)}
 
 
-@functools.cache
-def _callback_classes() -> tuple[type, type]:
-    """The two Keras callbacks of :meth:`Checkpointer.callbacks`, defined on first use."""
-    import keras
-
-    class HoldSignals(keras.callbacks.Callback):
-        """Holds SIGINT and SIGTERM back at the end of an epoch, until :class:`EpochCheckpoint` has saved it."""
-
-        def __init__(self, checkpointer: Checkpointer):
-            super().__init__()
-            self.checkpointer = checkpointer
-
-        def on_epoch_end(self, epoch: int, logs=None) -> None:
-            self.checkpointer.held = Deferral().hold()
-
-    class EpochCheckpoint(keras.callbacks.Callback):
-        def __init__(self, checkpointer: Checkpointer, stopping: keras.callbacks.EarlyStopping | None):
-            super().__init__()
-            self.checkpointer, self.stopping = checkpointer, stopping
-
-        def on_train_begin(self, logs=None) -> None:
-            state = self.checkpointer.state
-            if state and self.stopping is not None and state.get("early_stopping"):
-                # EarlyStopping.on_train_begin (called before this) has just reset these.
-                early = state["early_stopping"]
-                self.stopping.wait, self.stopping.best_epoch = early["wait"], early["best_epoch"]
-                self.stopping.best = early["best"]
-                best = self.checkpointer.folder / BEST
-                if best.exists():
-                    with np.load(best) as arrays:
-                        self.stopping.best_weights = [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
-
-        def on_epoch_end(self, epoch: int, logs=None) -> None:
-            logs = logs or {}
-            try:
-                finite = all(np.isfinite(float(v)) for v in logs.values() if np.ndim(v) == 0)
-                for key, value in logs.items():
-                    if np.ndim(value) == 0:
-                        self.checkpointer.history.setdefault(key, []).append(float(value))
-                if finite:  # a NaN epoch is no state to resume from
-                    self.checkpointer.save(self.model, epoch, logs, self.stopping)
-            finally:
-                held, self.checkpointer.held = self.checkpointer.held, None
-                if held is not None:
-                    held.release()  # a signal that arrived meanwhile is handled now
-
-        def on_train_end(self, logs=None) -> None:
-            epochs = len(next(iter(self.checkpointer.history.values()), []))
-            if epochs and all(np.isfinite(v) for values in self.checkpointer.history.values() for v in values):
-                # after EarlyStopping restored its best weights: what evaluation will use
-                with held_signals():
-                    self.checkpointer.save(self.model, epochs - 1, {}, self.stopping, fit_done=True)
-
-    return HoldSignals, EpochCheckpoint
+def for_config(config: ExperimentConfig, root: Path) -> Checkpointer:
+    """The checkpointer of a run of ``config`` in ROOT: epoch checkpoints in checkpoints/<run_id>/;
+    with training.resume=true, the interrupted run's, its files and config checked. Whether that run
+    is still in the tracking store is the store's question (:func:`bilstm_exp.tracking.store.check_resumable`)."""
+    return Checkpointer.open(root, identity(config), config.training.resume, config.training.resume_run_id)
 
 
-class Deferral:
-    """SIGINT and SIGTERM recorded instead of handled between :meth:`hold` and :meth:`release`, which
-    then hands the first one to the handler that was in place (so it arrives as usual, only later).
-
-    Python handles signals in the main thread, whichever thread the kernel delivered them to, so
-    swapping the Python-level handlers holds them back reliably; a thread's signal mask would not
-    (TensorFlow's threads would still receive them). Must be used from the main thread.
-    """
-
-    def __init__(self):
-        self.previous: dict[int, Any] = {}
-        self.pending: list[int] = []
-
-    def hold(self) -> Deferral:
-        for sig in HELD:
-            self.previous[sig] = signal.signal(sig, lambda signum, frame: self.pending.append(signum))
-        return self
-
-    def release(self) -> None:
-        previous, self.previous = self.previous, {}
-        for sig, handler in previous.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-        if self.pending:
-            sig = self.pending[0]
-            handler = previous.get(sig)
-            if callable(handler):
-                handler(sig, None)  # e.g. the session's: raises Terminated / KeyboardInterrupt
-            elif handler != signal.SIG_IGN:
-                signal.raise_signal(sig)  # the default action
+def _early_stopping(stopping: keras.callbacks.EarlyStopping | None) -> tuple[dict | None, list | None]:
+    """Early stopping's counters (JSON) and its best weights so far (None without early stopping)."""
+    if stopping is None:
+        return None, None
+    best = None if stopping.best is None else float(stopping.best)
+    early = {"wait": int(stopping.wait), "best_epoch": int(stopping.best_epoch),
+             "stopped_epoch": int(stopping.stopped_epoch), "best": best}
+    return early, stopping.best_weights
 
 
-@contextmanager
-def held_signals():
-    """SIGINT and SIGTERM wait until the block is done, then arrive as usual."""
-    held = Deferral().hold()
+def _stage(final: Path, write: Callable[[Path], Any]) -> tuple[Path, Path]:
+    """``write`` the file under a temporary name next to ``final`` (Keras wants the ``.weights.h5``
+    ending kept); a failed write removes its half-written file. Returns (temporary, final)."""
+    tmp = final.with_name(f"tmp-{final.name}")
     try:
-        yield
-    finally:
-        held.release()
+        write(tmp)
+    except BaseException:
+        disk.remove_quietly(tmp)
+        raise
+    return tmp, final
 
 
 def _subfolders(folder: Path) -> list[Path]:
@@ -374,9 +362,3 @@ def _check_config(state: dict[str, Any], config: dict[str, Any], run_id: str) ->
     if differences:
         raise ResumeError(f"run {run_id} was made with another config: {'; '.join(differences[:5])}. Fix: resume "
                           "with the run's overrides (its overrides.yaml artifact), or drop training.resume")
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, default=str))
-    os.replace(tmp, path)

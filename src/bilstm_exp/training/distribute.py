@@ -40,12 +40,11 @@ import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from bilstm_exp.config.schema import ExperimentConfig
 from bilstm_exp.errors import ConfigError
 
-STRATEGIES = ("default", "mirrored", "multi_worker")
 ENV = "TF_CONFIG"
 COLLECTIVE_TIMEOUT_S = 600  # one all-reduce (a train step) may take this long before the run fails
 STARTUP_TIMEOUT_S = 900  # every worker must have started (data prepared, strategy created) within this
@@ -67,7 +66,7 @@ class Cluster:
         return self.rank == 0
 
 
-def _fail(problem: str) -> None:
+def _fail(problem: str) -> NoReturn:
     raise ConfigError(f"training.strategy=multi_worker: {problem}. Fix: set {EXAMPLE}, "
                       "or use training.strategy=default")
 
@@ -79,6 +78,22 @@ def cluster(config: ExperimentConfig) -> Cluster | None:
     or when the config asks for something multi_worker does not do."""
     if config.training.strategy != "multi_worker":
         return None
+    jobs, task_type, index = _task(_spec())
+    chiefs = len(jobs.get("chief", []))
+    size = chiefs + len(jobs.get("worker", []))
+    if config.training.batch_size % size:
+        raise ConfigError(f"training.batch_size: {config.training.batch_size} examples per step do not split "
+                          f"evenly among the {size} workers of {ENV}. Fix: a multiple of {size}, e.g. "
+                          f"training.batch_size={size * max(1, round(config.training.batch_size / size))}")
+    if config.training.resume:
+        raise ConfigError("training.resume: not supported with training.strategy=multi_worker (every worker "
+                          "would have to restore the same epoch). Fix: drop training.resume, or resume with "
+                          "training.strategy=default")
+    return Cluster(task_type, index, size, index if task_type == "chief" else chiefs + index)
+
+
+def _spec() -> dict[str, Any]:
+    """TF_CONFIG as JSON with a 'cluster' and a 'task' object."""
     raw = os.environ.get(ENV, "").strip()
     if not raw:
         _fail(f"the {ENV} environment variable is not set (it names the cluster and this process's task)")
@@ -88,6 +103,11 @@ def cluster(config: ExperimentConfig) -> Cluster | None:
         _fail(f"{ENV} is not valid JSON ({error})")
     if not (isinstance(spec, dict) and isinstance(spec.get("cluster"), dict) and isinstance(spec.get("task"), dict)):
         _fail(f"{ENV} needs a 'cluster' object and a 'task' object")
+    return spec
+
+
+def _task(spec: dict[str, Any]) -> tuple[dict[str, list[str]], str, int]:
+    """The cluster's jobs (chief and workers as 'host:port' lists) and this process's task type and index."""
     jobs = spec["cluster"]
     unknown = sorted(set(jobs) - {"chief", "worker"})
     if unknown:
@@ -106,17 +126,7 @@ def cluster(config: ExperimentConfig) -> Cluster | None:
     if not isinstance(index, int) or not 0 <= index < len(jobs[task_type]):
         _fail(f"{ENV}'s task.index is {index!r}; cluster.{task_type} has {len(jobs[task_type])} address(es), "
               f"so it must be 0..{len(jobs[task_type]) - 1}")
-    chiefs = len(jobs.get("chief", []))
-    size = chiefs + len(jobs.get("worker", []))
-    if config.training.batch_size % size:
-        raise ConfigError(f"training.batch_size: {config.training.batch_size} examples per step do not split "
-                          f"evenly among the {size} workers of {ENV}. Fix: a multiple of {size}, e.g. "
-                          f"training.batch_size={size * max(1, round(config.training.batch_size / size))}")
-    if config.training.resume:
-        raise ConfigError("training.resume: not supported with training.strategy=multi_worker (every worker "
-                          "would have to restore the same epoch). Fix: drop training.resume, or resume with "
-                          "training.strategy=default")
-    return Cluster(task_type, index, size, index if task_type == "chief" else chiefs + index)
+    return jobs, task_type, index
 
 
 def is_chief(config: ExperimentConfig) -> bool:
