@@ -34,7 +34,8 @@ LAYERS = [
     {"training.checkpoints", "training.evaluation", "training.profiling", "training.distribute"},
     {"training.recording", "training.summary"},
     {"training.runner", "training.crossval", "training.sweep", "training.sweep_plan"},
-    {"stages.pipeline", "analysis.compare", "analysis.bench"},
+    {"stages.pipeline", "analysis.compare", "analysis.bench", "analysis.bench_setup", "analysis.bench_measure",
+     "analysis.bench_report"},
     {"cli.main", "__main__"},
 ]
 PACKAGES = {"__init__", "config", "conf", "data", "models", "training", "tracking", "analysis", "serving", "team",

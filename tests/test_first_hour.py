@@ -61,7 +61,9 @@ def test_run_says_where_it_records_first_and_ends_with_a_summary_that_matches_th
     work, uri, out = run
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.splitlines()
-    assert lines[0] == f"[bilstm-exp] recording to {uri} (experiment 'bilstm-exp')", out.stdout[:500]
+    # the data is read first (its note on the skipped row), then where the run records, before any epoch
+    assert lines[:2] == ["[bilstm-exp] data: skipped 1 of 161 rows of reviews.csv (data.on_bad_rows=skip): "
+                         "1 empty text(s)", f"[bilstm-exp] recording to {uri} (experiment 'bilstm-exp')"], lines[:3]
 
     client = MlflowClient(uri)
     (experiment,) = [e for e in client.search_experiments() if e.name == "bilstm-exp"]
@@ -81,7 +83,6 @@ def test_run_says_where_it_records_first_and_ends_with_a_summary_that_matches_th
     assert f"  open       mlflow ui --backend-store-uri {uri}" in lines
     assert f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs/{run_id}" in text
     # the bad row was skipped, said so, and logged
-    assert "skipped 1 of 161 rows of reviews.csv" in text
     assert record.data.metrics["data/skipped_rows"] == 1
     assert "  data       1 bad rows skipped" in text
 
@@ -192,20 +193,61 @@ def test_bad_data_options_are_config_errors(overrides, message):
 # --------------------------------------------------------------------------- the light path
 
 
+LIGHT_RUN = """
+import runpy, sys
+sys.argv = ["bilstm_exp", *sys.argv[1:]]
+code = 0
+try:
+    runpy.run_module("bilstm_exp", run_name="__main__", alter_sys=True)
+except SystemExit as exit:
+    code = exit.code
+print("IMPORTED", sorted(m for m in ("mlflow", "tensorflow", "keras", "sqlalchemy") if m in sys.modules))
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("store", ["no store yet", "an existing mlflow.db"])
 @pytest.mark.parametrize("args, problem, fix", [
     (tiny_file("reviews.csv"), "row 161: empty text in column 'text'", "data.on_bad_rows=skip"),
+    (tiny_file("missing.csv"), "missing.csv: no such file", "Fix: point data.path at an existing file"),
+    (tiny_file("quote.csv"), "quote.csv, line 3: a quote opened there is never closed", "Fix: close the quote"),
     (["data.path=reviews.csv"], "data.path: the data option 'synthetic' has no key 'path'", "add data=file"),
-], ids=["bad-row", "path-without-data-file"])
-def test_data_errors_exit_2_before_tensorflow_and_before_any_experiment(tmp_path, args, problem, fix):
+], ids=["bad-row", "missing-file", "unclosed-quote", "path-without-data-file"])
+def test_data_errors_exit_2_without_mlflow_or_tensorflow_and_touch_no_store(tmp_path, args, problem, fix, store):
+    """Issue 26: everything a user handed over is checked before the store is opened, so a bad data file
+    is refused in the light path whether or not the folder already holds a store: neither MLflow nor
+    TensorFlow is imported, one line on stderr, nothing on stdout (no "recording to"), no store created
+    and an existing one left byte for byte as it was (no experiment, no run)."""
+    from tests.conftest import migrated_store
+
     (tmp_path / "reviews.csv").write_text(REVIEWS)
-    out = python_m(args, tmp_path, flags=("-X", "importtime"), timeout=120)
+    (tmp_path / "quote.csv").write_text('text,label\na fine film,positive\n"a dull film,negative\n')
+    if store == "an existing mlflow.db":
+        migrated_store(tmp_path)
+    before = (tmp_path / "mlflow.db").read_bytes() if store == "an existing mlflow.db" else None
+    full = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "BILSTM_EXP_LOG_LEVEL")}
+    out = subprocess.run([sys.executable, "-c", LIGHT_RUN, *args], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=120, env=full)
     assert out.returncode == 2, out.stderr[-2000:]
-    errors = [line for line in out.stderr.splitlines() if not line.startswith("import time:")]
-    assert any(problem in line and fix in line for line in errors), "\n".join(errors)
-    assert "Traceback" not in out.stderr
-    imported = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
-    assert "tensorflow" not in imported and "keras" not in imported
-    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlartifacts").exists()
+    assert out.stdout.splitlines() == ["IMPORTED []"], out.stdout[-2000:]
+    (line,) = out.stderr.splitlines()
+    assert problem in line and fix in line, line
+    if before is None:
+        assert not (tmp_path / "mlflow.db").exists()
+    else:
+        assert (tmp_path / "mlflow.db").read_bytes() == before
+    assert not (tmp_path / "mlartifacts").exists()
+
+
+def test_the_summary_names_skipped_rows_only_when_rows_are_skipped():
+    from bilstm_exp.config.compose import compose
+    from bilstm_exp.config.schema import validate
+    from bilstm_exp.training.summary import bad_rows
+
+    skip = validate(compose(["data=file", "data.path=r.csv", "data.on_bad_rows=skip"]))
+    error = validate(compose(["data=file", "data.path=r.csv"]))
+    assert bad_rows(3, skip) == "3 bad rows skipped (data.on_bad_rows=skip)"
+    assert "skipped" not in bad_rows(0, error) and "data.on_bad_rows=error" in bad_rows(0, error)
 
 
 def test_early_stop_line_counts_epochs_from_one():
