@@ -185,3 +185,31 @@ def test_dvc_exp_run_composes_a_project_conf_over_the_packaged_one(tmp_path):
     assert params["model"]["lstm_units"] == 96 and params["clipping"]["threshold"] == 1.0
     assert (tmp_path / "units.txt").read_text() == "96"
     validate(params)
+
+
+SECRET_NAME = "hunter2-name-token"
+
+
+@pytest.mark.parametrize("command,args,files", [
+    (["-m", "bilstm_exp"], ["tracking.experiment_name=exp-${oc.env:API_TOKEN}"], {}),
+    # a sweep: refused before its callback creates the experiment and the parent run
+    (["-m", "bilstm_exp"], ["-m", "seed=1,2", "tracking.registered_model_name=${oc.env:API_TOKEN}"], {}),
+    # in a project's conf/ file, through another key, composed for DVC
+    (["-m", "bilstm_exp.cli.main", "compose-params"], [], {"conf/tracking/local.yaml": (
+        "defaults:\n  - /schema/tracking/local@_here_\n\ntracking_uri: ${oc.env:API_TOKEN}\n"
+        "experiment_name: runs-of-${tracking.tracking_uri}\n")}),
+], ids=["experiment-name", "model-name-in-a-sweep", "project-conf-via-another-key"])
+def test_a_name_from_the_environment_is_refused_before_anything_is_written(tmp_path, command, args, files):
+    """MLflow stores names as they are (experiments, models, versions, aliases): a secret there could
+    never be masked, so an environment interpolation in a name stops the command up front."""
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    out = subprocess.run([sys.executable, *command, *args], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "API_TOKEN": SECRET_NAME})
+    assert out.returncode == 2, out.stderr[-2000:]
+    [line] = out.stderr.strip().splitlines()
+    assert "takes its value from the environment" in line and "Fix: write the name itself" in line
+    assert SECRET_NAME not in out.stdout + out.stderr
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and p.relative_to(tmp_path).as_posix() not in files]
+    assert written == []  # no store, no params.yaml, no outputs/

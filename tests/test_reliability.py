@@ -483,17 +483,18 @@ def test_compose_params_keeps_a_conf_file_interpolation_out_of_params_yaml(tmp_p
 
     shutil.copytree(ROOT / "src/bilstm_exp/conf", tmp_path / "conf")
     local = tmp_path / "conf" / "tracking" / "local.yaml"
-    local.write_text(local.read_text() + "\nregistered_model_name: ${oc.env:MODEL_NAME_SECRET}\n")
+    # not a name: a name from the environment is refused (test_config.py), a URI is masked
+    local.write_text(local.read_text() + "\ntracking_uri: sqlite:///${oc.env:MODEL_NAME_SECRET}.db\n")
     monkeypatch.setenv("MODEL_NAME_SECRET", SECRET)
     config = validate(compose([], conf_dir=tmp_path / "conf"))
-    assert config.tracking.registered_model_name == SECRET  # the run uses the value...
+    assert config.tracking.tracking_uri == f"sqlite:///{SECRET}.db"  # the run uses the value...
     recorded = store.masked_config(config)  # ...and records the interpolation
-    assert recorded["tracking"]["registered_model_name"] == "${oc.env:MODEL_NAME_SECRET}"
+    assert recorded["tracking"]["tracking_uri"] == "sqlite:///${oc.env:MODEL_NAME_SECRET}.db"
     assert SECRET not in repr(recorded) and SECRET not in store.redact_text(f"model {SECRET} registered")
     path = pipeline.compose_params(tmp_path, [])
     text = path.read_text()
     assert SECRET not in text and "${oc.env:MODEL_NAME_SECRET}" in text
-    assert validate(yaml.safe_load(text)).tracking.registered_model_name == SECRET  # a stage resolves it
+    assert validate(yaml.safe_load(text)).tracking.tracking_uri == f"sqlite:///{SECRET}.db"  # a stage resolves it
 
 
 # --------------------------------------------------------------------------- issue 12: the served model

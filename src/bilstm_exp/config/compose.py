@@ -19,7 +19,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from bilstm_exp.config.schema import check_renamed, register_schemas
+from bilstm_exp.config.schema import check_names, check_renamed, register_schemas
 from bilstm_exp.errors import ConfigError
 
 CONF_MODULE = "bilstm_exp.conf"  # the packaged configs, as Hydra finds them: pkg://bilstm_exp.conf
@@ -76,7 +76,8 @@ OWN_CONFIG_FLAGS = ("-cn", "--config-name", "-cp", "--config-path", "-cd", "--co
 def check_composes(args: list[str]) -> None:
     """Compose the command line of ``python -m bilstm_exp`` once before ``@hydra.main`` does, so an
     unknown option or a mistyped key (``model=transformer``, ``model.lstm_unit=3``) is one ConfigError
-    with the options and the fix, where Hydra prints 13 lines and exits 1. Sweeps (``seed=1,2``,
+    with the options and the fix, where Hydra prints 13 lines and exits 1, and a name from the
+    environment is refused before a sweep's callback creates its experiment. Sweeps (``seed=1,2``,
     ``interval(...)``) and ``hydra`` overrides are Hydra's to expand: left out of this composition."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
@@ -89,8 +90,8 @@ def check_composes(args: list[str]) -> None:
     except HydraException as error:
         raise ConfigError(f"cannot parse the overrides {' '.join(overrides)}: {_one_line(error)}. Fix: write "
                           "each as key=value (`python -m bilstm_exp --help` lists every group and option)") from None
-    compose([text for text, override in zip(overrides, parsed, strict=True)
-             if not override.is_sweep_override() and not override.key_or_group.startswith("hydra")])
+    check_names(compose([text for text, override in zip(overrides, parsed, strict=True)
+                         if not override.is_sweep_override() and not override.key_or_group.startswith("hydra")]))
 
 
 def _one_line(error: Exception) -> str:

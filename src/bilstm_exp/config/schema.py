@@ -679,11 +679,12 @@ def validate(cfg: DictConfig | dict) -> ExperimentConfig:
             groups[group] = OmegaConf.to_object(merged)
         except ConfigError:
             raise
+    env_refs = check_names(cfg)  # before any value is resolved into a message
         except OmegaConfBaseException as error:
             raise _explain(group, schema, error) from None
     config = ExperimentConfig(seed=seed, **groups)
     # leaves resolved from ${oc.env:...}: recorded as their interpolation, never their value (redaction.scrub)
-    config.env_refs = redaction.references(cfg)
+    config.env_refs = env_refs
     return config
 
 
@@ -701,6 +702,26 @@ def add_option(group: str, name: str, schema: type | None = None) -> type:
     """The schema of option ``name`` of ``group`` for a registry: the one SCHEMAS lists, or ``schema``,
     which a plugin passes (bilstm_exp.plugins) and which joins SCHEMAS so :func:`validate` knows it."""
     options = SCHEMAS[group]
+# What MLflow stores as a name (the experiment, the registered model, its versions and aliases; run
+# names and tags built from the options' names): stored as it is, so it can never be masked.
+NAME_KEYS = {"tracking.experiment_name": "tracking.experiment_name=bilstm-exp",
+             "tracking.registered_model_name": "tracking.registered_model_name=bilstm-sentiment",
+             **{f"{group}.name": f"{group}=<an option of conf/{group}/>" for group in ("data", "model", "optimizer",
+                                                                                        "clipping", "tracking")}}
+
+
+def check_names(cfg: DictConfig) -> dict[str, str]:
+    """Refuse an environment interpolation (``${oc.env:...}``, also through another key) in a name;
+    return every leaf from the environment: dotted key -> its interpolation text."""
+    env_refs = redaction.references(cfg)
+    for key, example in NAME_KEYS.items():
+        if key in env_refs:
+            raise ConfigError(f"{key}: '{env_refs[key]}' takes its value from the environment, and MLflow stores a "
+                              "name as it is (experiments, registered models, versions, aliases, tags), where it "
+                              f"cannot be masked. Fix: write the name itself, e.g. {example}")
+    return env_refs
+
+
     if schema is None or options.get(name) is schema:
         if name not in options:
             raise ValueError(f"{group} option {name!r} has no schema: pass schema= (a dataclass subclassing "
