@@ -178,3 +178,52 @@ def test_bucketed_batches_are_right_padded_and_pad_less_than_max():
         assert np.all(real[:, :-1] | ~real[:, 1:])
     # one padded length per bucket (its upper boundary): a compiled kernel compiles once per bucket
     assert len(lengths) <= len(bounds) + 1 and lengths <= {b - 1 for b in bounds} | {max(len(s) for s in seqs)}
+
+
+def test_a_utf16_file_is_named_as_such_and_reads_with_its_encoding(tmp_path):
+    path = tmp_path / "reviews.csv"
+    path.write_text("text,label\n" + "".join(f"caf\u00e9 film {i},{i % 2}\n" for i in range(40)), encoding="utf-16")
+    with pytest.raises(DataError, match=r"is UTF-16 text .*Fix: data\.encoding=utf-16"):
+        sources.load_raw(cfg("data=file", f"data.path={path}").data, seed=0)
+    raw = sources.load_raw(cfg("data=file", f"data.path={path}", "data.encoding=utf-16").data, seed=0)
+    assert len(raw.texts) == 40 and raw.texts[0] == "caf\u00e9 film 0"
+
+
+@pytest.mark.parametrize("overrides, fix", [
+    (["data.num_samples=12", "data.val_fraction=0.25", "data.test_fraction=0.25"], "Fix: raise data.num_samples"),
+    (["data.max_samples=12", "data.val_fraction=0.25", "data.test_fraction=0.25"],
+     "Fix: raise data.max_samples (now 12)"),
+], ids=["synthetic", "capped"])
+def test_a_split_too_small_names_the_fix_that_applies_to_the_source(overrides, fix):
+    with pytest.raises(DataError, match="the train split is too small") as caught:
+        prepare(cfg(*overrides).data)
+    assert fix in str(caught.value)
+
+
+def test_a_file_too_small_to_split_asks_for_rows_not_for_synthetic_samples(tmp_path):
+    path = tmp_path / "two.csv"
+    path.write_text("text,label\na fine film,positive\na dull film,negative\n")
+    with pytest.raises(DataError) as caught:
+        prepare(cfg("data=file", f"data.path={path}").data)
+    message = str(caught.value)
+    assert f"add labelled rows to {path}" in message and "num_samples" not in message, message
+
+
+def test_check_reads_and_splits_and_prepare_reuses_it():
+    from bilstm_exp.data.prepare import check
+
+    config = cfg("data.num_samples=120")
+    checked = check(config.data)
+    assert len(checked.splits) == 1 and sum(len(i) for i in checked.splits[0].values()) == 120
+    assert prepare(config.data, checked=checked).md5() == prepare(config.data).md5()
+    folds = check(config.data, folds=3)
+    assert len(folds.splits) == 3
+
+
+def test_sources_are_found_by_name_and_an_unknown_one_lists_them():
+    assert sources.names()[:4] == ["synthetic", "file", "tweets", "imdb"]
+    assert sources.get("file").schema.__name__ == "FileDataConfig"
+    with pytest.raises(ValueError, match="unknown data source 'nope'; use one of synthetic, file"):
+        sources.get("nope")
+    with pytest.raises(ValueError, match="has no schema"):
+        sources.register("no-schema")(lambda cfg: None)

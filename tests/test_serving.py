@@ -107,3 +107,16 @@ def test_cli_predict_unknown_model_fails_with_a_message(store):
     out = predict(["--model", "models:/no-such-model/1", "dull"], cwd=store["folder"])
     assert out.returncode != 0 and out.stdout == ""
     assert "cannot load model models:/no-such-model/1" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_cli_predict_keeps_one_line_per_text_and_reads_the_given_encoding(store, tmp_path):
+    """A tab, a newline or a backslash in a text is printed escaped, so every text is one line of three
+    tab-separated fields; --encoding reads a file that is not UTF-8."""
+    texts = ["a fine\tfilm", "dull\nand long", "back\\slash \u2028 end"]
+    pd.DataFrame({"text": texts}).to_csv(tmp_path / "texts.csv", index=False)
+    rows = _lines(predict(["--model", MODEL, "--tracking-uri", store["uri"], "--file", "texts.csv"], cwd=tmp_path))
+    assert [text for _, _, text in rows] == ["a fine\\tfilm", "dull\\nand long", "back\\\\slash \\u2028 end"]
+    (tmp_path / "latin.txt").write_bytes("caf\xe9 cr\xe8me, a fine film\n".encode("latin-1"))
+    rows = _lines(predict(["--model", MODEL, "--tracking-uri", store["uri"], "--file", "latin.txt",
+                           "--encoding", "latin-1"], cwd=tmp_path))
+    assert [text for _, _, text in rows] == ["caf\xe9 cr\xe8me, a fine film"]
