@@ -29,6 +29,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import ROOT, migrated_store, tiny
 from tests.servers import HOST, free_port
+from tests.test_store_states import damage_a_page
 
 CSV_OK = "text,label\na fine film,positive\na dull film,negative\n"
 ROWS = "text,label\n" + "".join(f"great film number {i},positive\nawful film number {i},negative\n" for i in range(40))
@@ -54,6 +55,7 @@ def data(path: str) -> list[str]:
             "profiling.latency_samples=0"]
 
 
+DAMAGED = "is damaged (sqlite's quick_check:"
 DOWN = f"http://{HOST}:{free_port()}"  # nothing listens there
 WITH_PASSWORD = f"http://user:hunter2@{DOWN.split('//')[1]}"
 RUN_ID = "0123456789abcdef0123456789abcdef"
@@ -90,12 +92,10 @@ def _checkpoint(folder: Path, run_id: str, args: list[str], weights: bytes | Non
     import h5py
 
     from bilstm_exp.config.compose import compose
-    from bilstm_exp.config.schema import flatten, to_dict, validate
-    from bilstm_exp.tracking.store import is_secret
+    from bilstm_exp.config.schema import validate
     from bilstm_exp.training import checkpoints
 
-    flat = {k: v for k, v in flatten(to_dict(validate(compose(args)))).items() if not is_secret(k, v)}
-    config = checkpoints.Checkpointer.open(folder, flat, False, None).config
+    config = checkpoints.Checkpointer.open(folder, checkpoints.identity(validate(compose(args))), False, None).config
     target = folder / "checkpoints" / run_id
     target.mkdir(parents=True)
     if weights is None:
@@ -135,6 +135,13 @@ def store_with_a_run(folder: Path) -> None:
 def offline_run(folder: Path) -> None:
     (folder / "offline").mkdir()
     _run(folder / "offline", "FINISHED")
+
+
+def damaged_store(folder: Path) -> None:
+    """A store with a run, then garbage over one page in the middle of mlflow.db (its header still valid)."""
+    _run(folder, "FINISHED")
+    damage_a_page(folder / "mlflow.db")
+
 
 CASES = [
     # ---------------------------------------------------------------- config overrides (python -m bilstm_exp)
@@ -343,6 +350,24 @@ CASES = [
          "Fix: point --file at a file", module="bilstm_exp.cli.main", files={"texts/a.txt": "fine\n"}),
     Case("predict-csv-without-text-column", ["predict", "--file", "r.csv"], "r.csv: no 'text' column",
          "Fix: name the column 'text'", module="bilstm_exp.cli.main", files={"r.csv": "review\nfine\n"}),
+    # ---------------------------------------------------------------- issue 22 (3, 9): damaged stores, a folder
+    Case("store-damaged-page", TINY, DAMAGED, ".recover | sqlite3", setup=damaged_store, keeps=("mlflow.db",)),
+    Case("runs-damaged-store", ["runs"], DAMAGED, "Fix: restore it from a backup", module="bilstm_exp.cli.main",
+         setup=damaged_store, keeps=("mlflow.db",)),
+    Case("compare-damaged-store", ["compare"], DAMAGED, "start a new store", module="bilstm_exp.cli.main",
+         setup=damaged_store, keeps=("mlflow.db",)),
+    Case("predict-damaged-store", ["predict", "--model", "models:/bilstm-sentiment@champion", "fine"], DAMAGED,
+         ".recover", module="bilstm_exp.cli.main", setup=damaged_store, keeps=("mlflow.db",)),
+    Case("promote-damaged-store", ["promote", "--model", "bilstm-sentiment", "--version", "1", "--reason", "why"],
+         DAMAGED, ".recover", module="bilstm_exp.cli.main", setup=damaged_store, keeps=("mlflow.db",)),
+    Case("runs-store-is-a-folder", ["runs"], "mlflow.db is a folder, not a sqlite file", "Fix: point the URI at a file",
+         module="bilstm_exp.cli.main", files={"mlflow.db/readme.txt": "a folder"}, keeps=("mlflow.db",)),
+    Case("compare-store-is-a-folder", ["compare"], "mlflow.db is a folder, not a sqlite file", "Fix:",
+         module="bilstm_exp.cli.main", files={"mlflow.db/readme.txt": "a folder"}, keeps=("mlflow.db",)),
+    Case("predict-store-is-a-folder", ["predict", "--model", "models:/bilstm-sentiment@champion", "fine"],
+         "mlflow.db is a folder, not a sqlite file", "Fix:", module="bilstm_exp.cli.main",
+         files={"mlflow.db/readme.txt": "a folder"}, keeps=("mlflow.db",)),
+    Case("runs-limit-zero", ["runs", "--limit", "0"], "--limit 0: must be >= 1", "Fix:", module="bilstm_exp.cli.main"),
 ]
 
 
