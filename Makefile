@@ -55,7 +55,7 @@ server: $(STAMP) ## a local team tracking server: PostgreSQL + MLflow basic auth
 		|| { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq \
 		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; } \
 		|| { echo "make server: PostgreSQL is not installed. Fix: apt-get install postgresql (as root)"; exit 2; }
-	$(PY) -m bilstm_exp.team.server start $(ARGS)
+	$(PY) -m bilstm_exp.team.cli start $(ARGS)
 
 ui: $(STAMP) ## the MLflow UI on the default store: http://127.0.0.1:5000
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=$${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false} $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000

@@ -6,7 +6,7 @@
 Two servers run at once on 127.0.0.1, each with 2 worker processes, and get the same load in turn, in
 alternating rounds (A B B A ...) so that a change in the machine's load hits both; medians per server:
 
-* ``team``:   bilstm_exp.team.server (PostgreSQL backend, basic auth, proxied artifacts), as ``make server``
+* ``team``:   bilstm_exp.team (PostgreSQL backend, basic auth, proxied artifacts), as ``make server``
 * ``sqlite``: ``mlflow server`` on a sqlite file, no auth (the single-machine setup the tests use)
 
 Load, from CLIENTS threads of this process (each its own MlflowClient), bounded in count and time:
@@ -120,7 +120,8 @@ def load(uri: str, clients: int, runs: int, batches: int, singles: int, deadline
 
 
 def sqlite_server(folder: Path):
-    from bilstm_exp.team.server import free_port, stop_process, wait_healthy
+    from bilstm_exp.team.common import free_port
+    from bilstm_exp.team.mlflow_server import stop_process, wait_healthy
 
     port = free_port()
     log = folder / "sqlite-server.log"
@@ -155,7 +156,7 @@ def main() -> None:
     import mlflow
 
     from bilstm_exp.team import server as team_server
-    from bilstm_exp.team.server import stop_process
+    from bilstm_exp.team.mlflow_server import stop_process
 
     results = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                            "python": platform.python_version(), "mlflow": mlflow.__version__,

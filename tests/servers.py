@@ -35,7 +35,7 @@ def log_tail(path: Path, chars: int = 3000) -> str:
 
 def stop(process: subprocess.Popen, timeout_s: float = 20) -> None:
     """SIGTERM the process group (uvicorn workers included), then SIGKILL after a bounded wait."""
-    from bilstm_exp.team.server import stop_process
+    from bilstm_exp.team.mlflow_server import stop_process
 
     stop_process(process, timeout_s)
 
@@ -44,7 +44,7 @@ def stop(process: subprocess.Popen, timeout_s: float = 20) -> None:
 def background(args: list[str], url: str, log: Path, *, env: dict[str, str] | None = None,
                cwd: Path | None = None, timeout_s: float = 120) -> Iterator[subprocess.Popen]:
     """Start ARGS in its own process group, wait until GET URL answers 200, and stop it at exit."""
-    from bilstm_exp.team.server import WITHOUT_JOB_RUNNER  # as `make server` starts it
+    from bilstm_exp.team.mlflow_server import WITHOUT_JOB_RUNNER  # as `make server` starts it
 
     full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **WITHOUT_JOB_RUNNER, **(env or {})}
     # As in an activated virtualenv: `mlflow models serve` starts `uvicorn` found on PATH.

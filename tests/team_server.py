@@ -1,4 +1,4 @@
-"""A real team server for the tests, started the way a user starts it: `python -m bilstm_exp.team.server start`.
+"""A real team server for the tests, started the way a user starts it: `python -m bilstm_exp.team.cli start`.
 
 The command starts a PostgreSQL cluster (initdb into a temporary folder, a free port; as the `postgres`
 system user when the tests run as root) and `mlflow server --app-name basic-auth` on it with proxied
@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bilstm_exp.team.server import DB_ROLE
+from bilstm_exp.team.common import DB_ROLE
 
 READY_LINE = "Ctrl-C stops both services"
 
@@ -63,7 +63,7 @@ def start(state_dir: Path, timeout_s: float = 180) -> Team:
     for name in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
         env.pop(name, None)
     with open(output, "wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "bilstm_exp.team.server", "start", "--dir", str(state_dir),
+        process = subprocess.Popen([sys.executable, "-m", "bilstm_exp.team.cli", "start", "--dir", str(state_dir),
                                     "--port", "0", "--workers", "2"], stdout=out, stderr=subprocess.STDOUT,
                                    env=env, start_new_session=True)
     team = Team(state_dir, process, output)
@@ -71,7 +71,7 @@ def start(state_dir: Path, timeout_s: float = 180) -> Team:
     while READY_LINE not in team.printed():
         if process.poll() is not None or time.monotonic() > deadline:
             stop(team)
-            raise RuntimeError(f"bilstm_exp.team.server start did not come up:\n{team.printed()[-3000:]}\n"
+            raise RuntimeError(f"bilstm_exp.team.cli start did not come up:\n{team.printed()[-3000:]}\n"
                                f"{(state_dir / 'mlflow-server.log').read_text(errors='replace')[-3000:]}"
                                if (state_dir / "mlflow-server.log").exists() else team.printed()[-3000:])
         time.sleep(0.5)

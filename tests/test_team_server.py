@@ -1,6 +1,6 @@
-"""The team tracking server (bilstm_exp.team.server) and distributed search, all real and on localhost.
+"""The team tracking server (bilstm_exp.team) and distributed search, all real and on localhost.
 
-One module-scoped server is started the way a user starts it (`python -m bilstm_exp.team.server start`):
+One module-scoped server is started the way a user starts it (`python -m bilstm_exp.team.cli start`):
 a PostgreSQL cluster initialised in a temporary folder on a free port (run as the `postgres` system user
 when the tests run as root) and `mlflow server --app-name basic-auth` on it with proxied artifacts. It
 is stopped with Ctrl-C (SIGINT) at the end, and the last test checks that it stopped both services.
@@ -38,7 +38,8 @@ ADMIN_ENV_KEYS = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRA
 
 @pytest.fixture(scope="module")
 def team(tmp_path_factory):
-    from bilstm_exp.team.server import ServerError, pg_bindir
+    from bilstm_exp.team.common import ServerError
+    from bilstm_exp.team.postgres import pg_bindir
 
     try:
         pg_bindir()
@@ -201,12 +202,13 @@ def test_no_credential_in_output_record_or_artifacts(team, cli_run):
 
 def test_user_without_permission_cannot_write_and_gets_one_clear_line(team, tmp_path):
     from bilstm_exp.team import server as team_module
+    from bilstm_exp.team import users
 
     admin = admin_client(team)
     name = f"locked-{uuid.uuid4().hex[:8]}"
     experiment_id = admin.create_experiment(name)
     bob = f"bob-{uuid.uuid4().hex[:6]}"
-    made = subprocess.run([sys.executable, "-m", "bilstm_exp.team.server", "user", bob, "--dir", str(team.state_dir)],
+    made = subprocess.run([sys.executable, "-m", "bilstm_exp.team.cli", "user", bob, "--dir", str(team.state_dir)],
                           capture_output=True, text=True, timeout=120)
     assert made.returncode == 0, made.stderr[-2000:]
     credentials = team.state_dir / "users" / f"{bob}.env"
@@ -223,7 +225,7 @@ def test_user_without_permission_cannot_write_and_gets_one_clear_line(team, tmp_
         with pytest.raises(MlflowException) as denied:
             bob_client.create_run(experiment_id)
         assert denied.value.get_http_status_code() == 403
-        team_module.grant(handle, bob, experiment_id, "EDIT")
+        users.grant(handle, bob, experiment_id, "EDIT")
         run = bob_client.create_run(experiment_id)  # with EDIT he can
         bob_client.set_terminated(run.info.run_id)
     finally:
@@ -304,7 +306,8 @@ def test_two_optuna_workers_share_one_study_and_submitit_launches_jobs(team, tmp
 
 
 def test_ctrl_c_stops_mlflow_and_postgres(team):
-    from bilstm_exp.team.server import Postgres, RunAs, pg_bindir
+    from bilstm_exp.team.postgres import Postgres, pg_bindir
+    from bilstm_exp.team.run_as import RunAs
 
     info = json.loads((team.state_dir / "server.json").read_text())
     assert team_server.stop(team) == 0, team.printed()[-2000:]

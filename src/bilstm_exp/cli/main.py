@@ -155,7 +155,7 @@ def parser() -> argparse.ArgumentParser:
     from bilstm_exp.models import embeddings
     from bilstm_exp.serving import predict
     from bilstm_exp.stages import pipeline
-    from bilstm_exp.team import server
+    from bilstm_exp.team import cli as team_cli
     from bilstm_exp.tracking import offline, register_command, runs
 
     top = argparse.ArgumentParser(prog="bilstm-exp", description=__doc__,
@@ -188,7 +188,7 @@ def parser() -> argparse.ArgumentParser:
     init.add_command(sub)  # bilstm-exp init: conf/, dvc.yaml, params.yaml in the user's repository
     embeddings.add_command(sub)  # bilstm-exp pretrain-embeddings: word2vec/fastText vectors from your text
     runs.add_command(sub)  # bilstm-exp runs --stale --close: runs a dead process left RUNNING
-    server.add_command(sub)  # bilstm-exp server start|stop|user: a local team server (PostgreSQL + basic auth)
+    team_cli.add_command(sub)  # bilstm-exp server start|stop|user: a local team server (PostgreSQL + basic auth)
     p = sub.add_parser("bench", help=bench.HELP)
     bench.add_arguments(p)
     p.set_defaults(func=bench.command)
