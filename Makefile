@@ -32,11 +32,8 @@ browser: ## Debian's chromium for the UI test (apt-get install when /usr/bin/chr
 		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
 		|| echo "make browser: no /usr/bin/chromium and no apt-get as root: tests/test_ui.py will skip"
 
-postgres: ## Debian's PostgreSQL for the team-server tests (apt-get install when initdb is missing)
-	@test -x "$$(pg_config --bindir 2>/dev/null)/initdb" || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
-		|| { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq \
-		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; } \
-		|| echo "make postgres: no PostgreSQL and no apt-get as root: tests/test_team_server.py will skip"
+postgres: ## Debian's PostgreSQL for the team-server tests (scripts/install-postgres.sh: apt-get when initdb is missing)
+	@scripts/install-postgres.sh >/dev/null || echo "make postgres: tests/test_team_server.py will skip"
 
 screenshot: $(STAMP) browser ## re-record docs/mlflow-compare.png (the README's run comparison)
 	UPDATE_SCREENSHOTS=1 $(PY) -m pytest tests/test_ui.py
@@ -51,10 +48,7 @@ lint: $(STAMP) ## ruff
 	$(VENV)/bin/ruff check src tests
 
 server: $(STAMP) ## a local team tracking server: PostgreSQL + MLflow basic auth on http://127.0.0.1:5000 (Ctrl-C stops)
-	@test -x "$$(pg_config --bindir 2>/dev/null)/initdb" || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
-		|| { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq \
-		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; } \
-		|| { echo "make server: PostgreSQL is not installed. Fix: apt-get install postgresql (as root)"; exit 2; }
+	@scripts/install-postgres.sh >/dev/null
 	$(PY) -m bilstm_exp.team.cli start $(ARGS)
 
 ui: $(STAMP) ## the MLflow UI on the default store: http://127.0.0.1:5000

@@ -30,7 +30,8 @@ FP_A, FP_B = "a1" * 16, "b2" * 16  # two data fingerprints (md5 hex)
 def config_params(architecture: str) -> dict[str, str]:
     """The params a run of this architecture logs: the flattened composed config."""
     from bilstm_exp.config.compose import compose
-    from bilstm_exp.config.schema import flatten, to_dict, validate
+    from bilstm_exp.config.plain import flatten, to_dict
+    from bilstm_exp.config.schema import validate
 
     return {k: str(v) for k, v in flatten(to_dict(validate(compose([f"model={architecture}"])))).items()}
 

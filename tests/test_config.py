@@ -11,9 +11,11 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from bilstm_exp.config import schema as cfg_mod
 from bilstm_exp.config.compose import CONF_DIR, compose
-from bilstm_exp.config.schema import SCHEMAS, ConfigError, schema_defaults, validate
+from bilstm_exp.config.plain import flatten, to_dict
+from bilstm_exp.config.registration import schema_defaults
+from bilstm_exp.config.schema import SCHEMAS, validate
+from bilstm_exp.errors import ConfigError
 
 GROUPS = ["data", "model", "optimizer", "clipping", "training", "tracking", "profiling"]
 
@@ -39,7 +41,7 @@ def test_default_composition_is_a_synthetic_basic_bilstm():
 
 
 def test_flatten_gives_dotted_keys():
-    flat = cfg_mod.flatten(cfg_mod.to_dict(validate(compose(["model=stacked"]))))
+    flat = flatten(to_dict(validate(compose(["model=stacked"]))))
     assert flat["model.layer_sizes"] == [64, 32]
     assert flat["optimizer.schedule.name"] == "constant"
     assert "model.lstm_units" not in flat  # stacked has layer_sizes instead
@@ -213,3 +215,39 @@ def test_a_name_from_the_environment_is_refused_before_anything_is_written(tmp_p
     assert SECRET_NAME not in out.stdout + out.stderr
     written = [p for p in tmp_path.rglob("*") if p.is_file() and p.relative_to(tmp_path).as_posix() not in files]
     assert written == []  # no store, no params.yaml, no outputs/
+
+
+def test_validation_opens_no_file_and_a_run_checks_its_vector_file_before_anything_else(tmp_path):
+    """validate() reads the config only; the missing word-vector file stops the run in its pre-flight,
+    with the same message, before a store exists (and before TensorFlow: tests/test_embeddings.py)."""
+    config = validate(compose(["model.pretrained_embeddings=missing.txt"]))
+    assert config.model.pretrained_embeddings == "missing.txt"
+    out = subprocess.run([sys.executable, "-m", "bilstm_exp", "model.pretrained_embeddings=missing.txt"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "model.pretrained_embeddings: 'missing.txt': no such file" in out.stderr and "Fix:" in out.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_the_champion_follows_the_monitor_in_a_copy_and_the_groups_given_stay_as_they_were():
+    from bilstm_exp.config.run_schema import TrackingConfig, TrainingConfig
+    from bilstm_exp.config.schema import with_champion
+
+    tracking, training = TrackingConfig(), TrainingConfig(monitor="val/accuracy")
+    resolved = with_champion(tracking, training)
+    assert (resolved.champion_metric, resolved.champion_greater_is_better) == ("val/accuracy", True)
+    assert (tracking.champion_metric, tracking.champion_greater_is_better) == (None, None)
+    own = with_champion(TrackingConfig(champion_metric="test/loss"), training)
+    assert (own.champion_metric, own.champion_greater_is_better) == ("test/loss", False)
+    config = validate(compose(["training.monitor=val/auc"]))
+    assert (config.tracking.champion_metric, config.tracking.champion_greater_is_better) == ("val/auc", True)
+
+
+def test_env_refs_is_a_declared_field_that_the_recorded_config_leaves_out(monkeypatch):
+    import dataclasses
+
+    monkeypatch.setenv("SOME_URI", "sqlite:///elsewhere.db")
+    config = validate(compose(["tracking.tracking_uri=${oc.env:SOME_URI}"]))
+    assert "env_refs" in {f.name for f in dataclasses.fields(config)}
+    assert config.env_refs == {"tracking.tracking_uri": "${oc.env:SOME_URI}"}
+    assert "env_refs" not in to_dict(config)

@@ -68,12 +68,13 @@ import sys
 from bilstm_exp.config.compose import compose
 from bilstm_exp.config.schema import validate
 from bilstm_exp.errors import ConfigError
+from bilstm_exp.models import vector_files
 cases = [["model.pretrained_embeddings={tmp_path / 'missing.txt'}"],
          ["model.pretrained_embeddings={files['glove']}"],
          ["model.pretrained_embeddings={files['glove']}", "model.embedding_dim=4", "model.pretrained_format=word2vec"]]
 for overrides in cases:
     try:
-        validate(compose(overrides))
+        vector_files.check(validate(compose(overrides)).model)  # the run's pre-flight
     except ConfigError as error:
         print(error)
 print("tensorflow imported:", "tensorflow" in sys.modules)

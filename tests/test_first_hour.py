@@ -108,7 +108,7 @@ def test_stderr_of_a_run_holds_none_of_the_library_noise(run):
 
 
 def test_tracking_uri_precedence_explicit_then_environment_then_default(tmp_path, monkeypatch):
-    from bilstm_exp.config.schema import TrackingConfig
+    from bilstm_exp.config.run_schema import TrackingConfig
     from bilstm_exp.errors import TrackingError
     from bilstm_exp.tracking.store import resolve_uri
 

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from bilstm_exp.config.compose import CONF_DIR, compose
-from bilstm_exp.config.schema import CLIPPING_MODES, SCHEMAS, ModelConfig, validate
+from bilstm_exp.config.model_schema import ModelConfig
+from bilstm_exp.config.optimizer_schema import CLIPPING_MODES
+from bilstm_exp.config.schema import SCHEMAS, validate
 from bilstm_exp.data import prepare as data
 from bilstm_exp.data import sources
 from bilstm_exp.models import architectures, optim

@@ -47,13 +47,11 @@ def interrupted(run_id: str | None, root: Path | None = None) -> str:
 
 def train(config: ExperimentConfig, overrides: list[str], **run_kwargs):
     """One run, or with data.folds a cross-validation (a parent run and one child per fold)."""
-    from bilstm_exp.training import (
-        distribute,  # no TensorFlow: the first line, a down server and bad data
-        summary,
-    )
-    # answer in seconds
+    from bilstm_exp.models import vector_files
+    from bilstm_exp.training import distribute, summary  # no TensorFlow: bad input answers in seconds
 
     with exit_on_user_error(interrupted=INTERRUPTED):
+        vector_files.check(config.model)  # model.pretrained_embeddings readable and as wide, before the store
         chief = distribute.is_chief(config)  # a bad TF_CONFIG stops here, before the store is touched
         if chief and not config.data.folds and "prepared" not in run_kwargs:
             run_kwargs["prepared"] = summary.start(config, Path.cwd())  # before any experiment or run exists
@@ -118,7 +116,7 @@ def check_overrides(args: list[str]) -> None:
     to add, where Hydra would only say "Key 'path' is not in struct"."""
     import yaml
 
-    from bilstm_exp.config.schema import check_option_keys
+    from bilstm_exp.config.overrides import check_option_keys
 
     defaults: dict[str, str] = {}
     for entry in (yaml.safe_load(primary_config().read_text(encoding="utf-8")) or {}).get("defaults", []):

@@ -19,7 +19,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from bilstm_exp.config.schema import check_names, check_renamed, register_schemas
+from bilstm_exp.config.overrides import check_renamed
+from bilstm_exp.config.registration import register_schemas
+from bilstm_exp.config.schema import check_names
 from bilstm_exp.errors import ConfigError
 
 CONF_MODULE = "bilstm_exp.conf"  # the packaged configs, as Hydra finds them: pkg://bilstm_exp.conf

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from bilstm_exp.config.schema import DataConfig
+from bilstm_exp.config.data_schema import DataConfig
 from bilstm_exp.data.sources import RawData, load_raw
 from bilstm_exp.data.splits import fold_splits, stratified_split
 from bilstm_exp.data.vocabulary import Vocabulary, tokenize

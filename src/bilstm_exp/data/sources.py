@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from bilstm_exp.config.schema import DataConfig, FileDataConfig, SyntheticDataConfig, TweetsDataConfig, add_option
+from bilstm_exp.config.data_schema import DataConfig, FileDataConfig, SyntheticDataConfig, TweetsDataConfig
+from bilstm_exp.config.schema import add_option
 from bilstm_exp.data import tables
 from bilstm_exp.data.splits import MORE_DATA
 from bilstm_exp.errors import DataError

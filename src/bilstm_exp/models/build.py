@@ -20,7 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from bilstm_exp.config.schema import ModelConfig
+from bilstm_exp.config.model_schema import ModelConfig
 from bilstm_exp.models import architectures
 from bilstm_exp.models.fast_lstm import recurrent_layer, xla_apply
 

@@ -12,7 +12,7 @@
 
 No TensorFlow here; gensim is imported inside the functions that use it. The config's validation has
 already checked the file's existence, format and dimension from its first line
-(:func:`bilstm_exp.config.schema.probe_vectors`), before TensorFlow was imported.
+(:func:`bilstm_exp.models.vector_files.check`), before TensorFlow was imported.
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from bilstm_exp import extras
-from bilstm_exp.config.schema import ModelConfig, probe_vectors
+from bilstm_exp.config.model_schema import ModelConfig
 from bilstm_exp.data.vocabulary import PAD_ID, Vocabulary, tokenize
 from bilstm_exp.errors import ConfigError, DataError, UserError
+from bilstm_exp.models import vector_files
 
 METHODS = ("word2vec", "fasttext")
 
@@ -44,7 +45,7 @@ class Vectors:
 
 def load(path: str, fmt: str = "auto"):
     """A gensim ``KeyedVectors`` from a word2vec (text or binary) or GloVe (text, no header) file."""
-    fmt, _ = probe_vectors(path, fmt)
+    fmt, _ = vector_files.probe(path, fmt)
     from gensim.models import KeyedVectors
 
     try:

@@ -19,14 +19,14 @@ from typing import Any
 
 import keras
 
-from bilstm_exp.config.schema import (
+from bilstm_exp.config.optimizer_schema import (
     AdamWOptimizerConfig,
     ClippingConfig,
     OptimizerConfig,
     RMSpropOptimizerConfig,
     SGDOptimizerConfig,
-    add_option,
 )
+from bilstm_exp.config.schema import add_option
 
 # clipping.name (config.CLIPPING_MODES, all but none) -> the Keras optimizer argument
 CLIP_ARGUMENT = {"norm": "clipnorm", "value": "clipvalue", "global_norm": "global_clipnorm"}

@@ -64,7 +64,7 @@ def conf_md5(root: Path, params: dict[str, Any]) -> str:
     layer, relative path and parsed content (comments and formatting do not count). config.yaml's
     ``hydra:`` section (output folders, callbacks) never reaches params.yaml, so it does not count
     either. The defaults the YAML files extend (the schemas in config/) count too."""
-    from bilstm_exp.config.schema import schema_digest
+    from bilstm_exp.config.registration import schema_digest
 
     digest = hashlib.md5(schema_digest().encode())
     for layer in conf_layers(root):
@@ -118,7 +118,7 @@ def compose_params(root: Path, overrides: list[str]) -> Path:
     body = compose(root, overrides)
     params = yaml.safe_load(body)
     validate(params)
-    from bilstm_exp.config.schema import flatten
+    from bilstm_exp.config.plain import flatten
     from bilstm_exp.tracking import redaction
 
     leaked = redaction.credential_keys(flatten(params))
@@ -291,8 +291,10 @@ def _load_prepared():
 
 
 def train_stage(config: ExperimentConfig) -> None:
+    from bilstm_exp.models import vector_files
     from bilstm_exp.training import summary
 
+    vector_files.check(config.model)  # model.pretrained_embeddings readable and as wide, before TensorFlow
     summary.announce(config, _tracking_root())  # the first line: where the run is recorded
     if config.data.folds:
         raise ConfigError(f"data.folds={config.data.folds}: the DVC pipeline trains one model on one split. Fix: run "

@@ -68,7 +68,7 @@ def register_command(run_id: str, uri: str) -> str:
 def configured(run, metric: str | None = None, greater: bool | None = None) -> tuple[str, str, bool]:
     """(registered model name, champion metric, greater is better) as the run was configured (its
     params); ``metric`` and ``greater`` stand in for what it left to training.monitor."""
-    from bilstm_exp.config.schema import metric_mode
+    from bilstm_exp.config.run_schema import metric_mode
 
     params = {key: value for key, value in run.data.params.items() if value not in ("", "None")}
     metric = params.get("tracking.champion_metric") or metric or params.get("training.monitor", "val/loss")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bilstm_exp import disk
-from bilstm_exp.config.schema import TrackingConfig
+from bilstm_exp.config.run_schema import TrackingConfig
 from bilstm_exp.disk import DiskFull
 from bilstm_exp.errors import TrackingError, UserError
 from bilstm_exp.tracking import sqlite_file
@@ -50,7 +50,7 @@ def check_credentials(uri: str, where: str = "the tracking URI") -> None:
 def masked_config(config: Any) -> dict[str, Any]:
     """The validated config as nested dicts, safe to record (params, config.yaml, params.yaml):
     values from the environment as their ``${oc.env:NAME}`` text, secrets and credentials masked."""
-    from bilstm_exp.config.schema import to_dict
+    from bilstm_exp.config.plain import to_dict
 
     return scrub(to_dict(config), getattr(config, "env_refs", None))
 

@@ -271,7 +271,7 @@ class Checkpointer:
 def identity(config: ExperimentConfig) -> dict[str, Any]:
     """What names a checkpoint: the flattened config as it is recorded (environment values as their
     interpolation text, nothing secret), compared key by key on resume."""
-    from bilstm_exp.config.schema import flatten, to_dict
+    from bilstm_exp.config.plain import flatten, to_dict
 
     recorded = scrub(to_dict(config), getattr(config, "env_refs", None))
     return {k: v for k, v in flatten(recorded).items() if not is_secret(k, v)}

@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from bilstm_exp.analysis.statistics import ci95
-from bilstm_exp.config.schema import ExperimentConfig, flatten
+from bilstm_exp.config.plain import flatten
+from bilstm_exp.config.schema import ExperimentConfig
 from bilstm_exp.data import prepare as data
 from bilstm_exp.tracking import model_registry as registry
 from bilstm_exp.tracking import store

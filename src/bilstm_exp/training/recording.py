@@ -17,7 +17,8 @@ import numpy as np
 import yaml
 
 from bilstm_exp.analysis import reports
-from bilstm_exp.config.schema import ExperimentConfig, flatten, to_dict
+from bilstm_exp.config.plain import flatten, to_dict
+from bilstm_exp.config.schema import ExperimentConfig
 from bilstm_exp.data.prepare import PreparedData
 from bilstm_exp.models import build as models
 from bilstm_exp.serving import model as serving

@@ -61,7 +61,7 @@ class SweepFailed(RuntimeError):
 
 def tracking_config(config: DictConfig):
     """The validated ``tracking`` group of the sweep's base config."""
-    from bilstm_exp.config.schema import TrackingConfig
+    from bilstm_exp.config.run_schema import TrackingConfig
 
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrackingConfig), config.tracking))
 
@@ -173,7 +173,7 @@ class MLflowSweepCallback(Callback):
         raise SystemExit(143)  # the exit hook ends the parent run; a resumed sweep continues it
 
     def _resolve_metric(self, config: DictConfig) -> None:
-        from bilstm_exp.config.schema import metric_mode
+        from bilstm_exp.config.run_schema import metric_mode
 
         monitor = OmegaConf.select(config, "training.monitor", default=None)
         if self.metric is None:

@@ -7,6 +7,6 @@ which never imports bilstm_exp itself. This module is how those compositions fin
 It defines no plugin class and imports no TensorFlow.
 """
 
-from bilstm_exp.config.schema import register_schemas
+from bilstm_exp.config.registration import register_schemas
 
 register_schemas()

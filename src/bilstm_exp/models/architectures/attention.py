@@ -6,7 +6,7 @@ weights back from the layer named ``attention``.
 
 from __future__ import annotations
 
-from bilstm_exp.config.schema import AttentionModelConfig
+from bilstm_exp.config.model_schema import AttentionModelConfig
 from bilstm_exp.models.architectures.registry import Flops, merged_width, recurrent_flops, register
 
 

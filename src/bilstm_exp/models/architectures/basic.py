@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bilstm_exp.config.schema import BasicModelConfig
+from bilstm_exp.config.model_schema import BasicModelConfig
 from bilstm_exp.models.architectures.registry import Flops, merged_width, recurrent_flops, register
 
 

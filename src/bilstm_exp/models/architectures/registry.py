@@ -6,7 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bilstm_exp.config.schema import ModelConfig, add_option
+from bilstm_exp.config.model_schema import ModelConfig
+from bilstm_exp.config.schema import add_option
 
 LSTM_GATES, GRU_GATES = 4, 3
 # Element-wise FLOPs per unit per time step, beyond the matmuls. LSTM: 4 bias adds, 5 activations

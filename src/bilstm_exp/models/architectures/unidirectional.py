@@ -3,7 +3,7 @@ direction buys."""
 
 from __future__ import annotations
 
-from bilstm_exp.config.schema import UnidirectionalModelConfig
+from bilstm_exp.config.model_schema import UnidirectionalModelConfig
 from bilstm_exp.models.architectures.registry import Flops, recurrent_flops, register
 
 
