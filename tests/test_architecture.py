@@ -36,7 +36,8 @@ LAYERS = [
     {"training.checkpoints", "training.evaluation", "training.profiling", "training.distribute"},
     {"training.recording", "training.summary"},
     {"training.runner", "training.crossval", "training.sweep", "training.sweep_plan"},
-    {"stages.pipeline", "analysis.compare", "analysis.bench", "analysis.bench_setup", "analysis.bench_measure",
+    {"stages.outputs", "stages.params", "stages.prepare", "stages.train", "stages.evaluate", "stages.commands",
+     "analysis.compare", "analysis.bench", "analysis.bench_setup", "analysis.bench_measure",
      "analysis.bench_report"},
     {"cli.main", "__main__"},
 ]

@@ -24,7 +24,8 @@ import pytest
 import yaml
 
 from bilstm_exp.config.compose import CONF_DIR
-from bilstm_exp.stages import pipeline
+from bilstm_exp.stages import outputs
+from bilstm_exp.stages import params as params_yaml
 from tests.conftest import ROOT, TINY
 
 BIN = Path(sys.executable).parent  # dvc and bilstm-exp of this environment
@@ -147,7 +148,7 @@ def test_params_yaml_is_the_default_composition_of_conf():
     text = (ROOT / "params.yaml").read_text()
     fix = "Fix: run `bilstm-exp compose-params` and commit params.yaml"
     assert yaml.safe_load(text) == composed, f"params.yaml differs from the default composition of conf/. {fix}"
-    assert pipeline.read_stamp(text) == pipeline.conf_md5(ROOT, composed), \
+    assert params_yaml.read_stamp(text) == params_yaml.conf_md5(ROOT, composed), \
         f"params.yaml records another conf/ md5 than conf/ has now. {fix}"
 
 
@@ -160,11 +161,11 @@ def test_stages_refuse_params_yaml_composed_before_a_project_conf_changed(tmp_pa
     (tmp_path / "conf" / "model").mkdir(parents=True)
     basic = tmp_path / "conf" / "model" / "basic.yaml"
     basic.write_text("defaults:\n  - /schema/model/basic@_here_\n\nlstm_units: 8\n")
-    params = pipeline.compose_params(tmp_path, [])
-    assert pipeline.load_params(params, tmp_path).model.lstm_units == 8
+    path = params_yaml.compose_params(tmp_path, [])
+    assert params_yaml.load_params(path, tmp_path).model.lstm_units == 8
     basic.write_text("defaults:\n  - /schema/model/basic@_here_\n\nlstm_units: 16\n")
     with pytest.raises(ConfigError, match="conf/ changed since params.yaml was composed.*bilstm-exp compose-params"):
-        pipeline.load_params(params, tmp_path)
+        params_yaml.load_params(path, tmp_path)
 
 
 def test_dvc_composes_conf_into_params_yaml_on_exp_run():
@@ -195,7 +196,7 @@ def test_outputs_appear_only_when_the_stage_succeeds(tmp_path):
     old.mkdir()
     (old / "model.keras").write_text("previous")
     with pytest.raises(KeyboardInterrupt):
-        with pipeline.staging(old, tmp_path / "metrics.json") as (folder, metrics):
+        with outputs.staging(old, tmp_path / "metrics.json") as (folder, metrics):
             folder.mkdir()
             (folder / "model.keras").write_text("half-writ")
             raise KeyboardInterrupt  # Ctrl-C in the middle of writing
@@ -203,7 +204,7 @@ def test_outputs_appear_only_when_the_stage_succeeds(tmp_path):
     assert not (tmp_path / "metrics.json").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"], "no temporary leftovers"
 
-    with pipeline.staging(old, tmp_path / "metrics.json") as (folder, metrics):
+    with outputs.staging(old, tmp_path / "metrics.json") as (folder, metrics):
         folder.mkdir()
         (folder / "model.keras").write_text("new")
         metrics.write_text("{}")
@@ -362,8 +363,8 @@ def test_repro_reruns_what_changed_and_links_dvc_and_mlflow(reproduced):
     params = yaml.safe_load(text)
     assert params["model"]["name"] == "attention" and params["data"]["num_samples"] == 200
     # DVC wrote the bare composition; the first stage put the header back, with the conf/ it came from
-    assert text.startswith(pipeline.HEADER) and "# composed by: dvc exp run (tiny-attention)" in text
-    assert pipeline.read_stamp(text) == pipeline.conf_md5(repo, params)
+    assert text.startswith(params_yaml.HEADER) and "# composed by: dvc exp run (tiny-attention)" in text
+    assert params_yaml.read_stamp(text) == params_yaml.conf_md5(repo, params)
     exp_run_id = read_json(repo / "reports/train/metrics.json")["mlflow_run_id"]
     tags = client.get_run(exp_run_id).data.tags
     assert tags["dvc_exp_name"] == "tiny-attention" and tags["architecture"] == "attention"

@@ -477,7 +477,7 @@ def test_compose_params_keeps_a_conf_file_interpolation_out_of_params_yaml(tmp_p
 
     from bilstm_exp.config.compose import compose
     from bilstm_exp.config.schema import validate
-    from bilstm_exp.stages import pipeline
+    from bilstm_exp.stages import params as params_yaml
     from bilstm_exp.tracking import store
     from tests.conftest import ROOT
 
@@ -491,7 +491,7 @@ def test_compose_params_keeps_a_conf_file_interpolation_out_of_params_yaml(tmp_p
     recorded = store.masked_config(config)  # ...and records the interpolation
     assert recorded["tracking"]["tracking_uri"] == "sqlite:///${oc.env:MODEL_NAME_SECRET}.db"
     assert SECRET not in repr(recorded) and SECRET not in store.redact_text(f"model {SECRET} registered")
-    path = pipeline.compose_params(tmp_path, [])
+    path = params_yaml.compose_params(tmp_path, [])
     text = path.read_text()
     assert SECRET not in text and "${oc.env:MODEL_NAME_SECRET}" in text
     assert validate(yaml.safe_load(text)).tracking.tracking_uri == f"sqlite:///{SECRET}.db"  # a stage resolves it

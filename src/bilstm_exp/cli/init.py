@@ -61,13 +61,13 @@ def command(args: argparse.Namespace) -> None:
 def _write_and_compose(root: Path) -> None:
     """Write the templates and compose params.yaml from them; if composing fails (e.g. a file of the
     project's conf/ is broken), remove what this wrote, so a failed init leaves nothing half-done."""
-    from bilstm_exp.stages import pipeline
+    from bilstm_exp.stages import params
 
     created = [root / name for name in (*WRITTEN, PARAMS) if not (root / name).exists()]
     try:
         for name in WRITTEN:
             _write(root / name, _template(name))
-        pipeline.compose_params(root, [])  # params.yaml, as `dvc exp run` would compose it
+        params.compose_params(root, [])  # params.yaml, as `dvc exp run` would compose it
     except BaseException:
         for path in created:
             path.unlink(missing_ok=True)

@@ -152,7 +152,7 @@ def parser() -> argparse.ArgumentParser:
     from bilstm_exp.cli import init
     from bilstm_exp.models import embeddings
     from bilstm_exp.serving import predict
-    from bilstm_exp.stages import pipeline
+    from bilstm_exp.stages import commands as stages
     from bilstm_exp.team import cli as team_cli
     from bilstm_exp.tracking import offline, register_command, runs
 
@@ -162,8 +162,8 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train and evaluate one configuration, tracked in MLflow")
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=attention training.epochs=1")
     p.set_defaults(func=_train_command)
-    pipeline.add_train_params_option(p)
-    pipeline.add_commands(sub)  # the DVC stages: prepare, evaluate; compose-params
+    stages.add_train_params_option(p)
+    stages.add_commands(sub)  # the DVC stages: prepare, evaluate; compose-params
     p = sub.add_parser("predict", help="predict texts with a logged or registered model")
     p.add_argument("--model", default="models:/bilstm-sentiment@champion", help="model URI")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLflow's own default)")
