@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 # one pytest-xdist worker per core; tests sharing an expensive fixture on one worker (tests/conftest.py)
 XDIST := -n auto --dist loadgroup
 
-.PHONY: help install run test test-fast postgres lint ui clean browser screenshot plots-screenshot plots-template server
+.PHONY: help install run test test-fast dist postgres lint ui clean browser screenshot plots-screenshot plots-template server
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -44,6 +44,9 @@ plots-screenshot: $(STAMP) browser ## re-record docs/dvc-plots.png (the offline 
 plots-template: ## rebuild dvc_plots_template/index.html from the pinned vega releases (needs npm)
 	$(PY) dvc_plots_template/build.py
 
+dist: $(STAMP) ## build the wheel and the sdist into dist/ (python -m build; pip install dist/*.whl in your project)
+	$(PY) -m build --no-isolation --outdir dist .
+
 lint: $(STAMP) ## ruff
 	$(VENV)/bin/ruff check src tests
 
@@ -55,4 +58,4 @@ ui: $(STAMP) ## the MLflow UI on the default store: http://127.0.0.1:5000
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=$${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false} $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
 clean: ## remove runs, outputs and the environment
-	rm -rf $(VENV) mlflow.db mlartifacts outputs multirun dvc_plots
+	rm -rf $(VENV) mlflow.db mlartifacts outputs multirun dvc_plots dist build src/bilstm_exp.egg-info
