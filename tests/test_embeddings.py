@@ -176,18 +176,19 @@ def test_min_token_frequency_drops_rare_words():
 
 def test_optuna_search_space_has_weight_decay_and_dropouts():
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra_plugins.hydra_optuna_sweeper._impl import create_optuna_distribution_from_override
     from omegaconf import OmegaConf
+
+    from hydra_plugins.bilstm_exp_optuna_sweeper.sweeper import distribution
 
     config = validate(compose(["hparams_search=optuna"]))
     assert config.optimizer.name == "adamw"
     params = OmegaConf.load(CONF_DIR / "hparams_search" / "optuna.yaml").hydra.sweeper.params
     parsed = OverridesParser.create().parse_overrides([f"{key}={value}" for key, value in params.items()])
-    space = {o.key_or_group: create_optuna_distribution_from_override(o) for o in parsed}
+    space = {o.key_or_group: distribution(o) for o in parsed}
     decay = space["optimizer.weight_decay"]
-    assert type(decay).__name__ == "LogUniformDistribution" and (decay.low, decay.high) == (1e-5, 1e-2)
+    assert type(decay).__name__ == "FloatDistribution" and decay.log and (decay.low, decay.high) == (1e-5, 1e-2)
     for key in ("model.embedding_dropout", "model.output_dropout"):
-        assert type(space[key]).__name__ == "UniformDistribution" and (space[key].low, space[key].high) == (0, 0.5)
+        assert not space[key].log and (space[key].low, space[key].high) == (0, 0.5)
 
 
 @pytest.mark.parametrize("method", ["word2vec", "fasttext"])

@@ -7,6 +7,7 @@ resulting ./mlflow.db with MlflowClient.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -103,6 +104,58 @@ def test_optuna_search_three_trials_reports_the_best_on_the_parent(tmp_path):
     assert version.run_id == best.info.run_id
     assert parent.data.tags["registry.version"] == f"bilstm-sentiment/{version.version}"
     assert len({c.data.tags["data.fingerprint"] for c in children}) == 1
+
+
+JOURNAL = "hydra.sweeper.storage={_target_:bilstm_exp.team.optuna_storage.journal_storage,path:study.journal}"
+
+
+@pytest.mark.slow
+def test_a_two_objective_search_logs_its_pareto_front_on_the_parent(tmp_path):
+    """hparams_search=optuna_pareto (val/loss against latency/predict_p50_ms), its study in an Optuna journal
+    file, run twice as two workers would: the parent run's front table is the study's Pareto front, each
+    row naming its trial's child run (none for a trial the other sweep ran) and that run's two metrics."""
+    import optuna
+
+    from bilstm_exp.team.optuna_storage import journal_storage
+
+    tiny = [o for o in TINY if not o.startswith("model.embedding_dim")]
+    for trials in (2, 1):  # the second sweep continues the study in the journal
+        result = run_module(["-m", "hparams_search=optuna_pareto", f"hydra.sweeper.n_trials={trials}", JOURNAL,
+                             *tiny], tmp_path, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "Pareto front of" in result.stdout
+    study = optuna.load_study(study_name="bilstm-exp", storage=journal_storage(str(tmp_path / "study.journal")))
+    assert sorted(t.number for t in study.trials) == [0, 1, 2]
+    assert all(t.state.name == "COMPLETE" and len(t.values) == 2 for t in study.trials)
+
+    client, parents, children = store(tmp_path)
+    first, second = sorted(parents, key=lambda run: run.info.start_time)
+    fronts = {}
+    for parent, own_trials in ((first, {0, 1}), (second, {2})):
+        assert json.loads(parent.data.tags["mlflow.loggedArtifacts"]) == [  # a table to MLflow (mlflow.load_table)
+            {"path": "optuna/pareto_front.json", "type": "table"}]
+        table = json.loads(Path(client.download_artifacts(parent.info.run_id, "optuna/pareto_front.json",
+                                                           str(tmp_path))).read_text())
+        rows = [dict(zip(table["columns"], values)) for values in table["data"]]
+        fronts[parent.info.run_id] = {row["trial"] for row in rows}
+        assert len([c for c in children if c.data.tags["mlflow.parentRunId"] == parent.info.run_id]) == len(own_trials)
+        for row in rows:
+            if row["trial"] not in own_trials:  # the other sweep's trial: its run is under the other parent
+                assert row["run_id"] is None
+                continue
+            child = client.get_run(row["run_id"])
+            assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+            for name in ("val/loss", "latency/predict_p50_ms"):
+                assert row[name] == pytest.approx(child.data.metrics[name])
+        on_front = {row["run_id"] for row in rows if row["run_id"]}
+        assert set(parent.data.tags["pareto_front_run_ids"].split()) == on_front
+        assert parent.data.tags["pareto_front"].startswith(f"{len(rows)} trials: #")
+    # the second sweep's front is the whole study's: trials of both sweeps, none of them beaten on both objectives
+    assert fronts[second.info.run_id] == {t.number for t in study.best_trials}
+    values = {t.number: t.values for t in study.trials}
+    for number in fronts[second.info.run_id]:
+        assert not any(all(o <= v for o, v in zip(values[other], values[number])) and values[other] != values[number]
+                       for other in values)
 
 
 def test_a_failing_job_ends_the_parent_failed_not_running(tmp_path):

@@ -75,13 +75,15 @@ def train(config: ExperimentConfig, overrides: list[str], **run_kwargs):
                 raise
 
 
-def objective(config: ExperimentConfig, result) -> float:
+def objective(config: ExperimentConfig, result, names: list[str] | None = None) -> float | list[float]:
     """What sweepers optimise: training.monitor of the kept weights (its final, logged value), or its
     cross-validation mean ``cv/<monitor>_mean`` with data.folds. ``result``: a RunResult, or an MLflow
-    run (a resumed sweep's job that had FINISHED: its latest logged values)."""
-    key = f"cv/{config.training.monitor}_mean" if config.data.folds else config.training.monitor
+    run (a resumed sweep's job that had FINISHED: its latest logged values). ``names``: the metrics of a
+    multi-objective search (``hydra.sweeper.objectives``), whose values are returned in that order."""
     metrics = result.data.metrics if hasattr(result, "data") else result.metrics
-    return float(metrics.get(key, float("nan")))
+    values = [float(metrics.get(f"cv/{key}_mean" if config.data.folds else key, float("nan")))
+              for key in names or [config.training.monitor]]
+    return values if names else values[0]
 
 
 def check_sweeper_direction(config: ExperimentConfig, direction) -> None:
@@ -93,7 +95,7 @@ def check_sweeper_direction(config: ExperimentConfig, direction) -> None:
                           f"Fix: hydra.sweeper.direction={wanted}, or pick a training.monitor to {direction[:-3]}")
 
 
-def run_from_hydra(cfg: DictConfig) -> float | None:
+def run_from_hydra(cfg: DictConfig) -> float | list[float] | None:
     """Body of the @hydra.main entry point: validate, run, return the value sweepers optimise."""
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
@@ -106,9 +108,10 @@ def run_from_hydra(cfg: DictConfig) -> float | None:
         config = validate(cfg)
         check_sweeper_direction(config, OmegaConf.select(hydra_cfg, "sweeper.direction", default=None))
         job = plan_job(config, overrides)  # a resumed sweep: skip a finished job, resume an interrupted one
+    names = list(OmegaConf.select(hydra_cfg, "sweeper.objectives", default=None) or []) or None  # multi-objective
     if job.finished is not None:
-        return objective(config, job.finished)
-    return objective(config, train(config, job.overrides, **job.run_kwargs))
+        return objective(config, job.finished, names)
+    return objective(config, train(config, job.overrides, **job.run_kwargs), names)
 
 
 def check_overrides(args: list[str]) -> None:

@@ -1,30 +1,34 @@
-"""Optuna's RDB storage made safe for several worker processes sharing one study database.
+"""Optuna storages for a study that several worker processes share.
 
-hydra-optuna-sweeper's ``storage`` instantiates :func:`optuna_storage` (conf/hparams_search/optuna_shared.yaml).
+The sweeper's ``storage`` instantiates one of them (conf/hparams_search/optuna_shared.yaml and
+optuna_journal.yaml):
+
+* :func:`optuna_storage`: Optuna's ``RDBStorage`` on a database, e.g. the team server's PostgreSQL.
+* :func:`journal_storage`: Optuna's ``JournalStorage`` on one file, for a cluster with a shared
+  filesystem and no database.
+
+Both use Optuna's public API only.
 """
 
 from __future__ import annotations
 
-import gc
+import contextlib
+from pathlib import Path
 
 from bilstm_exp.team.common import DB_ROLE, ServerError
 
 OPTUNA_LOCK_ID = 0x6269_6C73  # pg_advisory_lock key serialising the first schema setup between workers
 
 
-def optuna_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None):
-    """An Optuna ``RDBStorage`` on URL that several worker processes can share (hydra-optuna-sweeper's
-    ``storage`` instantiates it, see conf/hparams_search/optuna_shared.yaml).
+def optuna_storage(url: str):
+    """An Optuna ``RDBStorage`` on URL that several worker processes can share.
 
-    Why not the plain URL: Optuna 2.10 (the version hydra-optuna-sweeper 1.3 allows) stamps its schema
-    version through a connection it never commits, which SQLAlchemy 2 rolls back, so every later open
-    fails its compatibility check with a bare AssertionError. This stamps the version in a committed
-    transaction, under a PostgreSQL advisory lock so that workers starting together do not race on
-    creating the tables, and refuses a URL with a password: Hydra writes the sweeper's config, storage
-    URL included, to every job's .hydra/hydra.yaml. libpq reads the password from PGPASSFILE instead.
+    Why not the plain URL: workers that start together on a new database would race on creating the
+    tables, so on PostgreSQL the storage is opened under an advisory lock. A URL with a password is
+    refused: Hydra writes the sweeper's config, storage URL included, to every job's .hydra/hydra.yaml;
+    libpq reads the password from PGPASSFILE instead.
     """
     import sqlalchemy
-    from alembic.migration import MigrationContext
     from optuna.storages import RDBStorage
     from sqlalchemy.engine import make_url
 
@@ -37,35 +41,38 @@ def optuna_storage(url: str, heartbeat_interval: int | None = None, grace_period
         raise ServerError("the Optuna storage URL carries a password, which Hydra would write into every job's "
                           ".hydra/hydra.yaml and its logs. Fix: remove it from the URL and put it in a libpq "
                           "password file (a line HOST:PORT:*:USER:PASSWORD, mode 0600) named by PGPASSFILE")
+    shown = parsed.render_as_string(hide_password=True)
     lock_engine = sqlalchemy.create_engine(url) if parsed.get_backend_name() == "postgresql" else None
-    lock = None
     try:
-        if lock_engine is not None:
-            lock = lock_engine.connect()
-            lock.execute(sqlalchemy.text(f"SELECT pg_advisory_lock({OPTUNA_LOCK_ID})"))
-        storage = RDBStorage(url, skip_compatibility_check=True, heartbeat_interval=heartbeat_interval,
-                             grace_period=grace_period)
-        manager = storage._version_manager
-        gc.collect()  # returns (and rolls back) the connection Optuna left open: on sqlite it holds the write lock
-        head = manager.get_head_version()
-        with storage.engine.begin() as connection:
-            context = MigrationContext.configure(connection)
-            current = context.get_current_revision()
-            if current is None:
-                context.stamp(manager._create_alembic_script(), head)
-            elif current != head:
-                raise ServerError(f"the Optuna tables at {parsed.render_as_string(hide_password=True)} have "
-                                  f"schema {current}, this Optuna expects {head}. Fix: use a new database, or "
-                                  "the Optuna version that created it")
+        with lock_engine.connect() if lock_engine is not None else contextlib.nullcontext() as lock:
+            if lock is not None:  # released with the session when the connection closes
+                lock.execute(sqlalchemy.text(f"SELECT pg_advisory_lock({OPTUNA_LOCK_ID})"))
+            return RDBStorage(url)
     except sqlalchemy.exc.OperationalError as error:
         reason = str(error.orig if getattr(error, "orig", None) is not None else error).strip().splitlines()[0]
-        raise ServerError(f"cannot open the Optuna storage {parsed.render_as_string(hide_password=True)}: "
-                          f"{reason}. Fix: start the database (bilstm-exp server) and set PGPASSFILE to its "
-                          "password file") from None
+        raise ServerError(f"cannot open the Optuna storage {shown}: {reason}. Fix: start the database "
+                          "(bilstm-exp server) and set PGPASSFILE to its password file") from None
+    except RuntimeError as error:  # Optuna: tables of an older Optuna version
+        raise ServerError(f"the Optuna storage {shown} does not fit this Optuna: {str(error).split('. ')[0]}. Fix: "
+                          f"`optuna storage upgrade --storage {shown}` (back it up first), or a new database") from None
     finally:
-        if lock is not None:
-            lock.execute(sqlalchemy.text(f"SELECT pg_advisory_unlock({OPTUNA_LOCK_ID})"))
-            lock.close()
         if lock_engine is not None:
             lock_engine.dispose()
-    return storage
+
+
+def journal_storage(path: str):
+    """Optuna's ``JournalStorage`` in the file PATH (created with its folder): workers on machines that
+    share a filesystem (NFS included: the file lock is a symlink) share the study in it."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    file = Path(path).expanduser()
+    if file.is_dir():
+        raise ServerError(f"the Optuna journal {path} is a folder. Fix: name a file, e.g. {file / 'optuna.journal'}")
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(file)))
+    except OSError as error:
+        raise ServerError(f"cannot open the Optuna journal {path}: {error.strerror or error}. Fix: a writable path "
+                          "on the filesystem every worker shares") from None
+

@@ -213,6 +213,9 @@ class MLflowSweepCallback(Callback):
         best = self._log_best(client, parent, children, finished, final=not sweep_raised)
         if sweep_dir is not None and (sweep_dir / "optimization_results.yaml").is_file():
             parent.log_artifacts(sweep_dir / "optimization_results.yaml", "best")
+            from bilstm_exp.training import pareto  # a multi-objective search: its Pareto front
+
+            pareto.log_front(parent, sweep_dir / "optimization_results.yaml", children)
         ok = not sweep_raised and failed == 0 and len(finished) > 0
         stopped = (f"{failed} of {len(children)} jobs failed" + (" and the sweeper stopped" if sweep_raised else ""))
         status, tags = ending(None if ok else SweepFailed(stopped), self._interrupts(children) if sweep_raised else [])
