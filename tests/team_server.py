@@ -17,9 +17,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bilstm_exp.team import server
 from bilstm_exp.team.common import DB_ROLE
 
 READY_LINE = "Ctrl-C stops both services"
+# How long a Ctrl-C'd server may take to stop before the test kills it: the product's own bound (each
+# service at its limit, server.STOP_WITHIN_S) plus a minute for the processes to exit on a busy host.
+# The wait ends as soon as the command exits (seconds), so a generous bound costs nothing when it works.
+STOP_BOUND_S = server.STOP_WITHIN_S + 60
 
 
 @dataclass
@@ -82,7 +87,7 @@ def start(state_dir: Path, timeout_s: float = 180) -> Team:
     return team
 
 
-def stop(team: Team, timeout_s: float = 60) -> int | None:
+def stop(team: Team, timeout_s: float = STOP_BOUND_S) -> int | None:
     """Ctrl-C the command (it stops MLflow and PostgreSQL itself); SIGKILL the group if it hangs."""
     if team.process.poll() is None:
         os.killpg(team.process.pid, signal.SIGINT)

@@ -311,8 +311,13 @@ def test_ctrl_c_stops_mlflow_and_postgres(team):
 
     info = json.loads((team.state_dir / "server.json").read_text())
     assert team_server.stop(team) == 0, team.printed()[-2000:]
-    assert "stopped" in team.printed()
-    assert team.process.returncode == 0
+    said = team.printed().split("bilstm-exp server: stopping", 1)[-1]
+    assert "MLflow server stopped" in said and "PostgreSQL stopped" in said, said  # each service, cleanly
+    assert said.rstrip().endswith("bilstm-exp server: stopped"), said
     postgres = Postgres(Path(info["postgres_folder"]), team.db_port, RunAs.for_postgres(), pg_bindir())
     assert not postgres.running()
     assert json.loads((team.state_dir / "server.json").read_text())["mlflow_pid"] is None
+    import requests
+
+    with pytest.raises(requests.ConnectionError):  # nothing answers on the tracking port any more
+        requests.get(f"{team.tracking_uri}/health", timeout=30)
