@@ -147,9 +147,11 @@ def test_light_commands_do_not_import_tensorflow(code):
     assert "HEAVY []" in out.stdout, out.stdout[-500:] + out.stderr[-2000:]
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["sync", "--help"], ["runs", "--help"], ["compare", "--bogus"]])
+@pytest.mark.parametrize("argv", [["--help"], ["sync", "--help"], ["runs", "--help"], ["compare", "--bogus"],
+                                  ["predict", "--file", "no-such-texts.txt"]])
 def test_help_and_usage_errors_do_not_import_mlflow(argv):
-    """MLflow takes about a second to import: `bilstm-exp --help` and a mistyped option answer without it."""
+    """MLflow takes about a second to import: `bilstm-exp --help`, a mistyped option and predict's own
+    checks of its texts and file answer without it."""
     script = (f"import sys\nfrom bilstm_exp.cli.main import main\n"
               f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
               "print('HEAVY', sorted(m for m in ('mlflow', 'tensorflow') if m in sys.modules))\n")
