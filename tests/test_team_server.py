@@ -321,3 +321,34 @@ def test_ctrl_c_stops_mlflow_and_postgres(team):
 
     with pytest.raises(requests.ConnectionError):  # nothing answers on the tracking port any more
         requests.get(f"{team.tracking_uri}/health", timeout=30)
+
+
+# --------------------------------------------------------------------------- the command's bad input (no server)
+
+
+def test_server_command_bad_input_is_one_line_with_a_fix_and_exit_2(tmp_path):
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        bilstm_exp = [str(Path(sys.executable).parent / "bilstm-exp"), "server"]
+        module = [sys.executable, "-m", "bilstm_exp.team.cli"]
+        cases = [
+            (bilstm_exp + ["start", "--port", str(port), "--dir", str(tmp_path / "a")],
+             f"port {port} on 127.0.0.1 is in use"),
+            (module + ["user", "--dir", str(tmp_path)], "`user` needs a name"),
+            (module + ["user", "../escape", "--dir", str(tmp_path)], "is not a plain name"),
+            (module + ["user", "alice", "--experiment", "3:OWN", "--dir", str(tmp_path)], "is not ID[:PERMISSION]"),
+            (bilstm_exp + ["user", "alice", "--dir", str(tmp_path / "none")], "no team server state in"),
+        ]
+        for args, problem in cases:
+            out = subprocess.run(args, capture_output=True, text=True, timeout=120)
+            lines = out.stderr.strip().splitlines()
+            assert (out.returncode, len(lines)) == (2, 1), f"{args[2:]}: exit {out.returncode}\n{out.stderr[-2000:]}"
+            assert lines[0].startswith("bilstm-exp: error: ") and problem in lines[0] and "Fix:" in lines[0], lines[0]
+    assert not (tmp_path / "a").exists() and not (tmp_path / "users").exists()  # nothing half-made
+    stopped = subprocess.run(module + ["stop", "--dir", str(tmp_path / "none")], capture_output=True, text=True,
+                             timeout=120)
+    assert stopped.returncode == 0 and "nothing was running" in stopped.stdout, stopped.stderr[-2000:]

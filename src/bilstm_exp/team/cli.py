@@ -68,6 +68,7 @@ def user_command(args: argparse.Namespace) -> None:
     terminal."""
     if not args.name:
         raise ServerError("`user` needs a name. Fix: bilstm-exp server user alice [--experiment 1:EDIT]")
+    users.check_name(args.name)  # before anything is asked of the server
     grants = users.parse_grants(args.experiment)
     path = users.create_user_file(server.attach(args.dir), args.name, grants)
     granted = ", ".join(f"{p} on experiment {e}" for e, p in grants) or "READ everywhere (the default)"

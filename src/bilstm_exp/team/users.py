@@ -71,13 +71,19 @@ def parse_grants(items: list[str]) -> list[tuple[str, str]]:
     return grants
 
 
+def check_name(name: str) -> str:
+    """NAME, when it can name a user and the file of its credentials (no folder, nothing hidden)."""
+    if not USER_NAME.fullmatch(name):
+        raise ServerError(f"user name {name!r} is not a plain name. Fix: use letters, digits and . _ @ - "
+                          "(it names the credentials file)")
+    return name
+
+
 def create_user_file(server: TeamServer, name: str, grants: list[tuple[str, str]]) -> Path:
     """Create user NAME with GRANTS on SERVER; return the 0600 file that holds the new credentials."""
     from mlflow.exceptions import MlflowException
 
-    if not USER_NAME.fullmatch(name):
-        raise ServerError(f"user name {name!r} is not a plain name. Fix: use letters, digits and . _ @ - "
-                          "(it names the credentials file)")
+    check_name(name)
     try:
         password = add_user(server, name)
         for experiment_id, permission in grants:
