@@ -368,6 +368,9 @@ CASES = [
          "mlflow.db is a folder, not a sqlite file", "Fix:", module="bilstm_exp.cli.main",
          files={"mlflow.db/readme.txt": "a folder"}, keeps=("mlflow.db",)),
     Case("runs-limit-zero", ["runs", "--limit", "0"], "--limit 0: must be >= 1", "Fix:", module="bilstm_exp.cli.main"),
+    # ---------------------------------------------------------------- issue 22 (5): names MLflow cannot load back
+    Case("model-name-not-loadable", tiny("basic", "tracking.registered_model_name='my model #1 ?%&é'"),
+         "'my model #1 ?%&é' would be registered but never loaded back", "Fix: use letters, digits"),
 ]
 
 
