@@ -156,20 +156,27 @@ def read_only_trained(trained):
         yield trained, view
 
 
-READ_ONLY = [  # (arguments, exit code, what stdout or stderr must say)
-    (["runs"], 0, "FINISHED"),
-    (["compare"], 0, ""),
-    (["predict", "--model", "models:/bilstm-sentiment@champion", "a fine film"], 0, "a fine film"),
-    (["promote", "--model", "bilstm-sentiment", "--version", "1", "--reason", "by hand"], 2,
+READ_ONLY = [  # (arguments, run inside the read-only folder?, exit code, what stdout or stderr must say)
+    (["runs"], True, 0, "FINISHED"),
+    (["runs"], False, 0, "FINISHED"),
+    (["compare"], False, 0, "basic"),
+    (["predict", "--model", "models:/bilstm-sentiment@champion", "a fine film"], True, 0, "a fine film"),
+    (["predict", "--model", "models:/bilstm-sentiment@champion", "a fine film"], False, 0, "a fine film"),
+    (["promote", "--model", "bilstm-sentiment", "--version", "1", "--reason", "by hand"], False, 2,
      "is read-only, and this command writes to it"),
 ]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("args,code,says", READ_ONLY, ids=[a[0] for a, _, _ in READ_ONLY])
-def test_a_read_only_store_is_readable_and_only_writers_are_refused(read_only_trained, args, code, says):
+@pytest.mark.parametrize("args,inside,code,says", READ_ONLY,
+                         ids=[f"{a[0]}-{'inside' if i else 'by-uri'}" for a, i, _, _ in READ_ONLY])
+def test_a_read_only_store_is_readable_and_only_writers_are_refused(read_only_trained, tmp_path, args, inside,
+                                                                     code, says):
+    """Inside: the store is ./mlflow.db of a read-only working folder; by URI: --tracking-uri names it
+    from a writable folder (compare writes its report there)."""
     trained, view = read_only_trained
-    out = run_module(args, cwd=view, module=CLI)
+    uri = [] if inside else ["--tracking-uri", f"sqlite:///{view / 'mlflow.db'}"]
+    out = run_module([*args, *uri], cwd=view if inside else tmp_path, module=CLI)
     assert out.returncode == code, out.stderr[-2000:]
     assert says in out.stdout + out.stderr
     assert "Traceback" not in out.stderr and "mlflow.db.lock" not in out.stderr
@@ -182,9 +189,10 @@ def test_a_read_only_store_is_readable_and_only_writers_are_refused(read_only_tr
 
 @pytest.mark.slow
 def test_training_on_a_read_only_store_is_refused_with_a_fix_for_writing(tmp_path):
-    one_run(tmp_path)
-    with read_only(tmp_path) as view:
-        out = run_module(tiny("basic"), cwd=view)
+    (tmp_path / "store").mkdir()
+    one_run(tmp_path / "store")
+    with read_only(tmp_path / "store") as view:
+        out = run_module(tiny("basic", f"tracking.tracking_uri=sqlite:///{view / 'mlflow.db'}"), cwd=tmp_path)
     assert out.returncode == 2, out.stderr[-2000:]
     assert "is read-only, and this command writes to it" in out.stderr and "Fix:" in out.stderr
     assert "Traceback" not in out.stderr and "Epoch 1/" not in out.stdout
