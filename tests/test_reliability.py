@@ -424,6 +424,124 @@ def test_a_registration_failing_midway_leaves_no_version_on_the_failed_run(tmp_p
     assert client.search_model_versions("name='m'") == []  # the half-registered version was deleted
 
 
+# --------------------------------------------------------------------------- issue 22 (1): a busy store
+
+
+class RefusingRegistry:
+    """A real HTTP proxy in front of a real `mlflow server` that answers the registry's endpoints as a
+    busy sqlite store does (HTTP 503, TEMPORARILY_UNAVAILABLE, "database is locked"): the first
+    ``refusals`` times (None: always); everything else is passed through."""
+
+    BUSY = {"error_code": "TEMPORARILY_UNAVAILABLE",
+            "message": "(sqlite3.OperationalError) database is locked"}
+
+    def __init__(self, target: str, refusals: int | None = None):
+        self.target, self.left, self.refused = target, refusals, 0
+
+    @contextmanager
+    def running(self) -> Iterator[str]:
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        import requests
+
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _forward(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if ("registered-models" in self.path or "model-versions" in self.path) and proxy.left != 0:
+                    proxy.left = None if proxy.left is None else proxy.left - 1
+                    proxy.refused += 1
+                    status, content = 503, json.dumps(proxy.BUSY).encode()
+                    headers = {"Content-Type": "application/json"}
+                else:
+                    answer = requests.request(self.command, proxy.target + self.path, data=body, timeout=60,
+                                              headers={k: v for k, v in self.headers.items() if k.lower() != "host"})
+                    status, headers, content = answer.status_code, answer.headers, answer.content
+                self.send_response(status)
+                for key, value in headers.items():
+                    if key.lower() not in ("content-length", "transfer-encoding", "connection", "content-encoding"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(content)))
+                self.end_headers()
+                self.wfile.write(content)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
+
+        server = ThreadingHTTPServer((HOST, free_port()), Handler)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://{HOST}:{server.server_address[1]}"
+        finally:
+            server.shutdown()
+            server.server_close()
+
+
+def registered_run(folder: Path, uri: str, name: str) -> str:
+    """One run through the store at URI, with a logged model, that registers it as NAME; its run id."""
+    import mlflow
+
+    from bilstm_exp.tracking.session import Session
+
+    mlflow.set_tracking_uri(uri)
+    experiment = MlflowClient(uri).create_experiment(name)
+    try:
+        with Session.start(experiment, run_name="registering") as session:
+            session.log_params({"tracking.registered_model_name": name, "tracking.champion_metric": "val/accuracy",
+                                "tracking.champion_greater_is_better": True})
+            session.log_metrics({"val/accuracy": 0.8}, step=0)
+            info = mlflow.pyfunc.log_model(name="model", python_model=Echo.model(), pip_requirements=["mlflow"])
+            session.register(info.model_uri, name, {"val/accuracy": 0.8}, "val/accuracy", True)
+    finally:
+        mlflow.set_tracking_uri(None)
+    return session.run_id
+
+
+def test_a_registry_busy_for_a_while_is_retried_into_one_complete_version(tmp_path, mlflow_server, unique_name,
+                                                                          monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # MLflow's own retries spent at once
+    busy = RefusingRegistry(mlflow_server, refusals=4)
+    with busy.running() as proxy:
+        run_id = registered_run(tmp_path, proxy, unique_name)
+    assert busy.refused == 4
+    client = MlflowClient(mlflow_server)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and "registry.failed" not in run.data.tags
+    [version] = client.search_model_versions(f"name='{unique_name}'")
+    assert version.run_id == run_id and version.tags["champion.decision"] == "promoted"
+    assert client.get_model_version_by_alias(unique_name, "champion").version == version.version
+
+
+def test_a_registry_that_stays_busy_leaves_a_finished_run_and_the_command_that_registers_it(
+        tmp_path, mlflow_server, unique_name, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("BILSTM_EXP_STORE_RETRY_S", "2")  # the deadline of the retries, short for the test
+    with RefusingRegistry(mlflow_server).running() as proxy:
+        run_id = registered_run(tmp_path, proxy, unique_name)
+    out = capsys.readouterr().out
+    client = MlflowClient(mlflow_server)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics["val/accuracy"] == 0.8  # the training is kept
+    assert run.data.tags["registry.failed"] in ("database is locked", "HTTP 503 after MLflow's retries")
+    [line] = [line for line in out.splitlines() if "not registered" in line]  # one line, with the command
+    assert f"bilstm-exp register --run {run_id} --tracking-uri {proxy}" in line and "Traceback" not in out
+    assert client.search_model_versions(f"name='{unique_name}'") == []
+
+    for _ in range(2):  # the printed command, run once the store answers; twice changes nothing
+        registered = run_module(["register", "--run", run_id, "--tracking-uri", mlflow_server], cwd=tmp_path,
+                                module="bilstm_exp.cli.main")
+        assert registered.returncode == 0 and "version 1, champion promoted" in registered.stdout, registered.stderr
+    [version] = client.search_model_versions(f"name='{unique_name}'")
+    assert version.run_id == run_id and client.get_model_version_by_alias(unique_name, "champion").version == "1"
+    assert "registry.failed" not in client.get_run(run_id).data.tags
+
+
 def test_a_champion_metric_the_run_never_logged_fails_before_registering(tmp_path):
     import mlflow
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -75,6 +76,18 @@ def retrying(call: Callable[[], T], idempotent: bool = True, deadline: float | N
                 raise
         time.sleep(wait * random.uniform(0.5, 1.5))
         wait = min(wait * 2, MAX_WAIT_S)
+
+
+def reason(error: BaseException) -> str:
+    """What a transient failure was, in a few words, for a tag and a console line."""
+    text = str(error).lower()
+    for phrase in ("database is locked", "database table is locked", "deadlock detected"):
+        if phrase in text:
+            return phrase
+    found = re.search(r"too many (\d{3}) error responses", text)
+    if found:
+        return f"HTTP {found.group(1)} after MLflow's retries"
+    return first_line(error, 200)
 
 
 def first_line(error: BaseException, limit: int = 300) -> str:

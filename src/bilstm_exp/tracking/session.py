@@ -282,7 +282,7 @@ class Session:
             if not self._passing(error):
                 raise
             if not self.down:
-                problem = (f"store {store.redact(self.uri)} is busy ({retry.first_line(error, 120)})"
+                problem = (f"store {store.redact(self.uri)} is busy ({retry.reason(error)})"
                            if retry.transient(error) else f"server {store.redact(self.uri)} is unreachable")
                 warn(f"tracking {problem}; training continues, logging is buffered and retried every "
                      f"{RETRY_INTERVAL_S:.0f} s")
@@ -304,6 +304,17 @@ class Session:
 
     def log_dict(self, data: dict[str, Any], artifact_file: str) -> None:
         MlflowClient(self.offline_uri or self.uri).log_dict(self.offline_run_id or self.run_id, data, artifact_file)
+
+    def log_inputs(self, datasets: list[Any]) -> None:
+        """The run's dataset inputs (``mlflow.entities.DatasetInput``: the UI's Datasets column)."""
+        client = MlflowClient(self.offline_uri or self.uri)
+        retry.retrying(lambda: client.log_inputs(self.offline_run_id or self.run_id, datasets=datasets))
+
+    def attach_metrics(self, metrics: list[Metric]) -> None:
+        """Metrics already logged, sent again with a ``model_id`` (and a dataset): MLflow attaches them to
+        the logged model, and the run keeps one entry each (same key, step, time and value)."""
+        client = MlflowClient(self.offline_uri or self.uri)
+        retry.retrying(lambda: store.log_batch(client, self.offline_run_id or self.run_id, metrics=metrics))
 
     # ------------------------------------------------------------------ a server that goes down
 
@@ -378,7 +389,7 @@ class Session:
 
     def _not_registered(self, run_id: str, error: Exception) -> None:
         """The store refused the registration past the retries: a tag, one line, the command for later."""
-        reason = retry.first_line(error, 200)
+        reason = retry.reason(error)
         self.log_tags({registry.FAILED_TAG: reason})
         print(store.redact_text(f"[bilstm-exp] run {self.run_id} is kept, but its model was not registered: the "
                                 f"store stayed busy for {retry.deadline_s():.0f} s ({reason}). Register it later: "
