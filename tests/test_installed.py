@@ -61,7 +61,8 @@ class Venv:
                       "bilstm-exp": [str(self.folder / "bin" / "bilstm-exp")]}[args[0]]
         out = subprocess.run([*executable, *args[1:]], cwd=cwd, env=self.env(), capture_output=True, text=True,
                              timeout=timeout)
-        assert out.returncode == expect, f"{' '.join(args)}: exit {out.returncode}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+        assert out.returncode == expect, (f"{' '.join(args)}: exit {out.returncode}\n{out.stdout[-3000:]}\n"
+                                          f"{out.stderr[-3000:]}")
         return out
 
 

@@ -49,6 +49,7 @@ def compose(overrides: list[str] | tuple[str, ...] = (), conf_dir: Path | str | 
 
     ``conf_dir``: a project's config folder to read before the packaged one (default: ``./conf`` when
     it exists), as DVC does with ``hydra.config_dir``."""
+    import yaml
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir, initialize_config_module
     from hydra.errors import HydraException
@@ -68,6 +69,11 @@ def compose(overrides: list[str] | tuple[str, ...] = (), conf_dir: Path | str | 
         raise ConfigError(f"cannot compose conf/ with {' '.join(overrides) or 'no overrides'}: "
                           f"{_one_line(error)}. Fix: correct the override "
                           "(`python -m bilstm_exp --help` lists every group and option)") from None
+    except yaml.YAMLError as error:  # a file of the project's conf/ that is not YAML
+        mark = getattr(error, "problem_mark", None)
+        where = f"{mark.name}, line {mark.line + 1}" if mark else "a file of conf/"
+        raise ConfigError(f"{where}: not valid YAML ({getattr(error, 'problem', None) or error}). "
+                          "Fix: correct the file") from None
 
 
 # flags after which @hydra.main reads another primary config or only prints: no pre-flight for those
