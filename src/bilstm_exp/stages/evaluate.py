@@ -30,10 +30,12 @@ def load_classifier(model_dir: Path):
 
 
 def evaluate_stage(config: ExperimentConfig) -> None:
+    import mlflow
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     from bilstm_exp.tracking import store
+    from bilstm_exp.tracking.session import Session
     from bilstm_exp.training.evaluation import detailed
 
     train_metrics = TRAIN_REPORTS / "metrics.json"
@@ -65,9 +67,10 @@ def evaluate_stage(config: ExperimentConfig) -> None:
         write_csv(buckets, ["length", "examples", "accuracy"], tables["length_buckets"])
         write_json(metrics_json, out)
         logged = {**metrics, **{f"test/accuracy_length_{row[0]}": row[2] for row in tables["length_buckets"]}}
-        store.log_batch(client, run_id, metrics=store.as_metrics(logged),
-                        tags=store.as_tags({"dvc_evaluate_stage": os.environ.get("DVC_STAGE", "evaluate")}))
+        session = Session.attach(mlflow.get_tracking_uri(), run_id)  # the train stage's run, through a session
+        session.log_batch(metrics=store.as_metrics(logged),
+                          tags=store.as_tags({"dvc_evaluate_stage": os.environ.get("DVC_STAGE", "evaluate")}))
         for path in (confusion, roc, pr, buckets, metrics_json):
-            client.log_artifact(run_id, str(path), artifact_path="evaluate")
+            session.log_artifacts(path, "evaluate")
     summary = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
     print(f"evaluated on {metrics['test/examples']} test examples: {summary}; logged to MLflow run {run_id}")
