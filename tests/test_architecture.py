@@ -27,7 +27,7 @@ LAYERS = [
     {"models.fast_lstm", "models.layers", "models.architectures", "models.architectures.registry",
      "models.vector_files", "models.embeddings", "models.build", "models.optim"},
     {"tracking.store"},
-    {"tracking.model_registry", "tracking.offline", "tracking.runs", "tracking.ending"},
+    {"tracking.model_registry", "tracking.offline", "tracking.runs", "tracking.ending", "tracking.datasets"},
     {"tracking.session"},
     {"tracking.callback", "tracking.register_command", "serving.model", "serving.predict", "analysis.reports", "team.common", "team.run_as",
      "team.postgres", "team.mlflow_server", "team.server", "team.users", "team.cli", "team.optuna_storage"},

@@ -20,9 +20,9 @@ CHAMPION = "champion"
 DECISION_TAG = "champion.decision"  # version tag, written last: a version without it is half-registered
 
 
-def log_model(python_model, artifacts: dict[str, str], signature, input_example) -> Any:
+def log_model(python_model, artifacts: dict[str, str], signature, input_example, step: int = 0) -> Any:
     """Log the pyfunc model in the active run, with the package as code (portable: no install of
-    bilstm-exp needed where it is served)."""
+    bilstm-exp needed where it is served); MLflow links the run's metrics of ``step`` to it."""
     import bilstm_exp
 
     package = Path(bilstm_exp.__file__).parent
@@ -30,7 +30,7 @@ def log_model(python_model, artifacts: dict[str, str], signature, input_example)
         "mlflow", "tensorflow-cpu", "keras", "numpy", "pandas").items()]
     return mlflow.pyfunc.log_model(
         name="model", python_model=python_model, artifacts=artifacts, signature=signature,
-        input_example=input_example, code_paths=[str(package)], pip_requirements=requirements)
+        input_example=input_example, code_paths=[str(package)], pip_requirements=requirements, step=step)
 
 
 @contextmanager
@@ -53,6 +53,7 @@ def registry_lock(uri: str) -> Iterator[None]:
 
 
 FINGERPRINT_TAG = "data.fingerprint"  # run and version tag: md5 of the evaluation data (PreparedData.fingerprint)
+DIGESTS_TAG = "data.digests"  # version tag: the digests of the run's validation and testing datasets
 SKIPPED_TAG = "registry.skipped"  # run tag: why the run registered no version
 VERSION_TAG = "registry.version"  # run tag: NAME/VERSION of the run's one registered version
 FAILED_TAG = "registry.failed"  # run tag: why the store refused the registration (`bilstm-exp register` redoes it)
@@ -153,6 +154,9 @@ def _decision(client: MlflowClient, name: str, current, run_id: str, metrics: di
     fingerprint = _run_tags(client, run_id).get(FINGERPRINT_TAG)
     if fingerprint:
         tags[FINGERPRINT_TAG] = fingerprint
+    digests = _digests(client, run_id)
+    if digests:
+        tags[DIGESTS_TAG] = digests
     if current is not None:
         tags["champion.previous_version"] = str(current.version)
     decision, reason = _decide(client, name, current, metrics.get(metric), fingerprint, metric, greater_is_better,
@@ -166,11 +170,11 @@ def _decide(client: MlflowClient, name: str, current, value: float | None, finge
     if current is None:
         return ("promoted", "first version with this metric") if value is not None else (
             "kept", f"run has no {metric}")
-    theirs = current.tags.get(FINGERPRINT_TAG) or _run_tags(client, current.run_id).get(FINGERPRINT_TAG)
-    if not fingerprint or fingerprint != theirs:
+    key, ours, theirs = _evaluation_data(client, current, tags.get(DIGESTS_TAG), fingerprint)
+    if not ours or ours != theirs:
         return "incomparable", (
-            f"evaluated on other data than champion v{current.version} ({FINGERPRINT_TAG} "
-            f"{(fingerprint or 'missing')[:12]} vs {(theirs or 'missing')[:12]}); the alias stays. For new data use a "
+            f"evaluated on other data than champion v{current.version} ({key} "
+            f"{(ours or 'missing')[:30]} vs {(theirs or 'missing')[:30]}); the alias stays. For new data use a "
             f"new tracking.registered_model_name, or `bilstm-exp promote --model {name} --version N --reason ...`")
     if value is None:
         return "kept", f"run has no {metric}"
@@ -182,6 +186,27 @@ def _decide(client: MlflowClient, name: str, current, value: float | None, finge
     direction = "higher" if greater_is_better else "lower"
     return ("promoted" if better else "kept"), (
         f"{metric} {value:.6g} vs champion v{current.version} {best:.6g} ({direction} is better)")
+
+
+def _evaluation_data(client: MlflowClient, current, digests: str | None,
+                     fingerprint: str | None) -> tuple[str, str | None, str | None]:
+    """(what is compared, this run's value, the champion's): the digests of the validation and testing
+    datasets when both runs logged them, else the ``data.fingerprint`` tags (runs recorded before datasets)."""
+    theirs = current.tags.get(DIGESTS_TAG) or _digests(client, current.run_id)
+    if digests and theirs:
+        return "dataset digests", digests, theirs
+    return FINGERPRINT_TAG, fingerprint, (current.tags.get(FINGERPRINT_TAG)
+                                          or _run_tags(client, current.run_id).get(FINGERPRINT_TAG))
+
+
+def _digests(client: MlflowClient, run_id: str | None) -> str | None:
+    """The run's validation and testing dataset digests (:func:`datasets.evaluation_digests`), or None."""
+    from bilstm_exp.tracking.datasets import evaluation_digests
+
+    try:
+        return evaluation_digests(client.get_run(run_id)) if run_id else None
+    except MlflowException as error:
+        return _absent(error)
 
 
 def champion(client: MlflowClient, name: str):

@@ -1,6 +1,7 @@
 """What a training run records in MLflow, besides per-epoch metrics: its header (params, config,
-overrides, data md5) before training, and its results (reports, attention heatmap, the raw-text
-model, the registry version) after.
+overrides, data md5, the three splits as dataset inputs) before training, and its results (reports,
+attention heatmap, the raw-text model with its final metrics and their datasets, the registry
+version) after.
 
 Everything goes through the run's :class:`~bilstm_exp.tracking.session.Session`.
 """
@@ -22,8 +23,8 @@ from bilstm_exp.config.schema import ExperimentConfig
 from bilstm_exp.data.prepare import PreparedData
 from bilstm_exp.models import build as models
 from bilstm_exp.serving import model as serving
+from bilstm_exp.tracking import datasets, store
 from bilstm_exp.tracking import model_registry as registry
-from bilstm_exp.tracking import store
 from bilstm_exp.tracking.session import Session
 from bilstm_exp.training import checkpoints
 from bilstm_exp.training.evaluation import Evaluation
@@ -42,6 +43,7 @@ def header(session: Session, config: ExperimentConfig, overrides: list[str], pre
     if prepared.fold is not None:
         tags["data.fold_fingerprint"] = prepared.split_fingerprint()
     session.log_tags(tags)
+    session.log_inputs(datasets.inputs(config.data, prepared))
     session.log_params({"derived.vocab_size": len(prepared.vocab), "derived.num_classes": prepared.num_classes,
                         "derived.train_examples": len(prepared.labels["train"]),
                         "derived.max_length": max(len(s) for s in prepared.splits["train"])})
@@ -73,7 +75,9 @@ def results(session: Session, config: ExperimentConfig, classifier: serving.Text
     if (folder.parent / "profile").is_dir():  # profiling=trace: a TensorBoard-readable profiler trace
         session.log_artifacts(folder.parent / "profile", "profile")
     _artifacts(session, classifier.model, prepared, evaluation, history, folder / "reports")
-    return _model(session, config, classifier, prepared, metrics, folder / "model")
+    # one step past the kept weights' evaluation (step = epochs trained): a step without metrics, so MLflow
+    # links none to the model by itself (it would drop their datasets); _attach_metrics links them
+    return _model(session, config, classifier, prepared, metrics, folder / "model", len(history.get("loss", [])) + 1)
 
 
 def _artifacts(session: Session, model, prepared: PreparedData, evaluation: Evaluation,
@@ -112,8 +116,8 @@ def attention_examples(model, prepared: PreparedData, evaluation: Evaluation,
 
 
 def _model(session: Session, config: ExperimentConfig, classifier: serving.TextClassifier,
-           prepared: PreparedData, metrics: dict[str, float], folder: Path) -> str:
-    """Log the raw-text pyfunc model; register it and decide on the champion alias."""
+           prepared: PreparedData, metrics: dict[str, float], folder: Path, step: int) -> str:
+    """Log the raw-text pyfunc model with its final metrics; register it and decide on the champion alias."""
     import pandas as pd
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
@@ -121,7 +125,8 @@ def _model(session: Session, config: ExperimentConfig, classifier: serving.TextC
     signature = ModelSignature(inputs=Schema([ColSpec("string")]),  # unnamed: a plain list of texts passes too
                                outputs=Schema([ColSpec("double", "probability"), ColSpec("string", "label")]))
     info = registry.log_model(serving.TextClassifier(), artifacts=classifier.save(folder), signature=signature,
-                              input_example=pd.DataFrame({"text": prepared.texts["test"][:2]}))
+                              input_example=pd.DataFrame({"text": prepared.texts["test"][:2]}), step=step)
+    _attach_metrics(session, info.model_id)
     tags = session.journal.tags  # what the run was started and tagged with (sweep_job, fold)
     skipped = registry.skip_reason(config.tracking.register_model, config.data.max_samples,
                                    sweep_registers=config.tracking.sweep_registers,
@@ -135,11 +140,34 @@ def _model(session: Session, config: ExperimentConfig, classifier: serving.TextC
     return info.model_uri
 
 
-def _latest(session: Session) -> dict[str, float]:
-    """Each metric's latest value (highest step, then time) as logged so far: the kept weights' val/*."""
+def _attach_metrics(session: Session, model_id: str) -> None:
+    """The run's final metrics (each one's latest entry) attached to its logged model, ``test/*`` with the
+    testing dataset and ``val/*`` with the validation one (:func:`datasets.dataset_of`): the Models tab
+    says which data each describes."""
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient(session.offline_uri or session.uri).get_run(session.offline_run_id or session.run_id)
+    inputs = run.inputs.dataset_inputs if run.inputs else []
+    attached = []
+    for key, metric in _latest_entries(session).items():
+        dataset = datasets.dataset_of(key, inputs)
+        attached.append(Metric(key, metric.value, metric.timestamp, metric.step, model_id=model_id,
+                               dataset_name=dataset.name if dataset else None,
+                               dataset_digest=dataset.digest if dataset else None))
+    session.attach_metrics(attached)
+
+
+def _latest_entries(session: Session) -> dict[str, Any]:
+    """Each metric's latest entry (highest step, then time) as logged so far: the kept weights' val/*."""
     latest: dict[str, Any] = {}
     for metric in session.journal.metrics:
         if metric.key not in latest or (metric.step, metric.timestamp) >= (latest[metric.key].step,
                                                                            latest[metric.key].timestamp):
             latest[metric.key] = metric
-    return {key: metric.value for key, metric in latest.items()}
+    return latest
+
+
+def _latest(session: Session) -> dict[str, float]:
+    """Each metric's latest value: what the registry's ``metric.*`` version tags record."""
+    return {key: metric.value for key, metric in _latest_entries(session).items()}
