@@ -216,3 +216,21 @@ def test_the_extras_are_installed_here():
     for module, extra in (("gensim", "embeddings"), ("psycopg", "server"), ("flask_wtf", "server"),
                           ("hydra_plugins.hydra_submitit_launcher", "cluster")):
         extras.require(module, extra, "the dev install")  # raises MissingExtraError when it is not found
+
+
+def test_a_stage_refuses_params_composed_by_another_bilstm_exp_version_until_recomposed(tmp_path):
+    """An upgrade must re-run the project's pipeline: its params.yaml records the version it was
+    composed with (bilstm_exp_version, a param of every stage), and the stages refuse a stale one."""
+    import yaml
+
+    from bilstm_exp import __version__
+
+    assert init(tmp_path).returncode == 0
+    params = tmp_path / "params.yaml"
+    assert yaml.safe_load(params.read_text())["bilstm_exp_version"] == __version__
+    params.write_text(params.read_text().replace(f"bilstm_exp_version: {__version__}", "bilstm_exp_version: 0.0.1"))
+    cli = "bilstm_exp.cli.main"
+    message = one_line_exit_2(run_module(["prepare", "--params", "params.yaml"], tmp_path, module=cli))
+    assert f"composed with bilstm-exp 0.0.1 and {__version__} is installed" in message and "Fix:" in message
+    assert run_module(["compose-params"], tmp_path, module=cli).returncode == 0
+    assert yaml.safe_load(params.read_text())["bilstm_exp_version"] == __version__

@@ -119,7 +119,15 @@ def _restore_header(root: Path, text: str, md5: str, note: str) -> None:
 
 
 def check_fresh(root: Path, text: str, params: dict[str, Any]) -> None:
-    """Refuse params.yaml when conf/ changed after it was composed (see the module docstring)."""
+    """Refuse params.yaml when conf/ changed after it was composed (see the module docstring), or when
+    it records another bilstm-exp version than the installed one (a project's ``bilstm_exp_version``,
+    bilstm-exp init): recomposed, the new version changes the stages' params and DVC re-runs them."""
+    from bilstm_exp import __version__
+
+    composed_with = params.get("bilstm_exp_version")
+    if composed_with is not None and str(composed_with) != __version__:
+        raise ConfigError(f"params.yaml was composed with bilstm-exp {composed_with} and {__version__} is installed; "
+                          f"DVC would not re-run the stages for the upgrade. Fix: {RECOMPOSE}")
     current = conf_md5(root, params)
     stamp = read_stamp(text)
     if stamp is None and os.environ.get("DVC_EXP_NAME"):
