@@ -41,8 +41,8 @@ screenshot: $(STAMP) browser ## re-record docs/mlflow-compare.png (the README's 
 plots-screenshot: $(STAMP) browser ## re-record docs/dvc-plots.png (the offline `dvc plots show` page)
 	UPDATE_SCREENSHOTS=1 $(PY) -m pytest tests/test_dvc.py -k plots_page
 
-plots-template: ## rebuild dvc_plots_template/index.html from the pinned vega releases (needs npm)
-	$(PY) dvc_plots_template/build.py
+plots-template: ## rebuild src/bilstm_exp/templates/dvc_plots/index.html from the pinned vega releases (needs npm)
+	$(PY) scripts/build_plots_template.py
 
 dist: $(STAMP) ## build the wheel and the sdist into dist/ (python -m build; pip install dist/*.whl in your project)
 	$(PY) -m build --no-isolation --outdir dist .

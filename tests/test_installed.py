@@ -159,6 +159,8 @@ def test_dvc_repro_and_exp_run_finish_in_the_projects_store(venv, project):
     venv.run(["bilstm-exp", "compose-params", *TINY], project)
     venv.run(["dvc", "repro"], project)
     assert (project / "reports" / "evaluate" / "metrics.json").is_file()
+    venv.run(["dvc", "plots", "show"], project)  # the packaged offline page: Vega inlined, no script from a CDN
+    assert not re.search(r"<script[^>]*\ssrc=", (project / "dvc_plots" / "index.html").read_text(encoding="utf-8"))
     subprocess.run(["git", "add", "-A"], cwd=project, check=True, env=venv.env())
     subprocess.run(["git", "commit", "-q", "-m", "pipeline"], cwd=project, check=True, env=venv.env())
     attention = ["model=attention", "model.attention_units=8", *TINY]

@@ -6,9 +6,9 @@ project's ``conf/data/file.yaml`` (the data path, a placeholder), a ``dvc.yaml``
 the installed ``bilstm-exp prepare|train|evaluate`` and depend on the project's data and ``conf/``
 (and on the installed version, through the param ``bilstm_exp_version``), the composed
 ``params.yaml``, ``data/raw/``, and appends the lines it lacks to ``.gitignore`` and ``.dvcignore``.
-With ``.dvc/`` there it turns on DVC's Hydra composition (``dvc exp run -S``); without git or DVC it
-says what to run next. It never overwrites a file without ``--force``: it lists what exists, exits 2
-and changes nothing.
+With ``.dvc/`` there it turns on DVC's Hydra composition (``dvc exp run -S``) and gives ``dvc plots
+show`` the packaged offline page; without git or DVC it says what to run next. It never overwrites a
+file without ``--force``: it lists what exists, exits 2 and changes nothing.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ WRITTEN = ("conf/config.yaml", "conf/data/file.yaml", "dvc.yaml")  # from the te
 PARAMS = "params.yaml"  # composed from the written conf/
 APPENDED = {".gitignore": "gitignore", ".dvcignore": "dvcignore"}  # file -> template of the lines it needs
 RAW = Path("data/raw")
+PLOTS_PAGE = "plots_template.html"  # in .dvc/: the offline page of `dvc plots show` (Vega inlined)
+PACKAGED_PLOTS_PAGE = files("bilstm_exp") / "templates" / "dvc_plots" / "index.html"
 TRY = (
     ("python -m bilstm_exp data=synthetic training.epochs=2", "a first run on built-in data, in ./mlflow.db"),
     ("python -m bilstm_exp -m model=basic,attention seed=1,2", "a sweep on your data (conf/data/file.yaml)"),
@@ -43,7 +45,7 @@ def add_command(sub: argparse._SubParsersAction) -> None:
 
 def command(args: argparse.Namespace) -> None:
     root = args.dir
-    existing = [name for name in (*WRITTEN, PARAMS) if (root / name).exists()]
+    existing = [name for name in (*WRITTEN, PARAMS, f".dvc/{PLOTS_PAGE}") if (root / name).exists()]
     if existing and not args.force:
         raise UserError(f"{root}: {', '.join(existing)} exist already; nothing was changed. Fix: bilstm-exp init "
                         "--force to overwrite them, or move them away first")
@@ -51,7 +53,7 @@ def command(args: argparse.Namespace) -> None:
     _write_and_compose(root)
     (root / RAW).mkdir(parents=True, exist_ok=True)
     added = [name for name, template in APPENDED.items() if _append_missing(root / name, _template(template))]
-    dvc_note = _enable_dvc_hydra(root)
+    dvc_note = _configure_dvc(root)
     print(f"bilstm-exp {__version__}: set up {root.resolve().name}/ with {', '.join(WRITTEN)}, {PARAMS}, "
           f"{RAW}/" + (f"; added lines to {' and '.join(added)}" if added else ""))
     for line in _next_steps(root, dvc_note):
@@ -96,17 +98,20 @@ def _append_missing(path: Path, template: str) -> bool:
     return True
 
 
-def _enable_dvc_hydra(root: Path) -> str | None:
-    """Turn on ``dvc exp run``'s Hydra composition of conf/ in .dvc/config; None without .dvc/."""
-    config = root / ".dvc" / "config"
+def _configure_dvc(root: Path) -> str | None:
+    """Turn on ``dvc exp run``'s Hydra composition of conf/ in .dvc/config, and give ``dvc plots show``
+    the offline page (the packaged template, copied to .dvc/); None without .dvc/."""
     if not (root / ".dvc").is_dir():
         return None
     from configobj import ConfigObj  # DVC's own config format and library
 
-    parsed = ConfigObj(str(config), encoding="utf-8")
+    (root / ".dvc" / PLOTS_PAGE).write_bytes((PACKAGED_PLOTS_PAGE).read_bytes())
+    parsed = ConfigObj(str(root / ".dvc" / "config"), encoding="utf-8")
     parsed.setdefault("hydra", {}).update({"enabled": "true", "config_dir": "conf", "config_name": "config"})
+    parsed.setdefault("plots", {})["html_template"] = PLOTS_PAGE  # relative to .dvc/
     parsed.write()
-    return "turned on `dvc exp run -S` composing conf/ (.dvc/config: hydra.enabled)"
+    return (f"turned on `dvc exp run -S` composing conf/ (.dvc/config: hydra.enabled); `dvc plots show` "
+            f"draws offline (.dvc/{PLOTS_PAGE})")
 
 
 def _next_steps(root: Path, dvc_note: str | None) -> list[str]:

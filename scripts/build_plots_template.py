@@ -1,6 +1,7 @@
-"""Rebuild index.html, the offline page template of `dvc plots show` (see README.md here).
+"""Rebuild src/bilstm_exp/templates/dvc_plots/index.html, the offline page template of `dvc plots show`
+(see the README.md there). It ships in the package: `bilstm-exp init` copies it into a project.
 
-    python dvc_plots_template/build.py      # or: make plots-template
+    python scripts/build_plots_template.py      # or: make plots-template
 
 Fetches the pinned vega, vega-lite and vega-embed releases with `npm pack` (npm and the npm
 registry needed, nothing else), checks each tarball against the sha512 recorded below, and inlines
@@ -19,7 +20,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1] / "src" / "bilstm_exp" / "templates" / "dvc_plots"
 
 # name, version, npm `dist.integrity`, browser build inside the tarball. DVC's own page (dvc-render
 # 1.0.2) loads vega@5.20.2, vega-lite@5.2.0 and vega-embed@6.18.2 from a CDN; these are the newest
@@ -44,8 +45,9 @@ PAGE = """<!DOCTYPE html>
     <meta charset="utf-8">
     {{refresh_tag}}
     <title>DVC Plots</title>
-    <!-- Offline template (dvc_plots_template/ of bilstm-exp, written by build.py): the Vega
-         libraries are inlined below; see dvc_plots_template/README.md for their licences. -->
+    <!-- Offline template of bilstm-exp (bilstm_exp/templates/dvc_plots/, written by
+         scripts/build_plots_template.py): the Vega libraries are inlined below; see
+         bilstm_exp/templates/dvc_plots/README.md for their licences. -->
 {scripts}
     <style>
         body {{ font-family: sans-serif; display: flex; flex-wrap: wrap; gap: 24px; margin: 16px; }}
@@ -59,14 +61,14 @@ PAGE = """<!DOCTYPE html>
 """
 
 SCRIPT = """    <script>
-/* {name}@{version} ({path}), BSD-3-Clause: dvc_plots_template/LICENSE-{name} */
+/* {name}@{version} ({path}), BSD-3-Clause: bilstm_exp/templates/dvc_plots/LICENSE-{name} */
 {code}
     </script>
 """
 
 
 def fail(message: str) -> None:
-    print(f"build.py: {message}", file=sys.stderr)
+    print(f"build_plots_template.py: {message}", file=sys.stderr)
     raise SystemExit(2)
 
 
@@ -87,8 +89,8 @@ def main() -> None:
                 fail(f"npm pack {name}@{version} failed: {error.stderr.strip()[-500:]}")
             tarball = Path(temp) / packed
             if integrity(tarball) != expected:
-                fail(f"{packed}: sha512 differs from the one recorded in build.py. Fix: check the release, "
-                     "then update PACKAGES")
+                fail(f"{packed}: sha512 differs from the one recorded in build_plots_template.py. Fix: check the "
+                     "release, then update PACKAGES")
             with tarfile.open(tarball) as archive:
                 code = archive.extractfile(f"package/{build}").read().decode("utf-8")
                 code = "\n".join(line for line in code.splitlines() if not line.startswith("//# sourceMappingURL="))
