@@ -150,6 +150,29 @@ def test_mlflow_logger_works_with_any_keras_fit(workdir):
     assert client.get_metric_history(run.info.run_id, "lr")[0].value == pytest.approx(0.01)
 
 
+def test_a_parent_run_ends_by_the_rule_of_every_run_failed_with_its_error_masked_or_killed(workdir):
+    """A cross-validation or sweep parent (a session without the fluent API, its children being this
+    process's runs) ends FAILED with its error masked, or KILLED when an interrupt was wrapped on the way."""
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    experiment = MlflowClient(uri).create_experiment("parents")
+    with pytest.raises(RuntimeError, match="could not reach"):
+        with Session.start(experiment, run_name="cv-parent", fluent=False) as failed:
+            raise RuntimeError("could not reach http://alice:s3cret@db.example:5000/api")
+    with pytest.raises(KeyboardInterrupt):
+        with Session.start(experiment, run_name="sweep-parent", fluent=False) as killed:
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt as interrupt:
+                raise RuntimeError("a library's wrapper") from interrupt
+    client = client_for(workdir)
+    failed_run, killed_run = client.get_run(failed.run_id), client.get_run(killed.run_id)
+    assert failed_run.info.status == "FAILED" and failed_run.data.tags["failure_reason"] == "exception"
+    assert "db.example" in failed_run.data.tags["error"] and "s3cret" not in failed_run.data.tags["error"]
+    assert killed_run.info.status == "KILLED" and killed_run.data.tags["failure_reason"] == "interrupted"
+    assert mlflow.active_run() is None  # a parent is never MLflow's active run: its children are
+
+
 def test_metric_names_are_stable():
     assert [metric_name(k) for k in ("loss", "val_auc", "grad_norm_max", "grad_clip_fraction",
                                               "time/epoch_s")] == [
