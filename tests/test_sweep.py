@@ -158,6 +158,22 @@ def test_a_two_objective_search_logs_its_pareto_front_on_the_parent(tmp_path):
                        for other in values)
 
 
+@pytest.mark.parametrize(("overrides", "problem"), [
+    (["hparams_search=optuna_shared", "hydra.sweeper.storage.url=postgresql://bilstm:s3cret@127.0.0.1:1/optuna"],
+     "the Optuna storage URL carries a password"),
+    (["hparams_search=optuna_pareto", "hydra.sweeper.objectives=[val/loss]"],
+     "hydra.sweeper.objectives names 1 metrics for 2 directions"),
+    (["hparams_search=optuna", "hydra.sweeper.direction=minimise"], "hydra.sweeper.direction: 'minimise' is not"),
+])
+def test_bad_optuna_settings_stop_the_sweep_in_one_line_before_any_trial(tmp_path, overrides, problem):
+    result = run_module(["-m", *overrides], tmp_path, timeout=300)
+    assert result.returncode == 2
+    assert f"bilstm-exp: error: {problem}" in result.stderr and "Fix: " in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "s3cret" not in result.stdout + result.stderr
+    assert not list(tmp_path.rglob("*.journal")) and not list(tmp_path.glob("outputs/multirun/*/*/0"))
+
+
 def test_a_failing_job_ends_the_parent_failed_not_running(tmp_path):
     """stacked has no lstm_units: the first job stops the sweep; the parent must not stay RUNNING."""
     result = run_module(["-m", "model=stacked,basic", *TINY, "model.lstm_units=8"], tmp_path, timeout=300)

@@ -50,8 +50,9 @@ def optuna_storage(url: str):
             return RDBStorage(url)
     except sqlalchemy.exc.OperationalError as error:
         reason = str(error.orig if getattr(error, "orig", None) is not None else error).strip().splitlines()[0]
-        raise ServerError(f"cannot open the Optuna storage {shown}: {reason}. Fix: start the database "
-                          "(bilstm-exp server) and set PGPASSFILE to its password file") from None
+        fix = ("start the database (bilstm-exp server) and set PGPASSFILE to its password file" if lock_engine
+               else "a database file in a folder that exists and is writable, e.g. sqlite:///optuna.db")
+        raise ServerError(f"cannot open the Optuna storage {shown}: {reason}. Fix: {fix}") from None
     except RuntimeError as error:  # Optuna: tables of an older Optuna version
         raise ServerError(f"the Optuna storage {shown} does not fit this Optuna: {str(error).split('. ')[0]}. Fix: "
                           f"`optuna storage upgrade --storage {shown}` (back it up first), or a new database") from None
