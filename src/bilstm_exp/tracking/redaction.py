@@ -7,7 +7,7 @@ params, tags and artifacts, params.yaml, logs). The rule, applied by :func:`scru
 * a config leaf whose unresolved value interpolates the environment (``${oc.env:NAME}``, also
   inside a longer string, or through ``${other.key}`` pointing at such a leaf) is recorded as its
   interpolation text, never as its value (:func:`references` finds them in the unresolved config;
-  ``config.validate`` attaches them to the validated config as ``env_refs``);
+  the validated config holds them in its ``env_refs`` field);
 * a value under a key that names a secret (password, token, ...) is replaced by ``***``;
 * credentials in a URI (``user:password@``, secret-looking query values) are removed;
 * any text containing the value of an environment variable seen in an interpolation is masked

@@ -52,7 +52,7 @@ def masked_config(config: Any) -> dict[str, Any]:
     values from the environment as their ``${oc.env:NAME}`` text, secrets and credentials masked."""
     from bilstm_exp.config.plain import to_dict
 
-    return scrub(to_dict(config), getattr(config, "env_refs", None))
+    return scrub(to_dict(config), config.env_refs)
 
 
 def param_value(value: Any) -> str:

@@ -273,7 +273,7 @@ def identity(config: ExperimentConfig) -> dict[str, Any]:
     interpolation text, nothing secret), compared key by key on resume."""
     from bilstm_exp.config.plain import flatten, to_dict
 
-    recorded = scrub(to_dict(config), getattr(config, "env_refs", None))
+    recorded = scrub(to_dict(config), config.env_refs)
     return {k: v for k, v in flatten(recorded).items() if not is_secret(k, v)}
 
 
