@@ -17,7 +17,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "bilstm_exp"
 
 LAYERS = [
-    {"errors", "quiet", "tracking.redaction", "tracking.lineage", "analysis.statistics",
+    {"errors", "quiet", "tracking.redaction", "tracking.lineage", "tracking.system_metrics", "analysis.statistics",
      "analysis.formatting", "extras", "plugins", "disk", "tracking.sqlite_file", "training.signals",
      "tracking.retry"},
     {"config.checks", "config.data_schema", "config.model_schema", "config.optimizer_schema", "config.run_schema",
@@ -34,7 +34,7 @@ LAYERS = [
     {"analysis.query", "analysis.samples", "analysis.groups", "analysis.verdicts", "analysis.baseline",
      "analysis.table", "analysis.plots"},
     {"training.checkpoints", "training.evaluation", "training.profiling", "training.distribute"},
-    {"training.recording", "training.summary", "training.pareto"},
+    {"training.recording", "training.summary", "training.pareto", "training.progress"},
     {"training.runner", "training.crossval", "training.sweep", "training.sweep_plan"},
     {"stages.outputs", "stages.params", "stages.prepare", "stages.train", "stages.evaluate", "stages.commands",
      "analysis.compare", "analysis.bench", "analysis.bench_setup", "analysis.bench_measure",

@@ -9,7 +9,8 @@ first, before TensorFlow or MLflow is imported; a run calls it again with its va
   absl::InitializeLog() ...", "oneDNN custom operations are on ..."), filtered from stderr while
   ``tensorflow``/``keras`` are imported (any other line printed then is passed through);
 * Python warnings raised from TensorFlow, Keras and absl, TensorFlow's Python logger (tf.function
-  retracing warnings in sweeps) and absl's;
+  retracing warnings in sweeps) and absl's; the INFO lines of gensim (loading word vectors) and of
+  matplotlib ("generated new fontManager", its first import);
 * MLflow: INFO messages (``MLFLOW_LOGGING_LEVEL=WARNING``), the "Downloading artifacts" progress
   bars (``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false``), the registry's "Successfully registered
   model" / "Created version" lines, the CloudPickle warning of ``log_model`` and the type-hint
@@ -39,7 +40,9 @@ LEVELS = ("quiet", "verbose")
 
 QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "MLFLOW_LOGGING_LEVEL": "WARNING",
              "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
-QUIET_LOGGERS = {"tensorflow": logging.ERROR, "absl": logging.ERROR, "h5py": logging.ERROR}
+# gensim (word vectors) logs INFO lines, matplotlib "generated new fontManager": Hydra's job logging shows INFO
+QUIET_LOGGERS = {"tensorflow": logging.ERROR, "absl": logging.ERROR, "h5py": logging.ERROR,
+                 "gensim": logging.WARNING, "smart_open": logging.WARNING, "matplotlib": logging.WARNING}
 # What TensorFlow's import prints to stderr whatever TF_CPP_MIN_LOG_LEVEL says (absl's pre-init lines)
 IMPORT_NOISE = re.compile(r"All log messages before absl::InitializeLog|^[IW]\d{4} [\d:.]+ +\d+ \S+\] "
                           r"|^To enable the following instructions:")

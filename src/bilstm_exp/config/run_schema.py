@@ -87,9 +87,13 @@ class TrackingConfig:
     sweep_registers: str = "best"  # in a -m sweep: best (the best job's model only), all (every job), none
     champion_metric: str | None = None  # the alias `champion` moves to a version that beats it; null: training.monitor
     champion_greater_is_better: bool | None = None  # null: from training.monitor_mode (min for losses)
+    system_metrics: bool = True  # MLflow's system/* metrics (CPU, memory, disk, network; GPU) on training runs
+    system_metrics_interval_s: float = 10.0  # seconds between samples (MLflow's default; costs nothing measurable)
 
     def __post_init__(self) -> None:
         choice(self.name, ("local", "server"), "tracking.name")
+        check(self.system_metrics_interval_s > 0, "tracking.system_metrics_interval_s",
+              f"must be > 0, got {self.system_metrics_interval_s}", "e.g. tracking.system_metrics_interval_s=10")
         check(bool(self.experiment_name.strip()), "tracking.experiment_name", "must not be empty",
               "e.g. tracking.experiment_name=bilstm-exp")
         check(len(self.experiment_name) <= MAX_EXPERIMENT_NAME, "tracking.experiment_name",

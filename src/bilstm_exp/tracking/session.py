@@ -305,16 +305,10 @@ class Session:
     def log_dict(self, data: dict[str, Any], artifact_file: str) -> None:
         MlflowClient(self.offline_uri or self.uri).log_dict(self.offline_run_id or self.run_id, data, artifact_file)
 
-    def log_inputs(self, datasets: list[Any]) -> None:
-        """The run's dataset inputs (``mlflow.entities.DatasetInput``: the UI's Datasets column)."""
-        client = MlflowClient(self.offline_uri or self.uri)
-        retry.retrying(lambda: client.log_inputs(self.offline_run_id or self.run_id, datasets=datasets))
-
-    def attach_metrics(self, metrics: list[Metric]) -> None:
-        """Metrics already logged, sent again with a ``model_id`` (and a dataset): MLflow attaches them to
-        the logged model, and the run keeps one entry each (same key, step, time and value)."""
-        client = MlflowClient(self.offline_uri or self.uri)
-        retry.retrying(lambda: store.log_batch(client, self.offline_run_id or self.run_id, metrics=metrics))
+    def write(self, call: Callable[[MlflowClient, str], T]) -> T:
+        """Any other write, ``call(client, run_id)`` (dataset inputs, a model's metrics), retried; offline: the copy."""
+        return retry.retrying(lambda: call(MlflowClient(self.offline_uri or self.uri),
+                                           self.offline_run_id or self.run_id))
 
     # ------------------------------------------------------------------ a server that goes down
 

@@ -35,6 +35,8 @@ from bilstm_exp.tracking import store
 from bilstm_exp.tracking.session import Session
 from bilstm_exp.training import recording
 from bilstm_exp.training import runner as training
+from bilstm_exp.training.progress import Countdown
+from bilstm_exp.training.summary import where_lines
 
 ROLE_TAG = "cv.role"  # parent or fold
 FOLD_TAG = "fold"  # the fold index (0-based) of a fold run
@@ -79,7 +81,7 @@ def run(config: ExperimentConfig, *, root: Path, overrides: list[str] | None = N
     checked = data.check(config.data, folds=config.data.folds)  # bad data fails here, before the store is opened
     experiment_id = store.setup(config.tracking, root)
     folds = data.prepare_folds(config.data, checked)
-    name = f"cv{len(folds)}-{config.model.name}-{config.optimizer.name}-clip_{config.clipping.name}"
+    name = recording.run_name(config, f"cv{len(folds)}-")
     tags = {**(extra_tags or {}), ROLE_TAG: "parent", "architecture": config.model.name,
             "hydra_overrides": " ".join(overrides), recording.FINGERPRINT_TAG: folds[0].fingerprint(),
             recording.GROUP_TAG: recording.config_group(config),
@@ -91,23 +93,30 @@ def run(config: ExperimentConfig, *, root: Path, overrides: list[str] | None = N
     with Session.start(experiment_id, run_name=name, tags=tags, parent_run_id=parent_run_id, fluent=False) as parent:
         print(f"[bilstm-exp] {len(folds)}-fold cross-validation: parent run {parent.run_id}", flush=True)
         parent.log_params(flatten(store.masked_config(config)))
-        results = [training.run(config, root=root, overrides=overrides, prepared=fold, parent_run_id=parent.run_id,
-                                run_name=f"{name}-fold{fold.fold}",
-                                extra_tags={FOLD_TAG: str(fold.fold), ROLE_TAG: "fold", PARENT_TAG: parent.run_id})
-                   for fold in folds]
+        countdown, results = Countdown(len(folds), "fold"), []
+        for fold in folds:  # "fold k/K" with the time elapsed and left
+            countdown.starting(fold.fold)
+            results.append(training.run(config, root=root, overrides=overrides, prepared=fold,
+                                        parent_run_id=parent.run_id, run_name=f"{name}-fold{fold.fold}",
+                                        extra_tags={FOLD_TAG: str(fold.fold), ROLE_TAG: "fold",
+                                                    PARENT_TAG: parent.run_id}))
         metrics = aggregate([r.metrics for r in results])
         parent.log_metrics(metrics)
         parent.log_dict({"folds": [{"fold": k, "run_id": r.run_id,
                                     **{m: v for m, v in r.metrics.items() if m.startswith(("val/", "test/"))}}
                                    for k, r in enumerate(results)], "summary": metrics}, "cv/summary.json")
-    _print(parent.run_id, metrics, config.training.monitor)
+    _print(parent, metrics, config, tags[registry.SKIPPED_TAG])
     return CVResult(parent.run_id, metrics, results)
 
 
-def _print(run_id: str, metrics: dict[str, float], monitor: str) -> None:
-    n = int(metrics["cv/folds"])
-    lines = [f"[bilstm-exp] cross-validation run {run_id}: mean +/- 95% CI over {n} folds"]
+def _print(parent: Session, metrics: dict[str, float], config: ExperimentConfig, skipped: str) -> None:
+    """The end summary: mean +/- 95% CI of each test metric, why no model was registered (once, for all
+    folds), where the run is recorded and how to open it, as a single run's summary says."""
+    n, monitor = int(metrics["cv/folds"]), config.training.monitor
+    lines = [f"[bilstm-exp] cross-validation run {parent.run_id}: mean +/- 95% CI over {n} folds"]
     for key in (monitor, *sorted(k[3:-5] for k in metrics if k.startswith("cv/test/") and k.endswith("_mean"))):
         if f"cv/{key}_mean" in metrics:
             lines.append(f"    {key:<16} {metrics[f'cv/{key}_mean']:.4f} +/- {metrics[f'cv/{key}_ci95']:.4f}")
-    print("\n".join(lines), file=sys.stdout, flush=True)
+    lines.append(f"  champion   not registered: {skipped}")
+    lines += where_lines(parent.uri, parent.experiment_id, parent.run_id, config.tracking.experiment_name)
+    print(store.redact_text("\n".join(lines)), file=sys.stdout, flush=True)

@@ -43,7 +43,8 @@ def header(session: Session, config: ExperimentConfig, overrides: list[str], pre
     if prepared.fold is not None:
         tags["data.fold_fingerprint"] = prepared.split_fingerprint()
     session.log_tags(tags)
-    session.log_inputs(datasets.inputs(config.data, prepared))
+    inputs = datasets.inputs(config.data, prepared)
+    session.write(lambda client, run_id: client.log_inputs(run_id, inputs))  # the UI's Datasets column
     session.log_params({"derived.vocab_size": len(prepared.vocab), "derived.num_classes": prepared.num_classes,
                         "derived.train_examples": len(prepared.labels["train"]),
                         "derived.max_length": max(len(s) for s in prepared.splits["train"])})
@@ -64,6 +65,65 @@ def config_group(config: ExperimentConfig) -> str:
     flat = {k: v for k, v in flatten(to_dict(config)).items()
             if k not in GROUP_IGNORED and not k.startswith(GROUP_IGNORED_PREFIXES)}
     return hashlib.md5(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+NAME_GROUPS = ("model", "optimizer", "clipping", "data", "training")  # the config groups a run name reads
+# how a run is run, said elsewhere, or following another key (monitor_mode: training.monitor)
+NAME_IGNORED = (*GROUP_IGNORED, "training.log_level", "data.folds", "training.monitor_mode")
+NAME_PREFIXES = {"clipping": "clip_", "data": "data_"}  # a group's option name, when not the default one
+MAX_NAME = 80
+
+
+def run_name(config: ExperimentConfig, prefix: str = "") -> str:
+    """``basic-adamw-dropout0.3``: the architecture and the optimizer, then each key that differs from its
+    default (:func:`_defaults`), so runs of different configs get different names; ``prefix`` (``cv5-``) first.
+    A group's other option is named with its group (``clip_global_norm``, ``data_tweets``); a path by its
+    file's stem; at most :data:`MAX_NAME` characters."""
+    flat = flatten(to_dict(config))
+    defaults = {key: value for group in NAME_GROUPS
+                for key, value in flatten(_defaults(group, getattr(config, group)), f"{group}.").items()}
+    defaults.update({f"{group}.name": option for group, option in _default_options().items()})
+    parts = [config.model.name, config.optimizer.name]
+    for key, value in flat.items():
+        group, _, leaf = key.partition(".")
+        if group not in NAME_GROUPS or key in NAME_IGNORED or key in ("model.name", "optimizer.name") \
+                or key not in defaults or value == defaults[key]:
+            continue
+        shown = Path(value).stem if isinstance(value, str) and "/" in value else value
+        parts.append(f"{NAME_PREFIXES.get(group, '')}{shown}" if leaf == "name" else f"{leaf.replace('.', '_')}{shown}")
+    name = prefix + "-".join(str(part) for part in parts[:2])
+    for index, part in enumerate(parts[2:]):  # whole parts only; "+3": three more keys differ
+        if len(name) + len(f"-{part}") > MAX_NAME - 3:
+            return f"{name}-+{len(parts) - 2 - index}"
+        name += f"-{part}"
+    return name
+
+
+def _default_options() -> dict[str, str]:
+    """Each group's default option, from the packaged config.yaml's defaults list (data: synthetic)."""
+    from bilstm_exp.config.compose import CONF_DIR
+
+    entries = yaml.safe_load((CONF_DIR / "config.yaml").read_text()).get("defaults", [])
+    return {group: option for entry in entries if isinstance(entry, dict) for group, option in entry.items()}
+
+
+def _defaults(group: str, chosen: Any) -> dict[str, Any]:
+    """A group's defaults for the chosen option as nested dicts: its schema's, then its packaged YAML's
+    (``conf/data/tweets.yaml`` sets its own max_length)."""
+    import dataclasses
+
+    from bilstm_exp.config.compose import CONF_DIR
+
+    out: dict[str, Any] = {}
+    for field in dataclasses.fields(type(chosen)):
+        if field.default is not dataclasses.MISSING:
+            out[field.name] = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            value = field.default_factory()
+            out[field.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    option = CONF_DIR / group / f"{getattr(chosen, 'name', 'default')}.yaml"
+    own = yaml.safe_load(option.read_text()) if option.is_file() else None
+    return {**out, **{key: value for key, value in (own or {}).items() if key != "defaults"}}
 
 
 def results(session: Session, config: ExperimentConfig, classifier: serving.TextClassifier,
@@ -133,7 +193,8 @@ def _model(session: Session, config: ExperimentConfig, classifier: serving.TextC
                                    sweep_job="sweep_job" in tags, fold="fold" in tags)
     if skipped:
         session.log_tags({registry.SKIPPED_TAG: skipped})
-        print(f"[bilstm-exp] run {session.run_id} not registered: {skipped}", flush=True)
+        if "fold" not in tags:  # a cross-validation says it once, in its summary
+            print(f"[bilstm-exp] run {session.run_id} not registered: {skipped}", flush=True)
     else:
         session.register(info.model_uri, config.tracking.registered_model_name, {**_latest(session), **metrics},
                          config.tracking.champion_metric, config.tracking.champion_greater_is_better)
@@ -155,7 +216,8 @@ def _attach_metrics(session: Session, model_id: str) -> None:
         attached.append(Metric(key, metric.value, metric.timestamp, metric.step, model_id=model_id,
                                dataset_name=dataset.name if dataset else None,
                                dataset_digest=dataset.digest if dataset else None))
-    session.attach_metrics(attached)
+    # sent again with a model id: MLflow attaches them to the model, the run keeps one entry each (same time)
+    session.write(lambda client, run_id: store.log_batch(client, run_id, metrics=attached))
 
 
 def _latest_entries(session: Session) -> dict[str, Any]:

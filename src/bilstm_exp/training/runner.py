@@ -6,7 +6,6 @@ This is the only module that knows both the model and the tracking side; it wire
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -26,10 +25,10 @@ from bilstm_exp.models import build as models
 from bilstm_exp.models import embeddings, optim
 from bilstm_exp.models.fast_lstm import pad_batches
 from bilstm_exp.serving import model as serving
-from bilstm_exp.tracking import store
+from bilstm_exp.tracking import store, system_metrics
 from bilstm_exp.tracking.callback import MLflowLogger
 from bilstm_exp.tracking.session import Session
-from bilstm_exp.training import checkpoints, distribute, profiling, recording
+from bilstm_exp.training import checkpoints, distribute, profiling, progress, recording
 from bilstm_exp.training.evaluation import evaluate
 
 
@@ -125,9 +124,10 @@ def run(config: ExperimentConfig, *, root: Path, overrides: list[str] | None = N
     # model.pretrained_embeddings: the vectors for this vocabulary; an unreadable file fails before a run exists
     vectors = embeddings.for_vocabulary(config.model, prepared.vocab, prepared.splits["train"], seed=config.seed)
 
-    with Session.start(experiment_id, run_name=run_name or _run_name(config),
-                       tags=_tags(config, overrides or [], extra_tags), parent_run_id=parent_run_id,
-                       run_id=checkpointer.run_id) as session, \
+    with system_metrics.sampling(config.tracking.system_metrics, config.tracking.system_metrics_interval_s), \
+            Session.start(experiment_id, run_name=run_name or recording.run_name(config),
+                          tags=_tags(config, overrides or [], extra_tags), parent_run_id=parent_run_id,
+                          run_id=checkpointer.run_id) as session, \
             tempfile.TemporaryDirectory(prefix="bilstm-exp-") as tmp:
         folder = Path(tmp)
         _begin(session, checkpointer, config, overrides or [], prepared, folder)
@@ -197,13 +197,14 @@ def _fit(config: ExperimentConfig, model: keras.Model, pipelines: dict[str, tf.d
         # last: log the epoch (with what the callbacks before added) and checkpoint it, signals held meanwhile
         callbacks += checkpointer.callbacks(MLflowLogger(session), stopping)
         callbacks += profiling.trace_callbacks(config.profiling, folder / "profile")
+        callbacks += progress.callbacks(config.training, config.training.epochs)  # one short line per epoch
         if config.training.strategy == "multi_worker":  # saving alone would wait in a collective for the workers
             checkpointer.save = lambda *args, **kwargs: None  # the epochs' logs are still kept (history)
         train, val = distribute.fit_inputs(config, model, pipelines)
         with distribute.fitting(config):  # multi_worker: a dead peer ends the run FAILED (worker_lost)
             model.fit(train, validation_data=val, epochs=config.training.epochs,
                       initial_epoch=checkpointer.initial_epoch, callbacks=callbacks, shuffle=False,
-                      verbose=_verbose(config.training.verbose))
+                      verbose=progress.keras_verbose(config.training))
         if stopping is not None and stopping.stopped_epoch > 0 and config.training.early_stopping.enabled:
             from bilstm_exp.training import summary
 
@@ -272,7 +273,7 @@ def _train_worker(config: ExperimentConfig, prepared: PreparedData | None) -> Ru
     with distribute.fitting(config):
         fitted = model.fit(train, validation_data=val, epochs=config.training.epochs, shuffle=False,
                            callbacks=[keras.callbacks.TerminateOnNaN()] + ([stopping] if stopping else []),
-                           verbose=_verbose(config.training.verbose))
+                           verbose=progress.keras_verbose(config.training))
     return RunResult("", {}, fitted.history, None, None, prepared)
 
 
@@ -294,10 +295,6 @@ def _cost_metrics(config: ExperimentConfig, model: keras.Model, prepared: Prepar
     return metrics
 
 
-def _run_name(config: ExperimentConfig) -> str:
-    return f"{config.model.name}-{config.optimizer.name}-clip_{config.clipping.name}"
-
-
 def _tags(config: ExperimentConfig, overrides: list[str], extra: dict[str, str] | None) -> dict[str, str]:
     return {**(extra or {}), "architecture": config.model.name, "hydra_overrides": " ".join(overrides),
             "mlflow.note.content": f"{config.model.name} on {config.data.name} data, "
@@ -307,9 +304,3 @@ def _tags(config: ExperimentConfig, overrides: list[str], extra: dict[str, str] 
 class NonFiniteLoss(RuntimeError):
     failure_reason = "non_finite_loss"
 
-
-def _verbose(value: str) -> int:
-    """auto: a progress bar on a terminal, one line per epoch in logs and CI."""
-    if value == "auto":
-        return 1 if sys.stdout.isatty() else 2
-    return int(value)

@@ -134,20 +134,23 @@ def run_lines(uri: str, run_id: str, config: ExperimentConfig) -> list[str]:
 
     client = MlflowClient(uri)
     run = client.get_run(run_id)
-    shown = store.shown_uri(uri)
     experiment_id = run.info.experiment_id
     lines = [f"{PREFIX} run {run.info.status.lower()}: {run.info.run_name} ({run_id})",
              f"  test       {test_metrics(run.data.metrics)}"]
     if "data/skipped_rows" in run.data.metrics:
         lines.append(f"  data       {bad_rows(int(run.data.metrics['data/skipped_rows']), config)}")
-    lines += [f"  champion   {champion(client, run, config)}",
-              f"  recorded   {shown}, experiment '{config.tracking.experiment_name}' (id {experiment_id})"]
+    lines.append(f"  champion   {champion(client, run, config)}")
+    return lines + where_lines(uri, experiment_id, run_id, config.tracking.experiment_name)
+
+
+def where_lines(uri: str, experiment_id: str, run_id: str, experiment_name: str) -> list[str]:
+    """Where a run is recorded and how to open it (a run's and a cross-validation's summary end with them)."""
+    shown = store.shown_uri(uri)
+    lines = [f"  recorded   {shown}, experiment '{experiment_name}' (id {experiment_id})"]
     if store.is_http(uri):
-        lines.append(f"  open       {run_url(uri, experiment_id, run_id)}")
-    else:
-        lines += [f"  open       mlflow ui --backend-store-uri {shown}",
-                  f"             then {run_url(uri, experiment_id, run_id)}"]
-    return lines
+        return lines + [f"  open       {run_url(uri, experiment_id, run_id)}"]
+    return lines + [f"  open       mlflow ui --backend-store-uri {shown}",
+                    f"             then {run_url(uri, experiment_id, run_id)}"]
 
 
 def bad_rows(skipped: int, config: ExperimentConfig) -> str:
