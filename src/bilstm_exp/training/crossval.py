@@ -35,8 +35,7 @@ from bilstm_exp.tracking import store
 from bilstm_exp.tracking.session import Session
 from bilstm_exp.training import recording
 from bilstm_exp.training import runner as training
-from bilstm_exp.training.progress import Countdown
-from bilstm_exp.training.summary import where_lines
+from bilstm_exp.training.summary import Countdown, where_lines
 
 ROLE_TAG = "cv.role"  # parent or fold
 FOLD_TAG = "fold"  # the fold index (0-based) of a fold run

@@ -9,7 +9,8 @@
   ``training.log_level=verbose`` gives Keras's own line of every metric (the bar on a terminal);
   ``training.verbose=0|1|2`` is Keras's own setting, as asked.
 * Cross-validation folds and sweep trials: ``fold 2/5`` / ``trial 2/20`` with the time elapsed and an
-  estimate of what is left (:class:`Countdown`: the mean time of the finished ones times those left).
+  estimate of what is left: :class:`bilstm_exp.training.summary.Countdown` (no Keras there: the sweep
+  callback runs it in Hydra's process).
 
 The end-of-run summary is :mod:`bilstm_exp.training.summary`'s.
 """
@@ -84,30 +85,3 @@ def epoch_line(epoch: int, epochs: int, logs: dict[str, Any], seconds: float) ->
     (``epoch`` 0-based, as Keras counts; people count from 1)."""
     numbers = "  ".join(f"{name} {float(logs[key]):.4f}" for key, name in WATCHED.items() if key in logs)
     return f"{PREFIX} epoch {epoch + 1}/{epochs}  {numbers}  {seconds:.1f} s"
-
-
-def duration(seconds: float) -> str:
-    """42 s, 3 min 05 s, 2 h 07 min."""
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
-
-
-class Countdown:
-    """``fold 2/5: 1 min 10 s elapsed, about 3 min 30 s left`` as each of ``total`` items starts."""
-
-    def __init__(self, total: int, what: str):
-        self.total, self.what = total, what
-        self.started = time.monotonic()
-
-    def line(self, index: int) -> str:
-        """The line for item ``index`` (0-based) starting now."""
-        elapsed = time.monotonic() - self.started
-        left = f", about {duration(elapsed / index * (self.total - index))} left" if index else ""
-        return f"{PREFIX} {self.what} {index + 1}/{self.total}: {duration(elapsed)} elapsed{left}"
-
-    def starting(self, index: int) -> None:
-        say(self.line(index))

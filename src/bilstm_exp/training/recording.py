@@ -84,7 +84,7 @@ def run_name(config: ExperimentConfig, prefix: str = "") -> str:
                 for key, value in flatten(_defaults(group, getattr(config, group)), f"{group}.").items()}
     defaults.update({f"{group}.name": option for group, option in _default_options().items()})
     parts = [config.model.name, config.optimizer.name]
-    for key, value in flat.items():
+    for key, value in sorted(flat.items(), key=lambda item: _group_order(item[0])):  # model keys first
         group, _, leaf = key.partition(".")
         if group not in NAME_GROUPS or key in NAME_IGNORED or key in ("model.name", "optimizer.name") \
                 or key not in defaults or value == defaults[key]:
@@ -97,6 +97,11 @@ def run_name(config: ExperimentConfig, prefix: str = "") -> str:
             return f"{name}-+{len(parts) - 2 - index}"
         name += f"-{part}"
     return name
+
+
+def _group_order(key: str) -> int:
+    group = key.partition(".")[0]
+    return NAME_GROUPS.index(group) if group in NAME_GROUPS else len(NAME_GROUPS)
 
 
 def _default_options() -> dict[str, str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,55 @@ def early_stop_line(stopped_epoch: int, best_epoch: int, wait: int, monitor: str
     kept = f"kept epoch {best_epoch + 1}" if restored else f"kept the last epoch ({stopped_epoch + 1})"
     return (f"{PREFIX} early stopping at epoch {stopped_epoch + 1}: {monitor} did not improve for {wait} "
             f"epoch{'s' if wait != 1 else ''}; {kept}")
+
+
+# --------------------------------------------------------------------------- folds and trials
+
+
+def duration(seconds: float) -> str:
+    """42 s, 3 min 05 s, 2 h 07 min."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+class Countdown:
+    """``fold 2/5: 1 min 10 s elapsed, about 3 min 30 s left`` as each of ``total`` items starts."""
+
+    def __init__(self, total: int, what: str):
+        self.total, self.what = total, what
+        self.started = time.monotonic()
+
+    def line(self, index: int) -> str:
+        """The line for item ``index`` (0-based) starting now."""
+        elapsed = time.monotonic() - self.started
+        left = f", about {duration(elapsed / index * (self.total - index))} left" if index else ""
+        return f"{PREFIX} {self.what} {index + 1}/{self.total}: {duration(elapsed)} elapsed{left}"
+
+    def starting(self, index: int) -> None:
+        say(self.line(index))
+
+
+def sweep_size(config: Any) -> int | None:
+    """How many jobs a Hydra multirun launches: an Optuna search's ``n_trials``, else the product of the
+    choices of its sweep overrides and ``hydra.sweeper.params``; None when it cannot be told."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    trials = OmegaConf.select(config, "hydra.sweeper.n_trials", default=None)
+    if trials is not None:
+        return int(trials)
+    params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
+    overrides = [*OmegaConf.select(config, "hydra.overrides.task", default=[]),
+                 *(f"{key}={value}" for key, value in params.items())]
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        return math.prod(len(list(o.sweep_string_iterator())) for o in parsed if o.is_sweep_override())
+    except Exception:  # an override Hydra itself will explain
+        return None
 
 
 # --------------------------------------------------------------------------- one run

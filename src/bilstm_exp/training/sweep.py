@@ -122,12 +122,14 @@ class MLflowSweepCallback(Callback):
         self.parent_run_id: str | None = None
         self.signal: str | None = None  # "terminated": SIGTERM between jobs stopped the sweep
         self._open = False
+        self.countdown = None  # "trial k/K" as each job starts (jobs run in this process)
 
     # ------------------------------------------------------------------ hooks (main process)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from bilstm_exp.errors import exit_on_user_error
         from bilstm_exp.tracking import store
+        from bilstm_exp.training.summary import Countdown, sweep_size
 
         # Hydra turns callback exceptions into warnings: exiting here is what stops the sweep
         with exit_on_user_error():
@@ -138,6 +140,8 @@ class MLflowSweepCallback(Callback):
             parent, resumed = self._open_parent(config, cfg.experiment_name, experiment_id, name, tags, params)
         self._resolve_metric(config)
         self.parent_run_id, self._open = parent.run_id, True
+        total = sweep_size(config)
+        self.countdown = Countdown(total, "trial") if total else None
         os.environ[PARENT_ENV] = self.parent_run_id
         atexit.register(self._end_if_open)
         if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # between jobs too, SIGTERM ends the parent, not
@@ -148,6 +152,10 @@ class MLflowSweepCallback(Callback):
         print(store.redact_text(f"{PREFIX} {'resuming sweep' if resumed else 'sweep'} parent run "
                                 f"{self.parent_run_id} ({parent.journal.run_name or name}) in experiment "
                                 f"'{cfg.experiment_name}'"), flush=True)
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.countdown is not None:  # None in a job process of a parallel launcher
+            self.countdown.starting(int(OmegaConf.select(config, "hydra.job.num", default=0)))
 
     def _open_parent(self, config: DictConfig, experiment_name: str, experiment_id: str, name: str,
                      tags: dict[str, str], params: dict[str, str]):
