@@ -10,7 +10,7 @@ No MLflow here.
 from __future__ import annotations
 
 import os
-import time
+import threading
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -69,7 +69,7 @@ def check_file(db: Path, uri: str, write: bool) -> None:
             raise TrackingError(f"tracking store {uri}: folder {db.parent} is read-only, so the store cannot be "
                                 "created. Fix: make it writable or point tracking.tracking_uri elsewhere")
         return
-    aside = f"move it aside (mv {db} {db}.broken) and start a new store"
+    aside = f"move {db} aside (mv {db} {db}.broken) and start a new store"
     damage = _damage(db)
     if damage is not None and damage.startswith(_UNUSABLE):
         raise TrackingError(f"tracking store {uri}: {db} is not a usable sqlite database "
@@ -89,20 +89,23 @@ QUICK_CHECK_S = 5.0  # the integrity check's budget: a larger store is checked t
 def _damage(db: Path) -> str | None:
     """What is wrong with the sqlite file ``db``: ``unusable: ...`` when it is no database at all,
     else the first problem sqlite's ``PRAGMA quick_check`` finds within :data:`QUICK_CHECK_S` (None:
-    none found). Read-only: needs no lock and no write access."""
+    none found). Read-only: needs no lock and no write access. The budget is kept by interrupting the
+    check from a timer (sqlite checks a table's pages in one step, which a progress handler cannot cut)."""
     import sqlite3
 
-    deadline = time.monotonic() + QUICK_CHECK_S
     try:
         connection = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
         try:
             connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
         except sqlite3.DatabaseError as error:  # a busy store is not a broken one: MLflow waits for it
+            connection.close()
             return None if "locked" in str(error) else f"{_UNUSABLE}{error}"
-        connection.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
+        timer = threading.Timer(QUICK_CHECK_S, connection.interrupt)
+        timer.start()
         try:
             rows = connection.execute("PRAGMA quick_check(1)").fetchall()
         finally:
+            timer.cancel()
             connection.close()
     except sqlite3.OperationalError as error:
         return None if "interrupted" in str(error) else str(error)  # interrupted: past the budget, none found
