@@ -130,6 +130,23 @@ def tree_digest(root: Path) -> str:
     return digest.hexdigest()
 
 
+def test_the_wheel_and_the_sdist_hold_configs_templates_and_licences_and_no_tests(venv):
+    import tarfile
+    import zipfile
+
+    wheel = set(zipfile.ZipFile(venv.wheel).namelist())
+    [sdist_path] = venv.wheel.parent.glob("bilstm_exp-*.tar.gz")
+    sdist = {name.split("/", 1)[1] for name in tarfile.open(sdist_path).getnames() if "/" in name}
+    packaged = ["conf/config.yaml", "conf/model/basic.yaml", "conf/experiment/compare_architectures.yaml",
+                "templates/init/conf/config.yaml", "templates/init/dvc.yaml", "templates/dvc_plots/index.html",
+                "templates/dvc_plots/LICENSE-vega", "templates/dvc_plots/LICENSE-vega-lite",
+                "templates/dvc_plots/LICENSE-vega-embed"]
+    assert {f"bilstm_exp/{name}" for name in packaged} <= wheel
+    assert {f"src/bilstm_exp/{name}" for name in packaged} | {"LICENSE", "constraints.txt"} <= sdist
+    assert any(name.endswith(".dist-info/licenses/LICENSE") for name in wheel)
+    assert [name for name in wheel | sdist if name.startswith(("tests/", "benchmarks/"))] == []
+
+
 def test_the_package_comes_from_the_wheel_only(venv, project):
     out = venv.run(["python", "-c", "import sys, bilstm_exp; print(bilstm_exp.__file__); print(sys.path)"], project)
     module, path = out.stdout.splitlines()
