@@ -8,7 +8,7 @@ so a step processes B*T tokens; the mask is still computed and applied). Arms:
 - ``keras``: ``keras.layers.LSTM`` (what the project ran before; the reference, ratio 1.00)
 - ``fast``: ``bilstm_exp.models.fast_lstm.FastLSTM`` (same weights, same results)
 - ``fast_xla_opt``: ``FastLSTM`` plus the optimizer update compiled with XLA
-  (``bilstm_exp.models.fast_lstm.xla_apply`` in a custom ``train_step``)
+  (``bilstm_exp.models.optimizer_step.xla_apply`` in a custom ``train_step``)
 
 The arms run interleaved, order reversed every round (A B C, C B A, ...), ``--steps`` steps per
 arm per round; per step the wall time and the process CPU time (all threads) are recorded;
@@ -37,7 +37,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from bilstm_exp.models.fast_lstm import FastLSTM, xla_apply  # noqa: E402
+from bilstm_exp.models.fast_lstm import FastLSTM  # noqa: E402
+from bilstm_exp.models.optimizer_step import xla_apply  # noqa: E402
 
 VOCAB, EMBED, UNITS = 20000, 128, 64
 ARMS = ("keras", "fast", "fast_xla_opt")

@@ -19,7 +19,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from bilstm_exp.models.fast_lstm import FastLSTM, pad_batches, recurrent_layer, xla_apply  # noqa: E402
+from bilstm_exp.models import optimizer_step  # noqa: E402
+from bilstm_exp.models.fast_lstm import FastLSTM, pad_batches, recurrent_layer  # noqa: E402
+from bilstm_exp.models.optimizer_step import xla_apply  # noqa: E402
 
 B, T, D, H = 4, 7, 5, 3
 VOCAB = 30
@@ -246,36 +248,84 @@ def test_xla_optimizer_step_gives_the_same_weights():
     assert _max_diff(jitted.get_weights(), reference.get_weights()) < 1e-6
 
 
+def test_a_second_model_of_one_shape_shares_the_traced_optimizer_step_and_updates_only_its_own_weights():
+    """A fold after the first: a new model and a new optimizer of the same shapes call the step traced for
+    the first model (the compiled programs are reused), on their own variables: the first model's weights
+    and step count stay as they were, the second's equal those of Keras's own (unjitted) update."""
+    keras.utils.set_random_seed(0)
+    first = _XlaOptimizerModel(*_io(_model(FastLSTM, False)), name="first_fold")
+    second = _XlaOptimizerModel(*_io(_model(FastLSTM, False)), name="second_fold")
+    reference = _model(FastLSTM, False)
+    reference.set_weights(second.get_weights())
+    x, y = _tokens(3)
+    first.compile(optimizer=keras.optimizers.Adam(1e-2), loss="binary_crossentropy")
+    first.train_on_batch(x, y)
+    first_weights = first.get_weights()
+    before = dict(optimizer_step._PROGRAMS)
+    for model in (reference, second):
+        model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="binary_crossentropy")
+        for _ in range(3):
+            model.train_on_batch(x, y)
+    assert optimizer_step._PROGRAMS == before  # nothing traced for the second model
+    assert int(first.optimizer.iterations) == 1 and int(second.optimizer.iterations) == 3
+    assert _max_diff(first.get_weights(), first_weights) == 0.0
+    assert _max_diff(second.get_weights(), reference.get_weights()) < 1e-6
+
+
+def test_another_optimizer_configuration_gets_its_own_step():
+    """The key holds what the traced update depends on: Adam's betas change the program, a numeric
+    learning rate (a variable, read when the update runs) does not."""
+    keras.utils.set_random_seed(0)
+    model = _model(FastLSTM, False)
+    grads = [tf.zeros_like(v) for v in model.trainable_variables]
+
+    def key(optimizer):
+        optimizer.build(model.trainable_variables)
+        return optimizer_step.program_key(optimizer, grads, model.trainable_variables)
+
+    assert key(keras.optimizers.Adam(1e-2)) == key(keras.optimizers.Adam(1e-3))
+    assert key(keras.optimizers.Adam(1e-2)) != key(keras.optimizers.Adam(1e-2, beta_1=0.8))
+    assert key(keras.optimizers.Adam(1e-2)) != key(keras.optimizers.SGD(1e-2))
+
+
+def _io(model):
+    return model.inputs, model.outputs
+
+
 COMPILE_COUNT = """
 import sys
 import numpy as np, keras
 from bilstm_exp.models import build as models
 from bilstm_exp.models.fast_lstm import FastLSTM, pad_batches
 keras.utils.set_random_seed(0)
-tokens = keras.Input((None,), dtype="int32")
-x = keras.layers.Embedding(50, 8, mask_zero=True)(tokens)
-model = models.TelemetryModel(tokens, keras.layers.Dense(1, activation="sigmoid")(
-    keras.layers.Bidirectional(FastLSTM(6))(x)))
-model.compile(optimizer="adam", loss="binary_crossentropy")
-model.xla_optimizer_step = True
-pad_batches(model, int(sys.argv[1]) or None)
-rng = np.random.default_rng(0)
-for batch, length in [(8, 16), (5, 16), (3, 16), (8, 32), (6, 32)]:
-    model.train_on_batch(rng.integers(1, 50, (batch, length)).astype("int32"),
-                         rng.integers(0, 2, (batch, 1)).astype("float32"))
+for _ in range(int(sys.argv[2])):  # a new model, optimizer and train function each time, as each fold gets
+    tokens = keras.Input((None,), dtype="int32")
+    x = keras.layers.Embedding(50, 8, mask_zero=True)(tokens)
+    model = models.TelemetryModel(tokens, keras.layers.Dense(1, activation="sigmoid")(
+        keras.layers.Bidirectional(FastLSTM(6))(x)))
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    model.xla_optimizer_step = True
+    pad_batches(model, int(sys.argv[1]) or None)
+    rng = np.random.default_rng(0)
+    for batch, length in [(8, 16), (5, 16), (3, 16), (8, 32), (6, 32)]:
+        model.train_on_batch(rng.integers(1, 50, (batch, length)).astype("int32"),
+                             rng.integers(0, 2, (batch, 1)).astype("float32"))
 """
 
 
 @pytest.mark.skipif(not ON_CPU, reason="the XLA loops run on a CPU only")
-@pytest.mark.parametrize("pad_to, programs", [(8, 2 * 2 + 3), (0, 5 * 2 + 3)], ids=["padded", "unpadded"])
-def test_xla_compiles_one_loop_per_length_for_both_directions_and_every_batch_size(tmp_path, pad_to, programs):
+@pytest.mark.parametrize("pad_to, models, programs", [(8, 1, 2 * 2 + 3), (0, 1, 5 * 2 + 3), (8, 3, 2 * 2 + 3)],
+                         ids=["padded", "unpadded", "three_models_compile_as_one"])
+def test_xla_compiles_one_loop_per_length_for_both_directions_and_every_batch_size(tmp_path, pad_to, models,
+                                                                                   programs):
     """The first epoch's compile time, counted: XLA's persistent cache writes one file per program it
     compiles. Five batches (8, 5, 3 rows at length 16; 8, 6 at length 32) padded to multiples of 8: a
     forward and a backward loop per length, shared by both directions; unpadded, a pair per batch shape.
-    The optimizer update compiles once per power of two of embedding-gradient rows (64, 128, 256)."""
+    The optimizer update compiles once per power of two of embedding-gradient rows (64, 128, 256).
+    Three models of one shape in one process (the folds of a cross-validation) compile what one does."""
     cache = tmp_path / "xla"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_XLA_FLAGS": f"--tf_xla_persistent_cache_directory={cache}"}
-    done = subprocess.run([sys.executable, "-c", COMPILE_COUNT, str(pad_to)], capture_output=True, text=True,
-                          env=env, timeout=300)
+    done = subprocess.run([sys.executable, "-c", COMPILE_COUNT, str(pad_to), str(models)], capture_output=True,
+                          text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert len(list(cache.iterdir())) == programs

@@ -22,7 +22,8 @@ import tensorflow as tf
 
 from bilstm_exp.config.model_schema import ModelConfig
 from bilstm_exp.models import architectures
-from bilstm_exp.models.fast_lstm import recurrent_layer, xla_apply
+from bilstm_exp.models.fast_lstm import recurrent_layer
+from bilstm_exp.models.optimizer_step import xla_apply
 
 try:  # Keras's own train_step undoes the per-replica loss scaling the same way
     from keras.src.losses.loss import unscale_loss_for_distribution

@@ -143,7 +143,7 @@ _FORWARD = tf.function(_forward_loop, jit_compile=True)
 _BACKWARD = tf.function(_backward_loop, jit_compile=True)
 
 
-def _any_length(x):
+def any_length(x):
     """``x`` with its static time and batch sizes erased (an identity when it runs). The loops are then
     traced once, whatever shapes the calling graph knew (Keras traces its first train step with the
     first batch's shape): XLA's compile cache, keyed by the traced function and the shapes at run
@@ -167,8 +167,8 @@ def lstm_direction(xw, U, maskf, reverse: bool, with_sequence: bool):
     def run(xw, U):
         # stop_gradient: the tape must not record the loop itself (this op's gradient is `grad`);
         # eagerly, recording would ask TF for the loop's own gradient, which XLA cannot provide.
-        h, c, G, C, H, TC, *Y = _FORWARD(_any_length(tf.stop_gradient(xw)), tf.stop_gradient(U),
-                                         _any_length(maskf), reverse, with_sequence)
+        h, c, G, C, H, TC, *Y = _FORWARD(any_length(tf.stop_gradient(xw)), tf.stop_gradient(U),
+                                         any_length(maskf), reverse, with_sequence)
 
         def grad(dh, dc, *dY):
             dh = tf.zeros_like(h) if dh is None else dh
@@ -176,7 +176,7 @@ def lstm_direction(xw, U, maskf, reverse: bool, with_sequence: bool):
             dy = dY[0] if dY else None
             if dy is None and with_sequence:
                 dy = tf.zeros_like(Y[0])
-            dZ = _BACKWARD(_any_length(dh), _any_length(dc), _any_length(dy), U, G, C, TC, _any_length(maskf),
+            dZ = _BACKWARD(any_length(dh), any_length(dc), any_length(dy), U, G, C, TC, any_length(maskf),
                            reverse)
             units = U.shape[0]
             dU = tf.matmul(tf.reshape(H, [-1, units]), tf.reshape(dZ, [-1, 4 * units]), transpose_a=True)
@@ -295,39 +295,3 @@ def recurrent_layer(kind: str, units: int, kernel: str = "fast", **kwargs) -> ke
     if kind == "gru":
         return keras.layers.GRU(units, **kwargs)
     raise ValueError(f"kind must be lstm or gru, got {kind!r}")
-
-
-# ----------------------------------------------------------------------------- optimizer step (XLA)
-
-def xla_apply(optimizer: keras.optimizers.Optimizer, grads, variables) -> None:
-    """``optimizer.apply(grads, variables)`` as one XLA cluster (TF backend).
-
-    Keras's optimizer update is dozens of small ops per variable (Adam: moments, bias correction,
-    the sparse embedding gradient); on a CPU their per-op cost is a fixed few ms per train step.
-    Compiled together they are one launch. Same update rule, same variables; results agree to
-    float32 rounding (XLA may fuse the arithmetic in a different order). Meant for a custom
-    ``train_step``: replace ``self.optimizer.apply(grads, self.trainable_variables)`` with
-    ``xla_apply(self.optimizer, grads, self.trainable_variables)``. The compiled function is cached
-    on the optimizer per variable list. An embedding's sparse gradient (``tf.IndexedSlices``, one row
-    per token of the batch, so a new shape for every batch shape) gets zero rows up to the next power
-    of two: a few compiled updates instead of one per batch shape. A zero row adds nothing to any
-    update (Keras sums duplicate rows, and their squares, when it densifies): the weights are the same.
-    """
-    variables = list(variables)
-    grads = [_rows_to_power_of_two(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
-    if not optimizer.built:
-        optimizer.build(variables)
-    cache = optimizer.__dict__.setdefault("_bilstm_exp_xla_apply", {})
-    key = tuple(id(v) for v in variables)
-    if key not in cache:
-        cache[key] = tf.function(lambda g: optimizer.apply(g, variables), jit_compile=True)
-    cache[key](list(grads))
-
-
-def _rows_to_power_of_two(grad: tf.IndexedSlices) -> tf.IndexedSlices:
-    rows = tf.shape(grad.indices)[0]
-    log2 = tf.math.log(tf.cast(tf.maximum(rows, 1), tf.float32)) / tf.math.log(2.0)
-    target = tf.bitwise.left_shift(1, tf.cast(tf.math.ceil(log2), tf.int32))
-    extra = tf.maximum(target, rows) - rows  # guards float rounding of log2
-    values, indices = tf.pad(grad.values, [[0, extra], [0, 0]]), tf.pad(grad.indices, [[0, extra]])
-    return tf.IndexedSlices(_any_length(values), _any_length(indices), grad.dense_shape)
