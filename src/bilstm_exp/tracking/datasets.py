@@ -78,11 +78,10 @@ def source(cfg: DataConfig, root: Path | None = None) -> tuple[str, dict[str, st
 def dvc_record(path: Path, root: Path) -> dict[str, str]:
     """``dvc_path`` and ``dvc_md5`` of the file, or of the DVC-tracked folder holding it: from its
     ``.dvc`` file, else from an entry of ``dvc.lock``; empty when DVC tracks neither."""
-    dvc_file = path.with_name(path.name + ".dvc")
-    for out in _yaml(dvc_file).get("outs", []) if dvc_file.is_file() else []:
+    target = (root / path).resolve()  # a relative path is the project's (where DVC's files are)
+    for out in _yaml(target.with_name(target.name + ".dvc")).get("outs", []):
         if out.get("path") == path.name and out.get("md5"):
             return {"dvc_path": str(path), "dvc_md5": out["md5"]}
-    target = (root / path).resolve()
     for stage in (_yaml(root / "dvc.lock").get("stages") or {}).values():
         for entry in [*(stage.get("deps") or []), *(stage.get("outs") or [])]:
             tracked = (root / entry.get("path", "")).resolve()
@@ -121,17 +120,17 @@ def inputs(cfg: DataConfig, prepared: PreparedData, root: Path | None = None) ->
 def dataset_of(metric: str, datasets: list[DatasetInput]) -> Dataset | None:
     """The dataset a final metric was computed on: ``test/*`` the testing one, ``val/*`` the validation one."""
     context = {"test": "testing", "val": "validation"}.get(metric.split("/", 1)[0])
-    return next((d.dataset for d in datasets if context and _context(d) == context), None)
+    return next((d.dataset for d in datasets if context and context_of(d) == context), None)
 
 
-def _context(dataset_input) -> str | None:
+def context_of(dataset_input) -> str | None:
     return next((tag.value for tag in dataset_input.tags if tag.key == CONTEXT_TAG), None)
 
 
 def evaluation_digests(run) -> str | None:
     """The data a run's scores describe, for the champion's "same data" rule: the digests of its
     validation and testing dataset inputs (None for a run recorded before datasets)."""
-    found = {_context(d): d.dataset.digest for d in (run.inputs.dataset_inputs if run.inputs else [])}
+    found = {context_of(d): d.dataset.digest for d in (run.inputs.dataset_inputs if run.inputs else [])}
     if "validation" not in found or "testing" not in found:
         return None
     return f"val:{found['validation']} test:{found['testing']}"
