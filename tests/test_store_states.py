@@ -180,9 +180,12 @@ def test_a_read_only_store_is_readable_and_only_writers_are_refused(read_only_tr
     assert out.returncode == code, out.stderr[-2000:]
     assert says in out.stdout + out.stderr
     assert "Traceback" not in out.stderr and "mlflow.db.lock" not in out.stderr
-    if args == ["runs"]:
+    if args == ["runs"]:  # one line per run: start, status, name, key metrics, id
+        lines = out.stdout.splitlines()
+        assert lines[0].split() == ["STARTED", "(UTC)", "STATUS", "NAME", "KEY", "METRICS", "RUN", "ID"]
         for result in (trained.basic, trained.attention):
-            assert result.run_id in out.stdout
+            (line,) = [line for line in lines if result.run_id in line]
+            assert "FINISHED" in line and f"test/accuracy {result.metrics['test/accuracy']:.4f}" in line
     if code == 2:
         assert "Fix: remount" in out.stderr or "Fix: make it" in out.stderr, out.stderr
 
@@ -287,3 +290,18 @@ def test_two_sweeps_started_in_the_same_second_get_their_own_folders():
     with initialize_config_module("bilstm_exp.conf", version_base=None):
         folders = [OmegaConf.select(compose("config", return_hydra_config=True), "hydra.sweep.dir") for _ in range(2)]
     assert folders[0] != folders[1], folders
+
+
+# --------------------------------------------------------------------------- where a run says it records
+
+
+def test_a_store_in_the_working_folder_is_printed_as_a_uri_that_works_from_anywhere(tmp_path, monkeypatch):
+    from bilstm_exp.config.compose import compose
+    from bilstm_exp.config.schema import validate
+    from bilstm_exp.training import summary
+
+    monkeypatch.chdir(tmp_path)
+    config = validate(compose(["tracking.tracking_uri=sqlite:///eval.db"]))
+    line = summary.recording_line(config, f"sqlite:///{tmp_path / 'eval.db'}")
+    assert f"recording to sqlite:///{tmp_path.resolve() / 'eval.db'} " in line  # sqlite:////abs/.../eval.db
+    assert f"sqlite:///{tmp_path.resolve() / 'eval.db'}".startswith("sqlite:////")
