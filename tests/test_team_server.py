@@ -12,6 +12,7 @@ is stopped with Ctrl-C (SIGINT) at the end, and the last test checks that it sto
 * A user without permission on an experiment cannot write to it; the training CLI says so in one line.
 * Two Optuna workers at once share one study in PostgreSQL (hparams_search=optuna_shared): no trial
   number twice, each trial one child run; one worker launches its jobs with hydra/launcher=submitit_local.
+* `bilstm-exp server`'s bad input (no server needed): one line with a fix, exit 2, nothing half-made.
 """
 
 from __future__ import annotations
@@ -302,27 +303,6 @@ def test_two_optuna_workers_share_one_study_and_submitit_launches_jobs(team, tmp
     assert_no_secret(team, hydra_yaml, "the sweep's hydra.yaml")
 
 
-# --------------------------------------------------------------------------- shutdown (runs last)
-
-
-def test_ctrl_c_stops_mlflow_and_postgres(team):
-    from bilstm_exp.team.postgres import Postgres, pg_bindir
-    from bilstm_exp.team.run_as import RunAs
-
-    info = json.loads((team.state_dir / "server.json").read_text())
-    assert team_server.stop(team) == 0, team.printed()[-2000:]
-    said = team.printed().split("bilstm-exp server: stopping", 1)[-1]
-    assert "MLflow server stopped" in said and "PostgreSQL stopped" in said, said  # each service, cleanly
-    assert said.rstrip().endswith("bilstm-exp server: stopped"), said
-    postgres = Postgres(Path(info["postgres_folder"]), team.db_port, RunAs.for_postgres(), pg_bindir())
-    assert not postgres.running()
-    assert json.loads((team.state_dir / "server.json").read_text())["mlflow_pid"] is None
-    import requests
-
-    with pytest.raises(requests.ConnectionError):  # nothing answers on the tracking port any more
-        requests.get(f"{team.tracking_uri}/health", timeout=30)
-
-
 # --------------------------------------------------------------------------- the command's bad input (no server)
 
 
@@ -352,3 +332,24 @@ def test_server_command_bad_input_is_one_line_with_a_fix_and_exit_2(tmp_path):
     stopped = subprocess.run(module + ["stop", "--dir", str(tmp_path / "none")], capture_output=True, text=True,
                              timeout=120)
     assert stopped.returncode == 0 and "nothing was running" in stopped.stdout, stopped.stderr[-2000:]
+
+
+# --------------------------------------------------------------------------- shutdown (runs last)
+
+
+def test_ctrl_c_stops_mlflow_and_postgres(team):
+    from bilstm_exp.team.postgres import Postgres, pg_bindir
+    from bilstm_exp.team.run_as import RunAs
+
+    info = json.loads((team.state_dir / "server.json").read_text())
+    assert team_server.stop(team) == 0, team.printed()[-2000:]
+    said = team.printed().split("bilstm-exp server: stopping", 1)[-1]
+    assert "MLflow server stopped" in said and "PostgreSQL stopped" in said, said  # each service, cleanly
+    assert said.rstrip().endswith("bilstm-exp server: stopped"), said
+    postgres = Postgres(Path(info["postgres_folder"]), team.db_port, RunAs.for_postgres(), pg_bindir())
+    assert not postgres.running()
+    assert json.loads((team.state_dir / "server.json").read_text())["mlflow_pid"] is None
+    import requests
+
+    with pytest.raises(requests.ConnectionError):  # nothing answers on the tracking port any more
+        requests.get(f"{team.tracking_uri}/health", timeout=30)
