@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from bilstm_exp.errors import UserError
@@ -33,26 +34,27 @@ class DiskFull(UserError):
 
 def is_full(error: BaseException | None) -> bool:
     """True when ``error``, or an error it was raised from or while handling, says the disk is full."""
-    seen: set[int] = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, OSError) and error.errno in _ERRNOS:
-            return True
-        if any(text in str(error).lower() for text in _TEXTS):
-            return True
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return False
+    return any((isinstance(e, OSError) and e.errno in _ERRNOS) or says_full(str(e)) for e in _chain(error))
+
+
+def says_full(text: str) -> bool:
+    """A message (a library's, a log record's) that says the disk is full."""
+    return any(phrase in text.lower() for phrase in _TEXTS)
 
 
 def full_path(error: BaseException) -> str | None:
     """The file a full-disk ``OSError`` along the chain names, if any (shutil and open() name it)."""
+    return next((str(e.filename) for e in _chain(error)
+                 if isinstance(e, OSError) and e.errno in _ERRNOS and e.filename), None)
+
+
+def _chain(error: BaseException | None) -> Iterator[BaseException]:
+    """``error`` and the errors it was raised from or while handling, innermost last."""
     seen: set[int] = set()
     while error is not None and id(error) not in seen:
-        if isinstance(error, OSError) and error.errno in _ERRNOS and error.filename:
-            return str(error.filename)
+        yield error
         seen.add(id(error))
         error = error.__cause__ or error.__context__
-    return None
 
 
 def where(path: Path | str) -> str:
@@ -96,7 +98,7 @@ class _NotDiskFull:
 
     @staticmethod
     def filter(record) -> bool:
-        return not (is_full(record.exc_info[1]) if record.exc_info else is_full(Exception(record.getMessage())))
+        return not (says_full(record.getMessage()) or (record.exc_info is not None and is_full(record.exc_info[1])))
 
 
 def silence_library_reports() -> None:
