@@ -180,6 +180,22 @@ def test_three_fold_cross_validation_is_one_parent_with_three_fold_children(work
     assert metrics["cv/folds"] == 3
     assert result.objective("val/loss") == pytest.approx(metrics["cv/val/loss_mean"])
     assert client.search_model_versions(f"name='{NAME}'") == []  # folds estimate, they do not register
+    # a fold records metrics and small reports, not a model nobody registers (tracking.fold_artifacts=small)
+    assert [registry.logged_model_uri(client, c) for c in children] == [None] * 3
+    assert all("reports" in {a.path for a in client.list_artifacts(c.info.run_id)} for c in children)
+    assert {r.model_uri for r in result.folds} == {None}
+
+
+@pytest.mark.slow  # trains two folds
+def test_folds_log_their_model_and_heatmap_when_asked(workdir):
+    """tracking.fold_artifacts=full: each fold logs its model (still unregistered) and the attention heatmap."""
+    crossval.run(validate(compose(tiny("attention", "data.folds=2", "tracking.fold_artifacts=full"))), root=workdir)
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("bilstm-exp").experiment_id])
+    children = [r for r in runs if r.data.tags.get("cv.role") == "fold"]
+    assert len(children) == 2 and all(registry.logged_model_uri(client, c) for c in children)
+    assert all("attention" in {a.path for a in client.list_artifacts(c.info.run_id)} for c in children)
+    assert client.search_model_versions(f"name='{NAME}'") == []
 
 
 def test_runs_differing_only_in_seed_share_a_config_group():

@@ -87,6 +87,7 @@ class TrackingConfig:
     sweep_registers: str = "best"  # in a -m sweep: best (the best job's model only), all (every job), none
     champion_metric: str | None = None  # the alias `champion` moves to a version that beats it; null: training.monitor
     champion_greater_is_better: bool | None = None  # null: from training.monitor_mode (min for losses)
+    fold_artifacts: str = "small"  # a cross-validation fold logs metrics and reports; full: also its model, heatmap
     system_metrics: bool = True  # MLflow's system/* metrics (CPU, memory, disk, network; GPU) on training runs
     system_metrics_interval_s: float = 10.0  # seconds between samples (MLflow's default; costs nothing measurable)
 
@@ -111,6 +112,7 @@ class TrackingConfig:
         check(self.register_model in (True, False, "auto"), "tracking.register_model",
               f"must be auto, true or false, got {self.register_model!r}", "e.g. tracking.register_model=auto")
         choice(self.sweep_registers, ("best", "all", "none"), "tracking.sweep_registers")
+        choice(self.fold_artifacts, ("small", "full"), "tracking.fold_artifacts")
         if self.champion_metric is not None:
             choice(self.champion_metric, RUN_METRICS, "tracking.champion_metric")
 

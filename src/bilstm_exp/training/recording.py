@@ -133,21 +133,25 @@ def _defaults(group: str, chosen: Any) -> dict[str, Any]:
 
 def results(session: Session, config: ExperimentConfig, classifier: serving.TextClassifier,
             prepared: PreparedData, evaluation: Evaluation, history: dict[str, list[float]],
-            metrics: dict[str, float], folder: Path) -> str:
+            metrics: dict[str, float], folder: Path) -> str | None:
     """Artifacts and the model, in a fresh folder: repeatable if the server goes down meanwhile.
-    Returns the logged model's URI."""
+    Returns the logged model's URI (None: a cross-validation fold, which logs no model by default)."""
     folder = Path(tempfile.mkdtemp(prefix="record-", dir=folder))
     if (folder.parent / "profile").is_dir():  # profiling=trace: a TensorBoard-readable profiler trace
         session.log_artifacts(folder.parent / "profile", "profile")
-    _artifacts(session, classifier.model, prepared, evaluation, history, folder / "reports")
+    full = "fold" not in session.journal.tags or config.tracking.fold_artifacts == "full"  # a fold: small reports
+    _artifacts(session, classifier.model, prepared, evaluation, history, folder / "reports", heatmap=full)
+    if not full:  # a fold's model is never registered: not logged either (tracking.fold_artifacts=full logs it)
+        session.log_tags({registry.SKIPPED_TAG: registry.skip_reason(config.tracking.register_model, None, fold=True)})
+        return None
     # one step past the kept weights' evaluation (step = epochs trained): a step without metrics, so MLflow
     # links none to the model by itself (it would drop their datasets); _attach_metrics links them
     return _model(session, config, classifier, prepared, metrics, folder / "model", len(history.get("loss", [])) + 1)
 
 
 def _artifacts(session: Session, model, prepared: PreparedData, evaluation: Evaluation,
-               history: dict[str, list[float]], folder: Path) -> None:
-    """Curves, confusion matrix, classification report, vocabulary and (attention) the heatmap."""
+               history: dict[str, list[float]], folder: Path, heatmap: bool = True) -> None:
+    """Curves, confusion matrix, classification report, vocabulary and (attention, ``heatmap``) the heatmap."""
     folder.mkdir()
     names = prepared.class_names
     reports.training_curves(history, folder / "training_curves.png")
@@ -155,7 +159,7 @@ def _artifacts(session: Session, model, prepared: PreparedData, evaluation: Eval
     reports.classification_report(evaluation.y_true, evaluation.y_pred, names, folder / "classification_report.txt")
     (folder / "vocab.json").write_text(prepared.vocab.to_json())
     session.log_artifacts(folder, "reports")
-    if has_attention(model):
+    if heatmap and has_attention(model):
         attention = folder / "attention"
         attention.mkdir()
         reports.attention_heatmap(attention_examples(model, prepared, evaluation), attention)
