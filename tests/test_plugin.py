@@ -234,3 +234,22 @@ def test_a_stage_refuses_params_composed_by_another_bilstm_exp_version_until_rec
     assert f"composed with bilstm-exp 0.0.1 and {__version__} is installed" in message and "Fix:" in message
     assert run_module(["compose-params"], tmp_path, module=cli).returncode == 0
     assert yaml.safe_load(params.read_text())["bilstm_exp_version"] == __version__
+
+
+def test_constraints_pin_every_installed_package_and_the_gpu_extra():
+    """`make install` pins with constraints.txt: every distribution of the dev install (the base and
+    every extra but [gpu]) at the version installed here, and the [gpu] TensorFlow at the CPU one's."""
+    import re
+    from importlib.metadata import distributions
+
+    from tests.conftest import ROOT
+
+    def norm(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    lines = [line.split("#")[0].strip() for line in (ROOT / "constraints.txt").read_text().splitlines()]
+    pins = {norm(name): version for name, _, version in (line.partition("==") for line in lines if "==" in line)}
+    installed = {norm(d.metadata["Name"]): d.version for d in distributions()}
+    assert {name: version for name, version in installed.items()
+            if pins.get(name) != version and name not in ("bilstm-exp", "pip")} == {}
+    assert pins["tensorflow"] == pins["tensorflow-cpu"] and any(name.startswith("nvidia-cudnn") for name in pins)
