@@ -105,7 +105,7 @@ def _configure_dvc(root: Path) -> str | None:
         return None
     from configobj import ConfigObj  # DVC's own config format and library
 
-    (root / ".dvc" / PLOTS_PAGE).write_bytes((PACKAGED_PLOTS_PAGE).read_bytes())
+    (root / ".dvc" / PLOTS_PAGE).write_bytes(PACKAGED_PLOTS_PAGE.read_bytes())
     parsed = ConfigObj(str(root / ".dvc" / "config"), encoding="utf-8")
     parsed.setdefault("hydra", {}).update({"enabled": "true", "config_dir": "conf", "config_name": "config"})
     parsed.setdefault("plots", {})["html_template"] = PLOTS_PAGE  # relative to .dvc/
