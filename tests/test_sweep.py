@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from bilstm_exp.cli.main import compose
+from bilstm_exp.config.compose import compose
 from bilstm_exp.config.schema import validate
 from tests.conftest import TINY, run_module, tiny
 
@@ -164,6 +164,8 @@ def test_a_two_objective_search_logs_its_pareto_front_on_the_parent(tmp_path):
     (["hparams_search=optuna_pareto", "hydra.sweeper.objectives=[val/loss]"],
      "hydra.sweeper.objectives names 1 metrics for 2 directions"),
     (["hparams_search=optuna", "hydra.sweeper.direction=minimise"], "hydra.sweeper.direction: 'minimise' is not"),
+    (["hparams_search=optuna", "hydra.sweeper.storage=sqlite:///nodir/optuna.db"],
+     "cannot open the Optuna storage sqlite:///nodir/optuna.db"),
 ])
 def test_bad_optuna_settings_stop_the_sweep_in_one_line_before_any_trial(tmp_path, overrides, problem):
     result = run_module(["-m", *overrides], tmp_path, timeout=300)

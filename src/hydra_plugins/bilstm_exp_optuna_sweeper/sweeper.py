@@ -139,8 +139,12 @@ class OptunaSweeper(Sweeper):
         from hydra.errors import InstantiationException
         from hydra.utils import instantiate
 
+        from bilstm_exp.team.optuna_storage import optuna_storage
+
         storage = self.storage_config
-        if isinstance(storage, DictConfig):  # a _target_ node, e.g. bilstm_exp.team.optuna_storage.optuna_storage
+        if isinstance(storage, str):  # a database URL: refused with a password, a failure to open is one line
+            storage = optuna_storage(storage)
+        elif isinstance(storage, DictConfig):  # a _target_ node, e.g. bilstm_exp.team.optuna_storage.journal_storage
             try:
                 storage = instantiate(storage)
             except InstantiationException as error:  # Hydra wraps the target's own error: a UserError is shown as is
