@@ -6,7 +6,8 @@ readable: start time, status, name (the config), the monitored metric and test a
 Reading needs no write access: a store on a read-only file system can be listed.
 
 A run ends FINISHED, FAILED or KILLED whenever its process can still act (exceptions, Ctrl-C,
-SIGTERM). A ``kill -9``, the OOM killer or a power cut leave it RUNNING for ever. Every run carries
+SIGTERM). A ``kill -9``, the OOM killer, a power cut, or a disk so full that the store cannot record
+the end (:mod:`bilstm_exp.disk`) leave it RUNNING for ever. Every run carries
 the tags ``bilstm_exp.heartbeat`` (UTC time of its last logged epoch, or of its start),
 ``bilstm_exp.host`` and ``bilstm_exp.pid`` (:mod:`bilstm_exp.tracking.session`). A RUNNING run is
 *stale* when
@@ -139,20 +140,19 @@ def table(runs: list, names: dict[str, str]) -> list[str]:
 # --------------------------------------------------------------------------- CLI
 
 
-def add_command(sub) -> None:
-    p = sub.add_parser("runs", help="list recent runs (status, name, key metrics, id); --stale: those a dead "
-                                    "process left RUNNING; --close: end them KILLED",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--limit", type=int, default=DEFAULT_LIMIT, metavar="N",
-                   help=f"how many of the most recent runs to list (default {DEFAULT_LIMIT})")
-    p.add_argument("--stale", action="store_true", help="only runs whose process is gone or whose heartbeat is old")
-    p.add_argument("--older-than", type=float, default=DEFAULT_OLDER_THAN_MIN, metavar="MIN",
-                   help=f"heartbeat age in minutes that makes a run stale (default {DEFAULT_OLDER_THAN_MIN:g})")
-    p.add_argument("--close", action="store_true", help="end the stale runs KILLED (needs --stale)")
-    p.add_argument("--experiment", default=None, help="only this experiment (default: all)")
-    p.add_argument("--tracking-uri", default=None,
-                   help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
-    p.set_defaults(func=command)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``bilstm-exp runs``."""
+    parser.description = __doc__
+    parser.add_argument("--limit", type=int, default=DEFAULT_LIMIT, metavar="N",
+                        help=f"how many of the most recent runs to list (default {DEFAULT_LIMIT})")
+    parser.add_argument("--stale", action="store_true",
+                        help="only runs whose process is gone or whose heartbeat is old")
+    parser.add_argument("--older-than", type=float, default=DEFAULT_OLDER_THAN_MIN, metavar="MIN",
+                        help=f"heartbeat age in minutes that makes a run stale (default {DEFAULT_OLDER_THAN_MIN:g})")
+    parser.add_argument("--close", action="store_true", help="end the stale runs KILLED (needs --stale)")
+    parser.add_argument("--experiment", default=None, help="only this experiment (default: all)")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
 
 
 def command(args: argparse.Namespace) -> None:
