@@ -40,11 +40,11 @@ LAYERS = [
     {"stages.outputs", "stages.params", "stages.prepare", "stages.train", "stages.evaluate", "stages.commands",
      "analysis.compare", "analysis.bench", "analysis.bench_setup", "analysis.bench_measure",
      "analysis.bench_report"},
-    {"cli.main", "__main__"},
+    {"cli.init", "cli.train"},
+    {"cli.commands", "cli.main", "__main__"},
 ]
 PACKAGES = {"__init__", "config", "conf", "data", "models", "training", "tracking", "analysis", "serving", "team",
             "stages", "cli"}
-    {"cli.init"},
 
 
 def module_name(path: Path) -> str:

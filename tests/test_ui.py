@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from bilstm_exp.cli.main import compose
+from bilstm_exp.config.compose import compose
 from bilstm_exp.config.schema import validate
 from bilstm_exp.training import runner as training
 from tests.conftest import ROOT, tiny
@@ -125,3 +125,28 @@ def test_run_comparison_shows_the_runs_and_their_val_accuracy(chromium, mlflow_s
     if os.environ.get("UPDATE_SCREENSHOTS") == "1":
         SCREENSHOT.parent.mkdir(exist_ok=True)
         shutil.copyfile(shot, SCREENSHOT)
+
+
+def test_the_runs_table_shows_a_default_runs_datasets(chromium, mlflow_server, workdir, unique_name, tmp_path):
+    """The Dataset column of the experiment's runs table names the run's splits (MLflow dataset inputs):
+    the first with its digest, "+2" for the other two."""
+    experiment = "datasets-" + unique_name[-8:]
+    config = validate(compose(tiny("basic", "tracking=server", f"tracking.tracking_uri={mlflow_server}",
+                                   f"tracking.experiment_name={experiment}", "training.verbose=0")))
+    result = training.run(config, root=workdir, overrides=[])
+    run = MlflowClient(mlflow_server).get_run(result.run_id)
+
+    page = chromium.new_page(viewport={"width": 1600, "height": 900})
+    page.route("**/*", lambda route: route.continue_() if urllib.parse.urlsplit(route.request.url).hostname
+               == "127.0.0.1" else route.abort())
+    page.goto(f"{mlflow_server}/#/experiments/{run.info.experiment_id}/runs")
+    page.get_by_text(run.info.run_name, exact=True).first.wait_for(timeout=60_000)
+    page.get_by_role("columnheader", name="Dataset").first.wait_for(timeout=30_000)
+    # the experiment's one run: its Dataset cell, e.g. "synthetic-train (ad71464f9cc2543ff...)  +2"
+    digest = next(d.dataset.digest for d in run.inputs.dataset_inputs if d.dataset.name == "synthetic-train")
+    cell = page.get_by_role("gridcell").filter(has_text=f"synthetic-train ({digest[:12]}")
+    cell.first.wait_for(timeout=30_000)
+    assert "+2" in cell.first.inner_text(), cell.first.inner_text()
+    page.screenshot(path=str(tmp_path / "mlflow-datasets.png"))
+    if os.environ.get("UPDATE_SCREENSHOTS") == "1":
+        shutil.copyfile(tmp_path / "mlflow-datasets.png", SCREENSHOT.with_name("mlflow-datasets.png"))
