@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bilstm_exp.cli.main import compose
+from bilstm_exp.config.compose import compose
 from bilstm_exp.config.schema import validate
 from bilstm_exp.data import batching, sources
 from bilstm_exp.data import prepare as data

@@ -14,7 +14,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from bilstm_exp.cli.main import compose
+from bilstm_exp.config.compose import compose
 from bilstm_exp.config.data_schema import FileDataConfig
 from bilstm_exp.config.schema import validate
 from bilstm_exp.data.prepare import prepare, prepare_folds

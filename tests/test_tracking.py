@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from bilstm_exp.cli.main import compose
+from bilstm_exp.config.compose import compose
 from bilstm_exp.config.schema import validate
 from bilstm_exp.tracking import lineage as context
 from bilstm_exp.tracking import model_registry as registry

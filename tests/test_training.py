@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from bilstm_exp.cli.main import compose
+from bilstm_exp.config.compose import compose
 from bilstm_exp.config.schema import validate
 from bilstm_exp.training import runner as training
 from tests.conftest import epoch_steps, run_module, tiny

@@ -15,7 +15,7 @@ quiet.setup()  # first: before Hydra, TensorFlow or MLflow print anything (BILST
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from bilstm_exp.cli.main import check_overrides, run_from_hydra  # noqa: E402
+from bilstm_exp.cli.train import check_overrides, run_from_hydra  # noqa: E402
 from bilstm_exp.config.compose import CONF_MODULE, CONFIG_NAME, VERSION_BASE, check_composes  # noqa: E402
 from bilstm_exp.config.registration import register_schemas  # noqa: E402
 from bilstm_exp.errors import exit_on_user_error  # noqa: E402

@@ -46,7 +46,6 @@ from bilstm_exp.analysis.bench_measure import Bench
 from bilstm_exp.analysis.bench_report import GOALS, machine, plot_grid, render, verdict
 from bilstm_exp.analysis.bench_setup import PROFILES, Settings, log
 
-HELP = "measure tracking overhead, bucketing, baseline speed-up, peak fraction, serving latency, cost grid"
 ORDER = ("kernel_speedup", "tracking_overhead", "peak_fraction", "bucketing_speedup", "vs_baseline_speedup",
          "serving_latency_ratio", "grid")  # peak_fraction reuses tracking_overhead's steady epoch time
 

@@ -34,13 +34,11 @@ TRY = (
 )
 
 
-def add_command(sub: argparse._SubParsersAction) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``bilstm-exp init``."""
-    p = sub.add_parser("init", help="set up bilstm-exp in your repository: conf/, dvc.yaml, params.yaml",
-                       description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("dir", nargs="?", default=".", type=Path, help="the repository's root (default: here)")
-    p.add_argument("--force", action="store_true", help="overwrite conf/config.yaml, dvc.yaml, params.yaml ...")
-    p.set_defaults(func=command)
+    parser.description = __doc__.split("\n\n")[1]
+    parser.add_argument("dir", nargs="?", default=".", type=Path, help="the repository's root (default: here)")
+    parser.add_argument("--force", action="store_true", help="overwrite conf/config.yaml, dvc.yaml, params.yaml ...")
 
 
 def command(args: argparse.Namespace) -> None:

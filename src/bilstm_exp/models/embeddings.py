@@ -166,24 +166,22 @@ def pretrain(texts: list[str], out: Path, *, method: str = "word2vec", dim: int 
                            time.perf_counter() - start, out)
 
 
-def add_command(sub: argparse._SubParsersAction) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``bilstm-exp pretrain-embeddings``."""
-    p = sub.add_parser("pretrain-embeddings", help="train word2vec or fastText vectors on your own unlabelled text",
-                       description="Train word vectors on unlabelled text (tokenised like the classifier's "
-                                   "input) and write them in word2vec text format; use them with "
-                                   "model.pretrained_embeddings=OUT model.embedding_dim=DIM.")
-    p.add_argument("--input", required=True, type=Path, help="a text file (one text per line) or a .csv/.tsv")
-    p.add_argument("--text-column", default="text", help="the text column of a .csv/.tsv input (default: text)")
-    p.add_argument("--out", required=True, type=Path, help="where to write the vectors (word2vec text format)")
-    p.add_argument("--method", default="word2vec", choices=METHODS, help="word2vec (default) or fasttext")
-    p.add_argument("--dim", type=int, default=100, help="vector size (default: 100)")
-    p.add_argument("--epochs", type=int, default=5, help="passes over the text (default: 5)")
-    p.add_argument("--min-count", type=int, default=2, help="ignore words seen fewer times (default: 2)")
-    p.add_argument("--window", type=int, default=5, help="context words on each side (default: 5)")
-    p.add_argument("--cbow", action="store_true", help="CBOW instead of skip-gram (faster, weaker on rare words)")
-    p.add_argument("--seed", type=int, default=42, help="random seed (default: 42)")
-    p.add_argument("--workers", type=int, default=1, help="training threads; 1 (default) is reproducible")
-    p.set_defaults(func=command)
+    parser.description = ("Train word vectors on unlabelled text (tokenised like the classifier's input) and write\n"
+                          "them in word2vec text format; use them with model.pretrained_embeddings=OUT\n"
+                          "model.embedding_dim=DIM.")
+    parser.add_argument("--input", required=True, type=Path, help="a text file (one text per line) or a .csv/.tsv")
+    parser.add_argument("--text-column", default="text", help="the text column of a .csv/.tsv input (default: text)")
+    parser.add_argument("--out", required=True, type=Path, help="where to write the vectors (word2vec text format)")
+    parser.add_argument("--method", default="word2vec", choices=METHODS, help="word2vec (default) or fasttext")
+    parser.add_argument("--dim", type=int, default=100, help="vector size (default: 100)")
+    parser.add_argument("--epochs", type=int, default=5, help="passes over the text (default: 5)")
+    parser.add_argument("--min-count", type=int, default=2, help="ignore words seen fewer times (default: 2)")
+    parser.add_argument("--window", type=int, default=5, help="context words on each side (default: 5)")
+    parser.add_argument("--cbow", action="store_true", help="CBOW instead of skip-gram (faster, weaker on rare words)")
+    parser.add_argument("--seed", type=int, default=42, help="random seed (default: 42)")
+    parser.add_argument("--workers", type=int, default=1, help="training threads; 1 (default) is reproducible")
 
 
 def command(args: argparse.Namespace) -> None:

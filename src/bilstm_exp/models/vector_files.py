@@ -2,7 +2,7 @@
 
 :func:`check` is a run's pre-flight for ``model.pretrained_embeddings``: the file exists, reads as
 the configured format and has ``model.embedding_dim`` dimensions. The entry points call it after the
-config is validated and before TensorFlow is imported or the store is touched (``cli.main.train``,
+config is validated and before TensorFlow is imported or the store is touched (``cli.train.train``,
 the DVC train stage), so a wrong path fails in a second; ``models.embeddings`` reads the file later
 with the format :func:`probe` recognised. The config's own validation opens no file.
 No gensim, no TensorFlow here.

@@ -15,11 +15,19 @@ import codecs
 from pathlib import Path
 
 from bilstm_exp.data import tables
-from bilstm_exp.errors import DataError, fail
+from bilstm_exp.errors import DataError, UserError
 
 OPTIONS = tables.Options(path="--file", encoding="--encoding ",
                          contents="texts, one per line (or a CSV with a 'text' column and one text per row)",
                          example="texts.txt")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="models:/bilstm-sentiment@champion", help="model URI")
+    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLflow's own default)")
+    parser.add_argument("--file", default=None, help="a text file (one text per line) or a CSV with a text column")
+    parser.add_argument("--encoding", default="utf-8", help="the file's text encoding, e.g. latin-1 (default: utf-8)")
+    parser.add_argument("texts", nargs="*")
 
 
 def command(args: argparse.Namespace) -> None:
@@ -39,11 +47,11 @@ def given_texts(arguments: list[str], file: Path | None, encoding: str) -> list[
     """The texts to classify: the arguments, then the file's; refuses none and blank ones."""
     texts = list(arguments) + (read_texts(file, encoding) if file else [])
     if not texts:
-        fail("no texts given. Fix: pass texts as arguments or --file PATH")
+        raise DataError("no texts given. Fix: pass texts as arguments or --file PATH")
     blank = [i for i, text in enumerate(texts) if not text.strip()]
     if blank:
-        fail(f"text {blank[0] + 1} of {len(texts)} is empty or only whitespace: there is nothing to classify. "
-             "Fix: pass non-empty texts")
+        raise DataError(f"text {blank[0] + 1} of {len(texts)} is empty or only whitespace: there is nothing to "
+                        "classify. Fix: pass non-empty texts")
     return texts
 
 
@@ -79,8 +87,9 @@ def _load(model_uri: str, tracking_uri: str | None):
     try:
         return mlflow.pyfunc.load_model(model_uri)
     except Exception as error:
-        fail(f"cannot load model {model_uri}: {str(error).splitlines()[0]}. Fix: check the URI "
-             "(models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/model) and the tracking URI")
+        raise UserError(f"cannot load model {model_uri}: {str(error).splitlines()[0]}. Fix: check the URI "
+                        "(models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/model) and the tracking "
+                        "URI") from None
 
 
 def _predict(model, texts: list[str]):
@@ -90,4 +99,5 @@ def _predict(model, texts: list[str]):
     try:
         return model.predict(pd.DataFrame({"text": texts}))  # matches any raw-text signature, old or new
     except MlflowException as error:
-        fail(f"the model refused the input: {error.message.splitlines()[0]}. Fix: pass non-empty texts")
+        raise DataError(f"the model refused the input: {error.message.splitlines()[0]}. Fix: pass non-empty "
+                        "texts") from None

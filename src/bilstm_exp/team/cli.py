@@ -27,6 +27,8 @@ PREFIX = "bilstm-exp server:"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``bilstm-exp server`` and ``python -m bilstm_exp.team.cli``: what the server starts, then the options."""
+    parser.description = server.__doc__
     parser.add_argument("action", nargs="?", default="start", choices=["start", "stop", "user"],
                         help="start: run PostgreSQL and the MLflow server in the foreground until Ctrl-C; "
                              "stop: stop what a killed start left running; user NAME: create an MLflow user "
@@ -38,14 +40,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=5000, help="MLflow server port (0: a free one; default 5000)")
     parser.add_argument("--db-port", type=int, default=0, help="PostgreSQL port (0: a free one, kept on restart)")
     parser.add_argument("--workers", type=int, default=2, help="MLflow server worker processes")
-
-
-def add_command(subparsers) -> None:
-    """``bilstm-exp server``: hook for cli.main (``team.cli.add_command(sub)``)."""
-    parser = subparsers.add_parser("server", help="start a local team tracking server (PostgreSQL + MLflow "
-                                                  "basic auth + proxied artifacts)")
-    add_arguments(parser)
-    parser.set_defaults(func=command)
 
 
 def command(args: argparse.Namespace) -> None:
@@ -123,8 +117,7 @@ def stop_and_say_so(running: server.TeamServer) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="bilstm-exp server", description=server.__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="bilstm-exp server", formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     args = parser.parse_args(argv)
     with exit_on_user_error(interrupted="stopped"):

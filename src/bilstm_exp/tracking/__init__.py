@@ -9,7 +9,7 @@
     ending               the one rule a run ends by (FINISHED, FAILED, KILLED), signals, liveness tags
     session              one run's lifecycle: every write of a run (single, sweep or CV parent) goes here
     callback             the Keras ``MLflowLogger`` (the only module here that imports Keras)
-    register_command     `bilstm-exp register`: a run's model, after its store refused the registration
+    register_command     `bilstm-exp register` (a run's model, after its store refused it) and `promote`
 
 May import ``errors``, ``disk``, ``config`` and ``data``; never ``training``, ``stages`` or ``cli``. This
 ``__init__`` imports nothing, so ``from bilstm_exp.tracking import store`` stays light.

@@ -264,18 +264,17 @@ def _sync_model(local: MlflowClient, target: MlflowClient, model, run_id: str, e
 # --------------------------------------------------------------------------- CLI
 
 
-def add_command(sub) -> None:
-    p = sub.add_parser("sync", help="upload runs kept offline (the tracking server was down) to a server",
-                       description=f"Upload a run kept in {FOLDER}/ because its tracking server was "
-                                   "unreachable: params, metrics, tags, artifacts, model and registry version.")
-    p.add_argument("--from", dest="source", required=True, help=f"an offline run folder, e.g. {FOLDER}/RUN_ID, "
-                                                                 f"or {FOLDER}/ for all of them")
-    p.add_argument("--to", dest="target", default=None,
-                   help="tracking URI to upload to (default: the server the run was meant for)")
-    p.set_defaults(func=_command)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``bilstm-exp sync``."""
+    parser.description = (f"Upload a run kept in {FOLDER}/ because its tracking server was unreachable:\n"
+                          "params, metrics, tags, artifacts, model and registry version.")
+    parser.add_argument("--from", dest="source", required=True,
+                        help=f"an offline run folder, e.g. {FOLDER}/RUN_ID, or {FOLDER}/ for all of them")
+    parser.add_argument("--to", dest="target", default=None,
+                        help="tracking URI to upload to (default: the server the run was meant for)")
 
 
-def _command(args: argparse.Namespace) -> None:
+def command(args: argparse.Namespace) -> None:
     source = Path(args.source)
     if not source.exists():
         raise TrackingError(f"{source}: no such folder. Fix: pass the folder the run printed, "

@@ -1,4 +1,5 @@
-"""`bilstm-exp register --run RUN_ID`: register a finished run's logged model later.
+"""The registry by hand: `bilstm-exp register --run RUN_ID` registers a finished run's logged model
+later; `bilstm-exp promote --model NAME --version N --reason TEXT` moves the champion alias.
 
 For a run whose store refused its registration past the retries (tag ``registry.failed``: a sqlite
 database that stayed locked under many concurrent runs, a server answering 5xx), or a run that was
@@ -15,16 +16,15 @@ import argparse
 from bilstm_exp.errors import TrackingError
 
 
-def add_command(sub) -> None:
-    p = sub.add_parser("register", help="register a finished run's model (e.g. after its store refused it)",
-                       description=__doc__.split("\n\n")[1].replace("\n", " "))
-    p.add_argument("--run", dest="run_id", required=True, help="the id of a FINISHED run that logged a model")
-    p.add_argument("--tracking-uri", default=None,
-                   help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
-    p.set_defaults(func=_command)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``bilstm-exp register``."""
+    parser.description = __doc__.split("\n\n")[1]
+    parser.add_argument("--run", dest="run_id", required=True, help="the id of a FINISHED run that logged a model")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
 
 
-def _command(args: argparse.Namespace) -> None:
+def command(args: argparse.Namespace) -> None:
     import mlflow
 
     from bilstm_exp.tracking import model_registry as registry
@@ -61,3 +61,28 @@ def _finished_run(client, run_id: str, where: str):
         raise TrackingError(f"run {run_id} ended {run.info.status}: only a FINISHED run's model is registered. "
                             "Fix: resume it (training.resume=true) or train it again")
     return run
+
+
+def add_promote_arguments(parser: argparse.ArgumentParser) -> None:
+    """``bilstm-exp promote``."""
+    parser.add_argument("--model", required=True, help="registered model name, e.g. bilstm-sentiment")
+    parser.add_argument("--version", required=True, type=int, help="the version to serve as champion")
+    parser.add_argument("--reason", required=True, help="why (recorded as the version's champion.reason tag)")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
+
+
+def promote_command(args: argparse.Namespace) -> None:
+    """Move ``NAME@champion`` to the version, recording who (MLFLOW_TRACKING_USERNAME, else the login) and why."""
+    import getpass
+    import os
+
+    from bilstm_exp.tracking import model_registry as registry
+    from bilstm_exp.tracking import store
+
+    client = store.open_store(store.existing_store(args.tracking_uri), write=True)
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME") or getpass.getuser()
+    version = registry.promote(client, args.model, args.version, args.reason, user)
+    previous = version.tags.get("champion.previous_version", "none")
+    print(f"{args.model}@{registry.CHAMPION} -> version {version.version} (was {previous}); promoted by {user}: "
+          f"{args.reason.strip()}")
