@@ -52,7 +52,10 @@ import keras
 import tensorflow as tf
 from keras.src.backend import AutocastScope  # no public alias in Keras 3.15
 
+from bilstm_exp.models import xla_cache
+
 KERNELS = ("fast", "keras")
+xla_cache.enable()  # XLA programs kept across processes; before any TF function runs (models/xla_cache.py)
 
 
 # ----------------------------------------------------------------------------- the loops (XLA)

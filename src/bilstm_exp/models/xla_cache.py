@@ -1,0 +1,190 @@
+"""XLA's compiled programs kept across processes, safely: the second run of a shape loads, not compiles.
+
+TensorFlow has a persistent compilation cache (``TF_XLA_FLAGS=--tf_xla_persistent_cache_directory=DIR``:
+one file per compiled program), but used directly it fails the op, and with it the run, when an entry
+is unreadable (a truncated file: "Read less bytes than requested") or the directory cannot be written,
+and it loads whatever machine code the directory holds. So TensorFlow never sees the shared cache:
+
+- the shared cache is private: ``$XDG_CACHE_HOME/bilstm-exp/xla`` (else ``~/.cache/...``, or
+  ``BILSTM_EXP_XLA_CACHE``), mode 0700, refused if another user owns it or others may write it; one
+  folder per TensorFlow version and CPU (a program compiled for other CPU features may not run);
+- each process gets a folder of its own inside it, and TensorFlow's flag points there; before the
+  first compile the shared entries whose checksum holds are copied in (a truncated, garbage or
+  half-written entry is skipped: TensorFlow compiles that program again);
+- when the process ends, the programs it compiled are published: written under a temporary name,
+  then renamed, checksum first (two writers of one program: the last rename wins, both whole);
+- anything that goes wrong on the way (no home, a full disk, a folder of someone else's) leaves the
+  cache off for the process: it compiles as without one, and no op fails because of the cache.
+
+``BILSTM_EXP_XLA_CACHE=off`` turns it off; a ``TF_XLA_FLAGS`` that names its own
+``--tf_xla_persistent_cache_directory`` is left alone (the tests count compiled programs that way).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import hashlib
+import os
+import platform
+import shutil
+import socket
+import stat
+import tempfile
+import time
+from pathlib import Path
+
+import tensorflow as tf
+
+ENV = "BILSTM_EXP_XLA_CACHE"  # a folder for the shared cache, or "off"
+FLAG = "--tf_xla_persistent_cache_directory"
+MAGIC = b"bilstm-exp xla entry 1\n"  # then the payload's sha256 (hex) and a newline, then TensorFlow's file
+SUFFIX = ".entry"
+MIN_FREE_BYTES = 1 << 30  # below this much free space the cache stays off (a failed write fails the op)
+_state: dict[str, Path | None] = {}  # "local": this process's folder, set once enable() ran
+
+
+def enable() -> Path | None:
+    """Point TensorFlow's cache at this process's folder, filled from the shared cache; idempotent.
+    Must run before any TF function does (``bilstm_exp.models.fast_lstm`` calls it when imported).
+    Returns the folder, or None when the cache is off for this process."""
+    if "local" not in _state:
+        _state["local"] = None
+        if os.environ.get(ENV, "").lower() != "off" and FLAG not in os.environ.get("TF_XLA_FLAGS", ""):
+            try:
+                _state["local"] = _start(shared_folder())
+            except OSError:  # no cache for this process; compiling works as without one
+                _state["local"] = None
+    return _state["local"]
+
+
+def shared_folder() -> Path:
+    """The shared cache of this TensorFlow version on this CPU."""
+    root = Path(os.environ.get(ENV) or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+                / "bilstm-exp" / "xla")
+    machine = hashlib.sha256(f"{platform.machine()} {_cpu_flags()}".encode()).hexdigest()[:12]
+    return root / f"tf{tf.__version__}-{machine}"
+
+
+def _start(shared: Path) -> Path | None:
+    _private_folder(shared)
+    if shutil.disk_usage(shared).free < MIN_FREE_BYTES:
+        return None
+    _remove_dead_processes(shared)
+    local = Path(tempfile.mkdtemp(prefix=f"process-{socket.gethostname()}-{os.getpid()}-", dir=shared))
+    for entry in shared.glob(f"*{SUFFIX}"):
+        payload = read_entry(entry)
+        if payload is not None:
+            (local / (entry.name[: -len(SUFFIX)] + ".pb")).write_bytes(payload)
+    imported = {p.name for p in local.iterdir()}
+    _point_tensorflow_at(local)
+    probe = {p.name for p in local.iterdir()} - imported
+    if not probe:  # TensorFlow had read its flags already (a TF function ran before): no cache this time
+        shutil.rmtree(local, ignore_errors=True)
+        return None
+    atexit.register(publish, local, shared, imported | probe)
+    return local
+
+
+def _point_tensorflow_at(local: Path) -> None:
+    """TensorFlow reads its XLA flags once, when the first TF function runs: set the flag, run a program
+    of this process's own (a random constant: compiled, so written to ``local``, which proves the flag
+    took), then restore the variable, so child processes do not inherit this process's folder."""
+    previous = os.environ.get("TF_XLA_FLAGS")
+    os.environ["TF_XLA_FLAGS"] = f"{previous or ''} {FLAG}={local}".strip()
+    try:
+        own = float(int.from_bytes(os.urandom(4), "little"))
+        tf.function(lambda: tf.constant(own) + 1.0, jit_compile=True)()
+    finally:
+        if previous is None:
+            del os.environ["TF_XLA_FLAGS"]
+        else:
+            os.environ["TF_XLA_FLAGS"] = previous
+
+
+def publish(local: Path, shared: Path, imported: set[str] = frozenset()) -> int:
+    """Copy the programs compiled into ``local`` (not those copied in) to ``shared``, atomically; remove
+    ``local``. Returns how many were published; never raises."""
+    published = 0
+    try:
+        for program in local.glob("*.pb"):
+            if program.name not in imported:
+                write_entry(shared / (program.name[: -len(".pb")] + SUFFIX), program.read_bytes())
+                published += 1
+    except OSError:
+        pass
+    shutil.rmtree(local, ignore_errors=True)
+    return published
+
+
+def write_entry(path: Path, payload: bytes) -> None:
+    """Write to a temporary name in the same folder, then rename: a reader sees the old entry or the
+    whole new one, never a part."""
+    header = MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n"
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(header + payload)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def read_entry(path: Path) -> bytes | None:
+    """The payload of a whole entry, or None (unreadable, truncated, garbage, another format)."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    digest_end = len(MAGIC) + 64
+    if not data.startswith(MAGIC) or data[digest_end: digest_end + 1] != b"\n":
+        return None
+    payload = data[digest_end + 1:]
+    return payload if hashlib.sha256(payload).hexdigest().encode() == data[len(MAGIC): digest_end] else None
+
+
+def _private_folder(folder: Path) -> None:
+    """Create ``folder`` and the cache's root above it for this user only (0700); raise OSError when
+    either is another user's or others may write to it (they could plant programs for it to run)."""
+    for path in (folder.parent, folder):
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = path.stat()
+        if info.st_uid != os.getuid() or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise PermissionError(f"{path} is not private to this user")
+        os.chmod(path, 0o700)
+
+
+def _remove_dead_processes(shared: Path) -> None:
+    """Folders of processes of this host that ended without publishing (killed), and temporary files of
+    writers killed mid-write (a write takes milliseconds; an hour-old one is dead): nothing to keep."""
+    for temp in shared.glob(".*.tmp"):
+        with contextlib.suppress(OSError):
+            if time.time() - temp.stat().st_mtime > 3600:
+                temp.unlink()
+    prefix = f"process-{socket.gethostname()}-"
+    for folder in shared.glob(f"{prefix}*"):
+        pid = folder.name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _cpu_flags() -> str:
+    """The CPU's feature flags (Linux), else the processor's name."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()

@@ -1,0 +1,105 @@
+"""XLA's compiled programs kept across processes (bilstm_exp.models.xla_cache), and never a failed op.
+
+Real TensorFlow in child processes training a tiny FastLSTM step with a cache folder of their own
+(``BILSTM_EXP_XLA_CACHE``): a second process loads what the first compiled; entries damaged as a
+killed writer leaves them (truncated, garbage, a stray temporary file) are skipped, compiled again and
+published whole; two writers of one entry leave one whole entry; a folder others may write is not used.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bilstm_exp.models import xla_cache
+
+TRAIN_STEP = """
+import os
+import numpy as np, keras, tensorflow as tf
+from bilstm_exp.models import xla_cache
+from bilstm_exp.models.fast_lstm import FastLSTM  # enables the cache when imported
+local = xla_cache.enable()
+print("copied-in", -1 if local is None else len(list(local.iterdir())) - 1)  # less this process's probe
+layer = keras.layers.Bidirectional(FastLSTM(4))
+x = np.random.default_rng(0).random((8, 6, 3)).astype("float32")
+
+@tf.function
+def step(x):
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(layer(x))
+    return tape.gradient(loss, layer.trainable_variables)
+
+print("gradients", len(step(x)))
+"""
+
+
+def _train(cache: Path) -> int:
+    """A child process's count of programs copied in from ``cache`` (-1: the cache was off); it trained."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", xla_cache.ENV: str(cache)}
+    env.pop("TF_XLA_FLAGS", None)
+    done = subprocess.run([sys.executable, "-c", TRAIN_STEP], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "gradients 6" in done.stdout
+    return int(done.stdout.split("copied-in ")[1].split()[0])
+
+
+def _entries(cache: Path) -> dict[str, bytes | None]:
+    return {p.name: xla_cache.read_entry(p) for p in cache.glob(f"*/*{xla_cache.SUFFIX}")}
+
+
+def test_a_second_process_loads_what_the_first_compiled_and_damaged_entries_are_rebuilt(tmp_path):
+    cache = tmp_path / "xla"
+    assert _train(cache) == 0
+    published = _entries(cache)
+    assert len(published) == 2 and None not in published.values()  # the forward and the backward loop
+    folder = next(cache.iterdir())
+    assert stat.S_IMODE(cache.stat().st_mode) == stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert _train(cache) == 2  # loaded, not compiled: nothing new published
+    assert _entries(cache) == published
+
+    truncated, garbage = sorted(folder.glob(f"*{xla_cache.SUFFIX}"))  # as a writer killed mid-write leaves them
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    garbage.write_bytes(b"\x00not an entry\xff" * 10)
+    (folder / f".{truncated.name}.killed.tmp").write_bytes(b"half")
+    assert _train(cache) == 0  # both skipped: compiled again, no op failed
+    rebuilt = _entries(cache)  # and published whole again (a compile's bytes vary: same programs, checked)
+    assert rebuilt.keys() == published.keys() and None not in rebuilt.values()
+    assert not list(folder.glob("process-*"))  # each process removed its own folder
+
+
+WRITER = """
+import sys
+from pathlib import Path
+from bilstm_exp.models.xla_cache import write_entry
+for _ in range(300):
+    write_entry(Path(sys.argv[1]), sys.argv[2].encode() * 50_000)
+"""
+
+
+def test_two_writers_of_one_entry_leave_it_whole_at_every_moment(tmp_path):
+    """Two processes publish one program (different bytes, to tell them apart) while this one reads it."""
+    entry = tmp_path / f"program{xla_cache.SUFFIX}"
+    xla_cache.write_entry(entry, b"a" * 50_000)
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(entry), name]) for name in "ab"]
+    seen = set()
+    while any(w.poll() is None for w in writers):
+        seen.add(xla_cache.read_entry(entry))
+    assert [w.returncode for w in writers] == [0, 0]
+    assert seen <= {b"a" * 50_000, b"b" * 50_000}  # never None: no reader saw a part
+    assert [p.name for p in tmp_path.iterdir()] == [entry.name]  # no temporary file left
+
+
+@pytest.mark.parametrize("setting", ["others_may_write", "off"])
+def test_a_cache_folder_others_may_write_is_not_used_and_training_goes_on(tmp_path, setting):
+    """A folder others may write could hold programs planted for this process to run: the cache stays off."""
+    cache = tmp_path / "xla"
+    if setting == "others_may_write":
+        cache.mkdir()
+        cache.chmod(0o777)
+    assert _train(Path("off") if setting == "off" else cache) == -1
+    assert _entries(cache) == {}
