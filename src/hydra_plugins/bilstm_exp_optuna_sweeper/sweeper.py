@@ -10,7 +10,7 @@ jobs and told the values the jobs return, until ``n_trials`` have run. The resul
 and, for each solution, the job number of this sweep that ran it (null: another worker's trial of a
 shared study), which is how the sweep callback finds the trial's MLflow run.
 
-The job returns one float, or with ``objectives`` one value per objective (``cli.main.objective``).
+The job returns one float, or with ``objectives`` one value per objective (``cli.train.objective``).
 """
 
 from __future__ import annotations
