@@ -78,7 +78,7 @@ def run_name(config: ExperimentConfig, prefix: str = "") -> str:
     """``basic-adamw-dropout0.3``: the architecture and the optimizer, then each key that differs from its
     default (:func:`_defaults`), so runs of different configs get different names; ``prefix`` (``cv5-``) first.
     A group's other option is named with its group (``clip_global_norm``, ``data_tweets``); a path by its
-    file's stem; at most :data:`MAX_NAME` characters."""
+    file's stem; at most :data:`MAX_NAME` characters (the keys that do not fit are counted: ``-+3``)."""
     flat = flatten(to_dict(config))
     defaults = {key: value for group in NAME_GROUPS
                 for key, value in flatten(_defaults(group, getattr(config, group)), f"{group}.").items()}
@@ -89,14 +89,18 @@ def run_name(config: ExperimentConfig, prefix: str = "") -> str:
         if group not in NAME_GROUPS or key in NAME_IGNORED or key in ("model.name", "optimizer.name") \
                 or key not in defaults or value == defaults[key]:
             continue
-        shown = Path(value).stem if isinstance(value, str) and "/" in value else value
-        parts.append(f"{NAME_PREFIXES.get(group, '')}{shown}" if leaf == "name" else f"{leaf.replace('.', '_')}{shown}")
-    name = prefix + "-".join(str(part) for part in parts[:2])
-    for index, part in enumerate(parts[2:]):  # whole parts only; "+3": three more keys differ
-        if len(name) + len(f"-{part}") > MAX_NAME - 3:
-            return f"{name}-+{len(parts) - 2 - index}"
-        name += f"-{part}"
-    return name
+        if isinstance(value, str) and "/" in value:  # a file: its name says what it is (glove.6B.50d)
+            parts.append(Path(value).stem)
+        else:
+            parts.append(f"{NAME_PREFIXES.get(group, '')}{value}" if leaf == "name"
+                         else f"{leaf.replace('.', '_')}{value}")
+    name, left = prefix + "-".join(str(part) for part in parts[:2]), 0
+    for part in parts[2:]:  # whole parts, in order, while they fit; "+3": three more keys differ
+        if len(name) + len(f"-{part}") > MAX_NAME - 4:
+            left += 1
+        else:
+            name += f"-{part}"
+    return f"{name}-+{left}" if left else name
 
 
 def _group_order(key: str) -> int:
