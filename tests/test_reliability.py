@@ -5,9 +5,11 @@
 * The server goes down mid-run and stays down -> training finishes, the run is kept in
   outputs/mlruns-offline/ and the printed `bilstm-exp sync` command uploads it (twice is harmless).
 * The server goes down and comes back -> the buffered logging is delivered, nothing goes offline.
-* Four processes on a new sqlite store (deterministic: identical metric histories) and four on one
-  server: every run, metric and model version is there, no duplicate versions (sixteen concurrent
-  registrations on the team server: tests/test_team_server.py).
+* Four processes on a new sqlite store (deterministic: identical metric histories), and eight on one
+  sqlite-backed server while every core is kept busy: every run, metric and model version is there, no
+  duplicate versions, the champion set once (sixteen concurrent registrations on the team server:
+  tests/test_team_server.py). A registry that stays busy leaves the run FINISHED and says how to
+  register it later (`bilstm-exp register`).
 * Issue 12: the first open of a new sqlite store by several processes at once; `kill -9` and
   `bilstm-exp runs --stale --close`; an interrupt or a failure during model registration; a value
   from ``${oc.env:...}`` never reaching MLflow, params.yaml or the logs; the served model refusing
@@ -303,24 +305,44 @@ def test_four_processes_on_a_new_sqlite_store_all_recorded_and_deterministic_run
     assert values[1:] == [values[0]] * 3
 
 
-def test_four_processes_on_one_server_all_recorded_without_duplicate_versions(tmp_path, mlflow_server,
-                                                                               unique_name):
+@contextmanager
+def busy_machine() -> Iterator[None]:
+    """Every core kept busy by a spinning process for as long as the block runs."""
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)]
+    try:
+        yield
+    finally:
+        for burner in burners:
+            burner.kill()
+            burner.wait()
+
+
+def test_eight_processes_on_one_sqlite_server_of_a_busy_machine_all_finish_and_register_once(
+        tmp_path, mlflow_server, unique_name):
+    """Issue 22 (1): eight identical trainings against one sqlite-backed `mlflow server` while every core
+    is kept busy: every run FINISHED with all its metrics, one version each (no duplicates, no gaps), the
+    champion set once (the first version; identical runs do not beat it), no traceback."""
     args = tiny("basic", "tracking=server", f"tracking.tracking_uri={mlflow_server}", "training.epochs=2",
-                "training.early_stopping.enabled=false", "profiling.latency_samples=0",
+                "training.early_stopping.enabled=false", "training.deterministic=true", "profiling.latency_samples=0",
                 f"tracking.experiment_name={unique_name}", f"tracking.registered_model_name={unique_name}")
-    outs = run_all([[*args, f"seed={seed}"] for seed in range(4)], tmp_path)
-    assert [o.returncode for o in outs] == [0] * 4, [o.stderr[-2000:] for o in outs if o.returncode]
+    with busy_machine():
+        outs = run_all([args] * 8, tmp_path)
+    assert [o.returncode for o in outs] == [0] * 8, [o.stderr[-2000:] for o in outs if o.returncode]
+    assert not [o.stderr for o in outs if "Traceback" in o.stderr + o.stdout]
     client = MlflowClient(mlflow_server)
     runs = client.search_runs([client.get_experiment_by_name(unique_name).experiment_id])
-    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
-    assert sorted(r.data.params["seed"] for r in runs) == [str(s) for s in range(4)]
+    assert len(runs) == 8 and {r.info.status for r in runs} == {"FINISHED"}
     for run in runs:
         for key in PER_EPOCH:
             assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == epoch_steps(key, 2), key
-        assert "test/accuracy" in run.data.metrics
+        assert "test/accuracy" in run.data.metrics and "registry.failed" not in run.data.tags
     versions = client.search_model_versions(f"name='{unique_name}'")
-    assert sorted(int(v.version) for v in versions) == list(range(1, 5))  # no duplicates, no gaps
+    assert sorted(int(v.version) for v in versions) == list(range(1, 9))  # no duplicates, no gaps
     assert sorted(v.run_id for v in versions) == sorted(r.info.run_id for r in runs)  # one per run
+    decisions = sorted(v.tags["champion.decision"] for v in versions)  # every version complete
+    assert decisions == ["kept"] * 7 + ["promoted"]
+    [first] = [v for v in versions if v.tags["champion.decision"] == "promoted"]
+    assert client.get_model_version_by_alias(unique_name, "champion").version == first.version
     assert not (tmp_path / "outputs" / "mlruns-offline").exists()
 
 

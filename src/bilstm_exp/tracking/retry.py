@@ -34,7 +34,10 @@ REFUSED_CODES = ("TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED")
 REFUSED_TEXTS = ("database is locked", "database table is locked", "deadlock detected",
                  "too many 429 error responses", "too many 502 error responses",
                  "too many 503 error responses", "too many 504 error responses")
-MAYBE_DONE_TEXTS = ("too many 500 error responses", "failed with timeout exception")  # the request may have landed
+# the request may have landed, or a concurrent writer inserted the same row first (eight runs logging the same
+# dataset at once): repeating an idempotent request finds it there
+MAYBE_DONE_TEXTS = ("too many 500 error responses", "failed with timeout exception", "unique constraint failed",
+                    "duplicate key value violates unique constraint")
 
 
 def deadline_s() -> float:
@@ -56,8 +59,8 @@ def refused(error: BaseException) -> bool:
 
 
 def transient(error: BaseException) -> bool:
-    """A failure that passes (a busy store, a 429/5xx, a timed-out request), not a refusal of the
-    request itself: repeating an idempotent request is the fix."""
+    """A failure that passes (a busy store, a 429/5xx, a timed-out request, a row a concurrent writer
+    inserted first), not a refusal of the request itself: repeating an idempotent request is the fix."""
     return refused(error) or any(t in str(error).lower() for t in MAYBE_DONE_TEXTS)
 
 
