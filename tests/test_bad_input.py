@@ -431,7 +431,7 @@ def test_bad_input_fails_clearly_and_leaves_nothing_behind(outcomes, case):
     assert case.problem in out.stderr, out.stderr[-2000:]
     assert case.fix in out.stderr, out.stderr[-2000:]
     assert "Traceback" not in out.stderr, out.stderr[-2000:]
-    assert "Epoch 1/" not in out.stdout + out.stderr  # no training started
+    assert "] epoch 1/" not in out.stdout + out.stderr  # no training started
     assert "hunter2" not in out.stdout + out.stderr
     statuses = []
     for db in folder.rglob("*.db"):  # a store may exist (created by the check), but holds no new run or version

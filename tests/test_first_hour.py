@@ -100,8 +100,8 @@ def test_stderr_of_a_run_holds_none_of_the_library_noise(run):
     assert out.returncode == 0, out.stderr[-3000:]
     found = [noise for noise in NOISE if noise in out.stderr]
     assert not found, out.stderr[-3000:]
-    # Keras progress stays: one line per epoch when not a terminal (no "Epoch 1/1" header for one epoch)
-    assert re.search(r"^\d+/\d+ - \d+s - .*loss: ", out.stdout, re.M), out.stdout[:2000]
+    # progress stays: one short line per epoch when not a terminal (training.progress)
+    assert re.search(r"^\[bilstm-exp\] epoch 1/\d+  train/loss \S+  val/loss ", out.stdout, re.M), out.stdout[:2000]
 
 
 # --------------------------------------------------------------------------- tracking URI precedence

@@ -133,7 +133,7 @@ def test_unreachable_server_fails_fast_naming_the_uri_before_training(tmp_path, 
     out = run_module(overrides, cwd=tmp_path, env=env, timeout=60)
     assert out.returncode != 0
     assert uri in out.stderr and "unreachable" in out.stderr, out.stderr[-2000:]
-    assert "Epoch 1/" not in out.stdout + out.stderr  # no training started
+    assert "] epoch 1/" not in out.stdout + out.stderr  # no training started
     assert not [f for f in STORE_FILES if (tmp_path / f).exists()]  # no run, no fallback store
 
 
