@@ -8,6 +8,7 @@ Tiny shapes; no timing.
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -270,6 +271,12 @@ def test_a_second_model_of_one_shape_shares_the_traced_optimizer_step_and_update
     assert int(first.optimizer.iterations) == 1 and int(second.optimizer.iterations) == 3
     assert _max_diff(first.get_weights(), first_weights) == 0.0
     assert _max_diff(second.get_weights(), reference.get_weights()) < 1e-6
+    del first  # a finished fold: its variables go; the step traced with them still serves the next model
+    gc.collect()
+    third = _XlaOptimizerModel(*_io(_model(FastLSTM, False)), name="third_fold")
+    third.compile(optimizer=keras.optimizers.Adam(1e-2), loss="binary_crossentropy")
+    third.train_on_batch(x, y)
+    assert int(third.optimizer.iterations) == 1 and optimizer_step._PROGRAMS == before
 
 
 def test_another_optimizer_configuration_gets_its_own_step():

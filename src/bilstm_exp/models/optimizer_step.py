@@ -42,6 +42,8 @@ class Program:
         position = {id(handle): k for k, handle in enumerate(_handles(traced_state))}
         self.slots = [position.get(id(captured)) for captured in self.function.captured_inputs]
         self.shareable = None not in self.slots
+        if self.shareable:  # a call marks the traced variables accessed (and fails once they are deleted, when
+            self.function._func_graph.variables = []  # their model is): another model's call uses none of them
 
     def __call__(self, grads: list, state: list) -> None:
         """The update on ``state`` (a list like the traced one: same shapes, same order)."""
