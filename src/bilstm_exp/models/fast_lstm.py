@@ -43,7 +43,9 @@ dimension up to a multiple of it, one shape per bucket serving training, validat
 padded rows are zeros, masked, and sliced off); both directions share one compiled loop (the
 direction is a tensor argument); the loops are traced once, whatever static shapes the caller's
 graph knew. The default run's first epoch: 17.4 s before, 6.8 s after (benchmarks/first_epoch.md);
-once compiled, padding costs 0-7% (benchmarks/batch_padding.md).
+once compiled, padding costs 0-7% (benchmarks/batch_padding.md). Every later model in the process
+(the folds of a cross-validation) finds these loops compiled; another process loads them from the
+cache of ``bilstm_exp.models.xla_cache``, enabled when this module is imported.
 """
 
 from __future__ import annotations
