@@ -53,7 +53,7 @@ def enable() -> Path | None:
         if os.environ.get(ENV, "").lower() != "off" and FLAG not in os.environ.get("TF_XLA_FLAGS", ""):
             try:
                 _state["local"] = _start(shared_folder())
-            except OSError:  # no cache for this process; compiling works as without one
+            except (OSError, RuntimeError, KeyError):  # e.g. no home folder: no cache, compiling works as without
                 _state["local"] = None
     return _state["local"]
 
