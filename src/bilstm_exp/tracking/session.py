@@ -117,7 +117,7 @@ class Session:
     def _open(cls, experiment_id: str, run_name: str | None, tags: dict[str, str], parent_run_id: str | None,
               run_id: str | None, fluent: bool) -> Session:
         """The run opened, or a server's refusal (401/403) as a user error."""
-        uri = mlflow.get_tracking_uri()
+        uri, run_name = mlflow.get_tracking_uri(), run_name and store.redact_text(run_name)  # masked as tags are
         try:
             if not fluent:
                 return cls.create(uri, experiment_id, run_name, tags, parent_run_id)

@@ -79,7 +79,7 @@ def run_name(config: ExperimentConfig, prefix: str = "") -> str:
     default (:func:`_defaults`), so runs of different configs get different names; ``prefix`` (``cv5-``) first.
     A group's other option is named with its group (``clip_global_norm``, ``data_tweets``); a path by its
     file's stem; at most :data:`MAX_NAME` characters (the keys that do not fit are counted: ``-+3``)."""
-    flat = flatten(to_dict(config))
+    flat = flatten(store.masked_config(config))  # a value from the environment never names a run
     defaults = {key: value for group in NAME_GROUPS
                 for key, value in flatten(_defaults(group, getattr(config, group)), f"{group}.").items()}
     defaults.update({f"{group}.name": option for group, option in _default_options().items()})
@@ -88,6 +88,8 @@ def run_name(config: ExperimentConfig, prefix: str = "") -> str:
         group, _, leaf = key.partition(".")
         if group not in NAME_GROUPS or key in NAME_IGNORED or key in ("model.name", "optimizer.name") \
                 or key not in defaults or value == defaults[key]:
+            continue
+        if isinstance(value, str) and "${" in value:  # from the environment (masked): not a name
             continue
         if isinstance(value, str) and "/" in value:  # a file: its name says what it is (glove.6B.50d)
             parts.append(Path(value).stem)
