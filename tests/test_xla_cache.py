@@ -22,8 +22,8 @@ TRAIN_STEP = """
 import os
 import numpy as np, keras, tensorflow as tf
 from bilstm_exp.models import xla_cache
-from bilstm_exp.models.fast_lstm import FastLSTM  # enables the cache when imported
-local = xla_cache.enable()
+from bilstm_exp.models.fast_lstm import FastLSTM
+local = xla_cache.enable()  # as a run does, before its first TF function
 print("copied-in", -1 if local is None else len(list(local.iterdir())) - 1)  # less this process's probe
 layer = keras.layers.Bidirectional(FastLSTM(4))
 x = np.random.default_rng(0).random((8, 6, 3)).astype("float32")

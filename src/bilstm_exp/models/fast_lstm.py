@@ -45,7 +45,8 @@ direction is a tensor argument); the loops are traced once, whatever static shap
 graph knew. The default run's first epoch: 17.4 s before, 6.8 s after (benchmarks/first_epoch.md);
 once compiled, padding costs 0-7% (benchmarks/batch_padding.md). Every later model in the process
 (the folds of a cross-validation) finds these loops compiled; another process loads them from the
-cache of ``bilstm_exp.models.xla_cache``, enabled when this module is imported.
+cache of ``bilstm_exp.models.xla_cache``, which a run enables once TensorFlow is configured
+(``training.runner.configure_tensorflow``: after a multi-worker strategy, which must come first).
 """
 
 from __future__ import annotations
@@ -54,10 +55,7 @@ import keras
 import tensorflow as tf
 from keras.src.backend import AutocastScope  # no public alias in Keras 3.15
 
-from bilstm_exp.models import xla_cache
-
 KERNELS = ("fast", "keras")
-xla_cache.enable()  # XLA programs kept across processes; before any TF function runs (models/xla_cache.py)
 
 
 # ----------------------------------------------------------------------------- the loops (XLA)

@@ -46,7 +46,8 @@ _state: dict[str, Path | None] = {}  # "local": this process's folder, set once 
 
 def enable() -> Path | None:
     """Point TensorFlow's cache at this process's folder, filled from the shared cache; idempotent.
-    Must run before any TF function does (``bilstm_exp.models.fast_lstm`` calls it when imported).
+    Must run before any TF function does: a run calls it in ``training.runner.configure_tensorflow``,
+    right after ``training.strategy`` (a multi-worker strategy must be the process's first TF work).
     Returns the folder, or None when the cache is off for this process."""
     if "local" not in _state:
         _state["local"] = None

@@ -22,7 +22,7 @@ from bilstm_exp.data.prepare import PreparedData, check, prepare
 from bilstm_exp.data.vocabulary import PAD_ID
 from bilstm_exp.errors import ConfigError
 from bilstm_exp.models import build as models
-from bilstm_exp.models import embeddings, optim
+from bilstm_exp.models import embeddings, optim, xla_cache
 from bilstm_exp.models.fast_lstm import pad_batches
 from bilstm_exp.serving import model as serving
 from bilstm_exp.tracking import store, system_metrics
@@ -45,6 +45,7 @@ class RunResult:
 
 def configure_tensorflow(config: ExperimentConfig) -> None:
     distribute.strategy(config)  # training.strategy: MultiWorkerMirroredStrategy must come before any TF op
+    xla_cache.enable()  # compiled XLA programs kept across processes (models/xla_cache.py); its probe is a TF op
     keras.utils.set_random_seed(config.seed)
     if config.training.deterministic:
         tf.config.experimental.enable_op_determinism()
