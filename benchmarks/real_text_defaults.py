@@ -47,6 +47,7 @@ ARMS = {
     "monitor-acc": ["training.monitor=val/accuracy"],
     "combo": ["optimizer=adamw", "optimizer.learning_rate=5e-4", "model.embedding_dropout=0.3",
               "model.output_dropout=0.3", "training.monitor=val/accuracy"],
+    "no-stop": ["training.early_stopping.enabled=false"],  # the whole curve: 8 epochs, the best val/loss kept
     # combo with a weight decay that moves the embedding table: lr * decay * steps ~ 0.3 over 5 epochs
     "combo-wd": ["optimizer=adamw", "optimizer.learning_rate=5e-4", "optimizer.weight_decay=0.3",
                  "model.embedding_dropout=0.3", "model.output_dropout=0.3", "training.monitor=val/accuracy"],
