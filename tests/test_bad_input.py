@@ -350,6 +350,9 @@ CASES = [
          "Fix: point --file at a file", module="bilstm_exp.cli.main", files={"texts/a.txt": "fine\n"}),
     Case("predict-csv-without-text-column", ["predict", "--file", "r.csv"], "r.csv: no 'text' column",
          "Fix: name the column 'text'", module="bilstm_exp.cli.main", files={"r.csv": "review\nfine\n"}),
+    # ---------------------------------------------------------------- issue 22 (5): names MLflow cannot load back
+    Case("model-name-not-loadable", tiny("basic", "tracking.registered_model_name='my model #1 ?%&é'"),
+         "'my model #1 ?%&é' would be registered but never loaded back", "Fix: use letters, digits"),
     # ---------------------------------------------------------------- issue 22 (3, 9): damaged stores, a folder
     Case("store-damaged-page", TINY, DAMAGED, ".recover | sqlite3", setup=damaged_store, keeps=("mlflow.db",)),
     Case("runs-damaged-store", ["runs"], DAMAGED, "Fix: restore it from a backup", module="bilstm_exp.cli.main",
@@ -368,9 +371,6 @@ CASES = [
          "mlflow.db is a folder, not a sqlite file", "Fix:", module="bilstm_exp.cli.main",
          files={"mlflow.db/readme.txt": "a folder"}, keeps=("mlflow.db",)),
     Case("runs-limit-zero", ["runs", "--limit", "0"], "--limit 0: must be >= 1", "Fix:", module="bilstm_exp.cli.main"),
-    # ---------------------------------------------------------------- issue 22 (5): names MLflow cannot load back
-    Case("model-name-not-loadable", tiny("basic", "tracking.registered_model_name='my model #1 ?%&é'"),
-         "'my model #1 ?%&é' would be registered but never loaded back", "Fix: use letters, digits"),
 ]
 
 
