@@ -160,6 +160,7 @@ READ_ONLY = [  # (arguments, run inside the read-only folder?, exit code, what s
     (["runs"], True, 0, "FINISHED"),
     (["runs"], False, 0, "FINISHED"),
     (["compare"], False, 0, "basic"),
+    (["compare"], True, 2, "cannot write compare.png/md/csv"),  # the table printed, then one line: no traceback
     (["predict", "--model", "models:/bilstm-sentiment@champion", "a fine film"], True, 0, "a fine film"),
     (["predict", "--model", "models:/bilstm-sentiment@champion", "a fine film"], False, 0, "a fine film"),
     (["promote", "--model", "bilstm-sentiment", "--version", "1", "--reason", "by hand"], False, 2,

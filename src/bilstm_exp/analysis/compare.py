@@ -165,7 +165,11 @@ def report(args) -> Report:
     lines = page.lines()
     print("\n".join(lines))
     out = Path(args.output or f"reports/compare-{parent.info.run_id[:8] if parent else exp.name}")
-    figure = page.write(out)
+    try:
+        figure = page.write(out)
+    except OSError as error:  # a read-only folder, a full disk: the table above is the answer; say so, once
+        raise CompareError(f"{out}: cannot write compare.png/md/csv ({error.strerror}); the table above is "
+                           "complete. Fix: make it writable, or pass --output DIR on a writable disk") from None
     if parent:
         for name in ("compare.png", "compare.md", "compare.csv"):
             client.log_artifact(parent.info.run_id, str(out / name), "compare")
