@@ -202,6 +202,17 @@ def test_training_on_a_read_only_store_is_refused_with_a_fix_for_writing(tmp_pat
     assert "Traceback" not in out.stderr and "] epoch 1/" not in out.stdout
 
 
+@pytest.mark.slow
+def test_a_run_in_a_read_only_working_folder_is_refused_in_one_line(tmp_path):
+    """Hydra writes outputs/ before the project's code runs: the folder is checked first."""
+    (tmp_path / "project").mkdir()
+    with read_only(tmp_path / "project") as view:
+        out = run_module(tiny("basic"), cwd=view)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "is not writable" in out.stderr and "Fix: run from a writable folder" in out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
 # --------------------------------------------------------------------------- a full disk
 
 

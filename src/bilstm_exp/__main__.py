@@ -15,7 +15,7 @@ quiet.setup()  # first: before Hydra, TensorFlow or MLflow print anything (BILST
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from bilstm_exp.cli.train import check_overrides, run_from_hydra  # noqa: E402
+from bilstm_exp.cli.train import check_overrides, check_working_folder, run_from_hydra  # noqa: E402
 from bilstm_exp.config.compose import CONF_MODULE, CONFIG_NAME, VERSION_BASE, check_composes  # noqa: E402
 from bilstm_exp.config.registration import register_schemas  # noqa: E402
 from bilstm_exp.errors import exit_on_user_error  # noqa: E402
@@ -31,5 +31,6 @@ def main(cfg: DictConfig) -> float | None:
 if __name__ == "__main__":
     check_overrides(sys.argv[1:])  # data.path=... without data=file: a hint, not Hydra's "not in struct"
     with exit_on_user_error():
+        check_working_folder(sys.argv[1:])  # read-only or full: one line, not Hydra's traceback writing outputs/
         check_composes(sys.argv[1:])  # an unknown option or key: one line and exit 2, not Hydra's 13 and exit 1
     main()

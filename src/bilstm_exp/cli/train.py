@@ -10,6 +10,8 @@ the config, then :func:`train`, which imports TensorFlow only once the config an
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -117,6 +119,24 @@ def check_overrides(args: list[str]) -> None:
     with exit_on_user_error():
         extras.check_overrides(args)  # hydra/launcher=submitit_local without the [cluster] extra: say which
         check_option_keys([a for a in args if "=" in a and not a.startswith("-")], defaults)
+
+
+def check_working_folder(args: list[str], min_free_bytes: int = 1 << 20) -> None:
+    """Hydra writes each run's config under ./outputs before any of this project's code runs: a working
+    folder that is read-only or full would end in Hydra's traceback, so it is refused here, in one line.
+    A run that names its own output folder (hydra.run.dir, hydra.sweep.dir) is left to it."""
+    if any(a.lstrip("+~").startswith(("hydra.run.dir=", "hydra.sweep.dir=")) for a in args):
+        return
+    folder = Path.cwd()
+    if not os.access(folder, os.W_OK):
+        problem = "is not writable"
+    elif shutil.disk_usage(folder).free < min_free_bytes:
+        problem = "is on a full disk"
+    else:
+        return
+    raise ConfigError(f"the working folder {folder} {problem}; each run writes its config and log under "
+                      "outputs/ there. Fix: run from a writable folder, or name one with hydra.run.dir=DIR "
+                      "(hydra.sweep.dir=DIR with -m)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
