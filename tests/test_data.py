@@ -177,7 +177,9 @@ def test_bucketed_batches_are_right_padded_and_pad_less_than_max():
         # right padding: once a row has padding, it stays padding
         assert np.all(real[:, :-1] | ~real[:, 1:])
     # one padded length per bucket (its upper boundary): a compiled kernel compiles once per bucket
-    assert len(lengths) <= len(bounds) + 1 and lengths <= {b - 1 for b in bounds} | {max(len(s) for s in seqs)}
+    last = batching.closing_boundary(max(len(s) for s in seqs)) - 1  # the longest text, rounded up
+    assert len(lengths) <= len(bounds) + 1 and lengths <= {b - 1 for b in bounds} | {last}
+    assert last % batching.LAST_BUCKET_STEP == batching.LAST_BUCKET_STEP - 1
 
 
 def test_a_utf16_file_is_named_as_such_and_reads_with_its_encoding(tmp_path):

@@ -24,13 +24,23 @@ def bucket_boundaries(lengths: np.ndarray, num_buckets: int) -> list[int]:
     return sorted({int(q) + 1 for q in qs})
 
 
+LAST_BUCKET_STEP = 16  # the last bucket's padded length is rounded up to a multiple of this, less one
+
+
+def closing_boundary(longest: int) -> int:
+    """The last bucket's (exclusive) upper boundary: just above the longest text, rounded up to a multiple
+    of LAST_BUCKET_STEP, so the folds of a cross-validation and the val/test splits, whose longest texts
+    differ by a few tokens, share one padded length (one compiled loop) instead of one each."""
+    return -(-(longest + 1) // LAST_BUCKET_STEP) * LAST_BUCKET_STEP
+
+
 def make_dataset(sequences: list[np.ndarray], labels: np.ndarray, batch_size: int, *, padding: str,
                  max_length: int, boundaries: list[int] | None = None, shuffle: bool = False,
                  seed: int = 0):
     """Right-padded batches (so the cuDNN LSTM kernel stays usable), cached and prefetched.
 
     ``padding="bucket"`` groups texts of similar length (``bucket_by_sequence_length``) and pads
-    each batch to its bucket's upper boundary (the last bucket to the longest text), so a run sees
+    each batch to its bucket's upper boundary (the last bucket: :func:`closing_boundary`), so a run sees
     one sequence length per bucket: a compiled recurrent kernel (``model.kernel=fast``: XLA) is
     compiled once per bucket, not once per batch. ``padding="max"`` pads every batch to ``max_length``.
     """
@@ -59,9 +69,9 @@ def _bucketed(ds, lengths: np.ndarray, batch_size: int, boundaries: list[int]):
     """``ds`` batched by length bucket, each batch padded to its bucket's boundary; and the batch count."""
     import tensorflow as tf
 
-    # pad_to_bucket_boundary needs every length below the last boundary: close the last bucket
-    # just above the longest text
-    bounds = [b for b in boundaries if b <= int(lengths.max())] + [int(lengths.max()) + 1]
+    # pad_to_bucket_boundary needs every length below the last boundary: close the last bucket above
+    # the longest text
+    bounds = [b for b in boundaries if b <= int(lengths.max())] + [closing_boundary(int(lengths.max()))]
     per_bucket = np.bincount(np.searchsorted(bounds, lengths, side="right"), minlength=len(bounds) + 1)
     batches = int(sum(-(-count // batch_size) for count in per_bucket))
     return ds.bucket_by_sequence_length(
