@@ -36,7 +36,7 @@ LAYERS = [
     {"analysis.query", "analysis.samples", "analysis.groups", "analysis.verdicts", "analysis.baseline",
      "analysis.table", "analysis.plots"},
     {"training.checkpoints", "training.evaluation", "training.profiling", "training.distribute"},
-    {"training.recording", "training.summary", "training.pareto", "training.progress"},
+    {"training.recording", "training.summary", "training.pareto", "training.progress", "training.breakdown"},
     {"training.runner", "training.crossval", "training.sweep", "training.sweep_plan"},
     {"stages.outputs", "stages.params", "stages.prepare", "stages.train", "stages.evaluate", "stages.commands",
      "analysis.compare", "analysis.bench", "analysis.bench_setup", "analysis.bench_measure",
