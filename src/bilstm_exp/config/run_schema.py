@@ -8,7 +8,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
-from bilstm_exp.config.checks import check, choice, positive
+from bilstm_exp.config.checks import check, choice, fraction, positive
 
 MONITORS = ("val/loss", "val/accuracy", "val/auc")  # per-epoch validation metrics (val/auc: two classes)
 # metrics every finished run logs (the kept weights' evaluation), usable as tracking.champion_metric
@@ -46,9 +46,11 @@ class TrainingConfig:
     restore_best_weights: bool = True  # keep the best epoch's weights on training.monitor (false: the last epoch's)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     strategy: str = "default"  # default: one process; mirrored: all local GPUs; multi_worker: the TF_CONFIG cluster
+    label_smoothing: float = 0.0  # in [0, 1): train towards (1 - s) * target + s / classes, not 0/1 (Keras's losses)
 
     def __post_init__(self) -> None:
         positive(self.epochs, "training.epochs", 3)
+        fraction(self.label_smoothing, "training.label_smoothing", 0.1)
         choice(self.strategy, ("default", "mirrored", "multi_worker"), "training.strategy")
         positive(self.batch_size, "training.batch_size", 32)
         positive(self.steps_per_execution, "training.steps_per_execution", 1)

@@ -171,3 +171,30 @@ def inference_model(model: keras.Model) -> keras.Model:
 def attention_model(model: keras.Model) -> keras.Model:
     """Token ids -> attention weights (batch, time), for models built with ``model.name=attention``."""
     return keras.Model(model.inputs, model.get_layer("attention").output[1], name="attention_weights")
+
+
+def loss(num_classes: int, label_smoothing: float = 0.0) -> str | keras.losses.Loss:
+    """The training loss: binary cross-entropy on the one sigmoid output for two classes, sparse categorical
+    cross-entropy for more. ``training.label_smoothing`` s > 0 trains towards (1 - s) * target + s / classes
+    (s / 2 for the binary output), so a confident model is not pushed further towards 0 and 1."""
+    if not label_smoothing:
+        return "binary_crossentropy" if num_classes == 2 else "sparse_categorical_crossentropy"
+    if num_classes == 2:
+        return keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing, name="binary_crossentropy")
+    return SmoothedSparseCrossentropy(num_classes, label_smoothing)
+
+
+class SmoothedSparseCrossentropy(keras.losses.Loss):
+    """Sparse categorical cross-entropy with label smoothing, which Keras's sparse loss lacks: the integer
+    labels one-hot encoded inside the loss, so the data pipelines stay the same for every loss."""
+
+    def __init__(self, num_classes: int, label_smoothing: float, name: str = "sparse_categorical_crossentropy"):
+        super().__init__(name=name)
+        self.num_classes, self.label_smoothing = num_classes, label_smoothing
+
+    def call(self, y_true, y_pred):
+        onehot = keras.ops.one_hot(keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32"), self.num_classes)
+        return keras.losses.categorical_crossentropy(onehot, y_pred, label_smoothing=self.label_smoothing)
+
+    def get_config(self) -> dict:
+        return {"num_classes": self.num_classes, "label_smoothing": self.label_smoothing, "name": self.name}

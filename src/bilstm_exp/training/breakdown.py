@@ -43,6 +43,11 @@ class Group:
         return f"test/accuracy/{self.by}/{UNSAFE.sub('_', self.name)}"
 
     @property
+    def label(self) -> str:
+        """What a user reads: the class name, or the bucket's range with its unit (``0-24 tokens``)."""
+        return f"{self.name} tokens" if self.by == "length" else self.name
+
+    @property
     def mean(self) -> float:
         return float(np.mean(self.per_fold))
 
@@ -71,8 +76,8 @@ def weakest(rows: list[Group], by: str) -> Group | None:
 
 
 def summary_line(rows: list[Group]) -> str:
-    """``weakest    class neutral 0.6100, length 33-48 0.7012 (...)``: the end summary's line."""
-    parts = [f"{by} {g.name} {g.mean:.4f}" for by in ("class", "length") if (g := weakest(rows, by))]
+    """``weakest    class neutral 0.6100, length 33-48 tokens 0.7012 (...)``: the end summary's line."""
+    parts = [f"{by} {g.label} {g.mean:.4f}" for by in ("class", "length") if (g := weakest(rows, by))]
     return f"  weakest    {', '.join(parts)} (test accuracy, mean over folds; table: {TABLE})"
 
 
@@ -88,6 +93,6 @@ def table(rows: list[Group], folds: int, ci95: dict[str, float]) -> str:
         lines.append(f"| {g.by} | {g.name} | {g.texts:,} | {g.texts - g.right:,} | {g.right / g.texts:.4f} "
                      f"| {g.mean:.4f} | {'' if np.isnan(ci) else f'+/- {ci:.4f}'} | {len(g.per_fold)} |")
     lines.append("")
-    lines += [f"Weakest {by}: {g.name} ({g.mean:.4f}, {g.texts - g.right:,} of {g.texts:,} texts wrong)."
+    lines += [f"Weakest {by}: {g.label} ({g.mean:.4f}, {g.texts - g.right:,} of {g.texts:,} texts wrong)."
               for by in ("class", "length") if (g := weakest(rows, by))]
     return "\n".join(lines) + "\n"

@@ -15,7 +15,9 @@ Each fold is a normal training run (:func:`bilstm_exp.training.runner.run`) nest
 weights' evaluation), ``cv/<metric>_mean``, ``_std`` (sample standard deviation) and ``_ci95`` (half-width
 of the 95% confidence interval of the mean, Student's t with K-1 degrees of freedom), plus
 ``cv/folds``, and a ``cv/summary.json`` artifact with each fold's run id and metrics. The sweep objective
-of a CV run is ``cv/<training.monitor>_mean``.
+of a CV run is ``cv/<training.monitor>_mean``. Where the model fails (:mod:`bilstm_exp.training.breakdown`):
+``cv/test/accuracy/class/<class>_mean`` and ``cv/test/accuracy/length/<lo>-<hi>_mean`` (``_std``, ``_ci95``),
+the table ``reports/cv_breakdown.md`` with the counts, and the weakest class and bucket in the end summary.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from bilstm_exp.data import prepare as data
 from bilstm_exp.tracking import model_registry as registry
 from bilstm_exp.tracking import store
 from bilstm_exp.tracking.session import Session
-from bilstm_exp.training import recording
+from bilstm_exp.training import breakdown, recording
 from bilstm_exp.training import runner as training
 from bilstm_exp.training.summary import Countdown, where_lines
 
@@ -104,18 +106,36 @@ def run(config: ExperimentConfig, *, root: Path, overrides: list[str] | None = N
         parent.log_dict({"folds": [{"fold": k, "run_id": r.run_id,
                                     **{m: v for m, v in r.metrics.items() if m.startswith(("val/", "test/"))}}
                                    for k, r in enumerate(results)], "summary": metrics}, "cv/summary.json")
-    _print(parent, metrics, config, tags[registry.SKIPPED_TAG])
-    return CVResult(parent.run_id, metrics, results)
+        groups, by_group = _breakdown(parent, results, config.data.num_buckets)
+    _print(parent, metrics, config, tags[registry.SKIPPED_TAG], groups)
+    return CVResult(parent.run_id, {**metrics, **by_group}, results)
 
 
-def _print(parent: Session, metrics: dict[str, float], config: ExperimentConfig, skipped: str) -> None:
-    """The end summary: mean +/- 95% CI of each test metric, why no model was registered (once, for all
-    folds), where the run is recorded and how to open it, as a single run's summary says."""
+def _breakdown(parent: Session, results: list[training.RunResult],
+               num_buckets: int) -> tuple[list[breakdown.Group], dict[str, float]]:
+    """Test accuracy per class and per length bucket over the folds, logged on the parent as metrics
+    (summarised like every cv/* metric) and as the table reports/cv_breakdown.md."""
+    groups = breakdown.groups([(r.evaluation, r.prepared) for r in results if r.evaluation], num_buckets)
+    metrics = {f"cv/{g.metric}_{stat}": value for g in groups for stat, value in summary(g.per_fold).items()}
+    parent.log_metrics(metrics)
+    ci95 = {g.metric: metrics[f"cv/{g.metric}_ci95"] for g in groups}
+    text = breakdown.table(groups, len(results), ci95)
+    parent.write(lambda client, run_id: client.log_text(run_id, text, breakdown.TABLE))
+    return groups, metrics
+
+
+def _print(parent: Session, metrics: dict[str, float], config: ExperimentConfig, skipped: str,
+           groups: list[breakdown.Group]) -> None:
+    """The end summary: mean +/- 95% CI of each test metric, the weakest class and length bucket, why no
+    model was registered (once, for all folds), where the run is recorded and how to open it, as a single
+    run's summary says."""
     n, monitor = int(metrics["cv/folds"]), config.training.monitor
     lines = [f"[bilstm-exp] cross-validation run {parent.run_id}: mean +/- 95% CI over {n} folds"]
     for key in (monitor, *sorted(k[3:-5] for k in metrics if k.startswith("cv/test/") and k.endswith("_mean"))):
         if f"cv/{key}_mean" in metrics:
             lines.append(f"    {key:<16} {metrics[f'cv/{key}_mean']:.4f} +/- {metrics[f'cv/{key}_ci95']:.4f}")
+    if groups:
+        lines.append(breakdown.summary_line(groups))
     lines.append(f"  champion   not registered: {skipped}")
     lines += where_lines(parent.uri, parent.experiment_id, parent.run_id, config.tracking.experiment_name)
     print(store.redact_text("\n".join(lines)), file=sys.stdout, flush=True)

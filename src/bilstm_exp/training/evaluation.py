@@ -75,13 +75,36 @@ def detailed(classifier, prepared: PreparedData,
     else:
         tables["roc"], tables["precision_recall"] = [], []
     # accuracy per length bucket: the boundaries training's bucketing uses (training-length quantiles)
-    train_lengths = np.array([len(s) for s in prepared.splits["train"]])
-    bounds = [0, *bucket_boundaries(train_lengths, num_buckets), prepared.max_length + 1]
-    lengths = np.array([len(s) for s in prepared.splits["test"]])
+    bounds = length_bounds(lengths_of(prepared, "train"), num_buckets, prepared.max_length)
+    tables["length_buckets"] = [[label, n, right / n] for label, n, right in
+                                by_length(lengths_of(prepared, "test"), pred == y, bounds)]
+    return metrics, tables
+
+
+def lengths_of(prepared: PreparedData, split: str) -> np.ndarray:
+    """Each text's length in tokens as the model reads it (truncated at data.max_length)."""
+    return np.array([len(s) for s in prepared.splits[split]], dtype=int)
+
+
+def length_bounds(lengths: np.ndarray, num_buckets: int, max_length: int) -> list[int]:
+    """The length buckets' edges, 0 first and max_length + 1 last: training's bucket boundaries
+    (:func:`~bilstm_exp.data.batching.bucket_boundaries`, quantiles of ``lengths``) in between."""
+    return [0, *(b for b in bucket_boundaries(lengths, num_buckets) if b <= max_length), max_length + 1]
+
+
+def by_length(lengths: np.ndarray, right: np.ndarray, bounds: list[int]) -> list[tuple[str, int, int]]:
+    """(bucket, texts, right predictions) per non-empty length bucket; a bucket is labelled by its token
+    range, e.g. ``0-24``."""
     rows = []
     for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
         inside = (lengths >= lo) & (lengths < hi)
-        if inside.any():  # label: the bucket's token range, e.g. 0-24
-            rows.append([f"{lo}-{hi - 1}", int(inside.sum()), float((pred[inside] == y[inside]).mean())])
-    tables["length_buckets"] = rows
-    return metrics, tables
+        if inside.any():
+            rows.append((f"{lo}-{hi - 1}", int(inside.sum()), int(right[inside].sum())))
+    return rows
+
+
+def by_class(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> list[tuple[str, int, int]]:
+    """(class, texts, right predictions) per class present in ``y_true``: the accuracy within a class is
+    its recall."""
+    return [(name, int((y_true == k).sum()), int(((y_true == k) & (y_pred == k)).sum()))
+            for k, name in enumerate(class_names) if (y_true == k).any()]

@@ -29,7 +29,7 @@ from bilstm_exp.tracking import store, system_metrics
 from bilstm_exp.tracking.callback import MLflowLogger
 from bilstm_exp.tracking.session import Session
 from bilstm_exp.training import checkpoints, distribute, profiling, progress, recording
-from bilstm_exp.training.evaluation import evaluate
+from bilstm_exp.training.evaluation import Evaluation, evaluate
 
 
 @dataclass
@@ -41,6 +41,7 @@ class RunResult:
     classifier: serving.TextClassifier | None  # the trained model, raw text in (None: a multi_worker non-chief)
     prepared: PreparedData
     kept_offline: tuple[str, str] | None = None  # (URI, run id) of the offline store, if the server went down
+    evaluation: Evaluation | None = None  # the test split's predictions (a CV's per-class and per-length accuracy)
 
 
 def configure_tensorflow(config: ExperimentConfig) -> None:
@@ -70,16 +71,16 @@ def compile_model(config: ExperimentConfig, prepared: PreparedData, steps_per_ep
     """Compile ``model`` (default: the configured architecture, freshly built, its embedding started from
     ``vectors`` or else from model.pretrained_embeddings) with the configured optimizer, loss and metrics:
     binary cross-entropy with accuracy and AUC for two classes, sparse categorical cross-entropy with
-    accuracy for more."""
+    accuracy for more (either with training.label_smoothing: models.build.loss)."""
     if model is None:
         vectors = vectors or embeddings.for_vocabulary(config.model, prepared.vocab, seed=config.seed)
         model = models.build(config.model, len(prepared.vocab), prepared.num_classes, embedding_matrix=vectors.matrix)
     optimizer = optim.build(config.optimizer, config.clipping, steps_per_epoch, config.training.epochs)
     if prepared.num_classes == 2:
-        loss, metrics = "binary_crossentropy", [keras.metrics.BinaryAccuracy(name="accuracy"),
-                                                keras.metrics.AUC(name="auc")]
+        metrics = [keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")]
     else:
-        loss, metrics = "sparse_categorical_crossentropy", [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+        metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+    loss = models.loss(prepared.num_classes, config.training.label_smoothing)
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics,
                   steps_per_execution=config.training.steps_per_execution)
     fast_cpu = (config.model.kernel == "fast" and not config.training.mixed_precision
@@ -148,7 +149,7 @@ def run(config: ExperimentConfig, *, root: Path, overrides: list[str] | None = N
                                                                 history, metrics, folder))
     checkpointer.delete()  # the run is FINISHED: nothing left to resume
     kept_offline = (session.offline_uri, session.offline_run_id) if session.offline_uri else None  # set by its end
-    return RunResult(session.run_id, metrics, history, model_uri, classifier, prepared, kept_offline)
+    return RunResult(session.run_id, metrics, history, model_uri, classifier, prepared, kept_offline, evaluation)
 
 
 def _begin(session: Session, checkpointer: checkpoints.Checkpointer, config: ExperimentConfig, overrides: list[str],
