@@ -9,7 +9,9 @@ instead of training their own.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -199,9 +201,63 @@ def shared_fixture_groups(item) -> list[str]:
                   if name in item.fixturenames and where in ("tests/conftest.py", module))
 
 
+# `--dist loadgroup` schedules by the groups below with a scheduler of its own, not by the "@group" that
+# pytest-xdist 3.8 appends to each worker's node ids (pytest 9.2 ignores it: pytest-dev/pytest-xdist#1386).
+# Each worker writes {node id: group} to a folder the controller made; the scheduler reads the files.
+GROUPS_DIR = pytest.StashKey[str]()
+
+
 def pytest_configure(config):
-    """xdist_group is pytest-xdist's mark: known even when a run leaves xdist out (`-p no:xdist`)."""
+    """xdist_group is pytest-xdist's mark: known even when a run leaves xdist out (`-p no:xdist`).
+    The controller of a `--dist loadgroup` run makes the folder its workers write their groups to."""
     config.addinivalue_line("markers", "xdist_group(name): tests pytest-xdist's loadgroup keeps on one worker")
+    if config.getoption("dist", "no") == "loadgroup" and not hasattr(config, "workerinput"):
+        config.stash[GROUPS_DIR] = tempfile.mkdtemp(prefix="bilstm-exp-test-groups-")
+
+
+def pytest_unconfigure(config):
+    if GROUPS_DIR in config.stash:
+        shutil.rmtree(config.stash[GROUPS_DIR], ignore_errors=True)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    """pytest-xdist, controller: tell each worker where to write its groups (workerinput reaches it)."""
+    if GROUPS_DIR in node.config.stash:
+        node.workerinput["bilstm_exp_groups_dir"] = node.config.stash[GROUPS_DIR]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist, controller of a `--dist loadgroup` run: pytest-xdist's load-scope scheduler with a
+    test's group as its scope (a test in no group is a scope of its own)."""
+    if GROUPS_DIR not in config.stash:
+        return None  # another --dist: pytest-xdist's own scheduler
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        groups: dict[str, str] | None = None
+
+        def _split_scope(self, nodeid: str) -> str:
+            if self.groups is None:  # first called by schedule(), once every worker sent its collection
+                self.groups = read_groups(Path(config.stash[GROUPS_DIR]), self.collection or [])
+            return self.groups.get(nodeid, nodeid)
+
+    return GroupScheduling(config, log)
+
+
+def read_groups(folder: Path, collection: list[str]) -> dict[str, str]:
+    """The groups the workers wrote, checked: every grouped test is in the collection the controller got."""
+    maps = [json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))]
+    groups = {nodeid: group for one in maps for nodeid, group in one.items()}
+    lost = set(groups) - set(collection)
+    if not maps or lost:
+        import warnings
+
+        warnings.warn(f"tests/conftest.py: {len(maps)} workers wrote test groups, {len(lost)} grouped tests are "
+                      "not in the collection: shared fixtures may be built on more than one worker",
+                      pytest.PytestWarning, stacklevel=1)
+    return groups
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's loadgroup reads the xdist_group marks
@@ -233,14 +289,13 @@ def pytest_collection_modifyitems(config, items):
         item.add_marker(pytest.mark.xdist_group(root(key).rsplit("/", 1)[-1].replace("::", "-")))
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's worker sends its collection to the controller
 def pytest_collection_finish(session):
-    """Grouped tests whose node ids lack the "@group" suffix (pytest-xdist on a pytest it does not
-    support): each shared fixture is built on every worker. Still correct, only slower: a warning."""
-    if getattr(session.config.option, "loadgroup", False):
-        lost = [i.nodeid for i in session.items if i.get_closest_marker("xdist_group") and "@" not in i.nodeid]
-        if lost:
-            import warnings
-
-            warnings.warn(f"pytest-xdist --dist loadgroup did not group {len(lost)} tests (pytest-dev/pytest-xdist"
-                          "#1386, pytest 9.2): shared fixtures are built on every worker. Fix: pip install -c "
-                          "constraints.txt -e '.[dev]' (pytest<9.2)", pytest.PytestWarning, stacklevel=1)
+    """pytest-xdist worker of a `--dist loadgroup` run: write {node id: group} (the node ids it sends)
+    where the controller's scheduler reads it; atomically, so the scheduler never reads half a file."""
+    folder = getattr(session.config, "workerinput", {}).get("bilstm_exp_groups_dir")
+    if folder:
+        marks = {item.nodeid: item.get_closest_marker("xdist_group") for item in session.items}
+        path = Path(folder) / f"{session.config.workerinput['workerid']}.json"
+        path.with_suffix(".tmp").write_text(json.dumps({nodeid: m.args[0] for nodeid, m in marks.items() if m}))
+        os.replace(path.with_suffix(".tmp"), path)
