@@ -24,6 +24,8 @@ class DataConfig:
     num_buckets: int = 8  # bucket boundaries at quantiles of the training lengths
     split_seed: int = 42  # seeds the data itself: generation (synthetic), max_samples subsample, split, folds
     folds: int | None = None  # K >= 2: stratified K-fold cross-validation (one child run per fold); null: one split
+    heldout_fraction: float = 0.0  # share set aside before any split or fold (a search's held-out part); 0: none
+    heldout_as_test: bool = False  # true: the held-out part is the test split (train and val: the rest); no folds
 
     def __post_init__(self) -> None:
         if self.max_samples is not None:
@@ -52,6 +54,13 @@ class DataConfig:
         if self.folds is not None:
             check(self.folds >= 2, "data.folds", f"must be >= 2 (or null for one split), got {self.folds}",
                   "e.g. data.folds=5")
+        check(0.0 <= self.heldout_fraction < 0.5, "data.heldout_fraction",
+              f"must be in [0, 0.5), got {self.heldout_fraction}", "e.g. data.heldout_fraction=0.2")
+        if self.heldout_as_test:
+            check(self.heldout_fraction > 0, "data.heldout_as_test", "needs a held-out part, but "
+                  "data.heldout_fraction is 0", "set the search's share, e.g. data.heldout_fraction=0.2")
+            check(self.folds is None, "data.heldout_as_test", f"tests on the held-out part once, but data.folds="
+                  f"{self.folds}", "data.folds=null")
 
 
 @dataclass

@@ -19,7 +19,7 @@ import numpy as np
 
 from bilstm_exp.config.data_schema import DataConfig
 from bilstm_exp.data.sources import RawData, load_raw
-from bilstm_exp.data.splits import fold_splits, stratified_split
+from bilstm_exp.data.splits import fold_splits, heldout_test_split, hold_out, stratified_split, within
 from bilstm_exp.data.vocabulary import Vocabulary, tokenize
 from bilstm_exp.errors import DataError
 
@@ -41,11 +41,17 @@ def check(cfg: DataConfig, seed: int | None = None, folds: int | None = None) ->
     start = time.perf_counter()
     seed = cfg.split_seed if seed is None else seed
     raw = load_raw(cfg, seed)
+    if cfg.heldout_as_test:  # the held-out part is the test split; everything else trains and validates
+        splits = [heldout_test_split(raw.labels, cfg.heldout_fraction, cfg.val_fraction, seed, more_data=raw.more_data)]
+        return CheckedData(raw, splits, time.perf_counter() - start)
+    # data.heldout_fraction: the held-out part is in no split or fold, so a search never sees it
+    keep = hold_out(raw.labels, cfg.heldout_fraction, seed)[0] if cfg.heldout_fraction else np.arange(len(raw.labels))
+    labels = raw.labels[keep]
     if folds:
-        splits = fold_splits(raw.labels, folds, cfg.val_fraction, seed, more_data=raw.more_data)
+        splits = fold_splits(labels, folds, cfg.val_fraction, seed, more_data=raw.more_data)
     else:
-        splits = [stratified_split(raw.labels, cfg.val_fraction, cfg.test_fraction, seed, more_data=raw.more_data)]
-    return CheckedData(raw, splits, time.perf_counter() - start)
+        splits = [stratified_split(labels, cfg.val_fraction, cfg.test_fraction, seed, more_data=raw.more_data)]
+    return CheckedData(raw, [within(keep, split) for split in splits], time.perf_counter() - start)
 
 
 def prepare(cfg: DataConfig, seed: int | None = None, checked: CheckedData | None = None) -> PreparedData:

@@ -56,6 +56,38 @@ def fold_splits(labels: np.ndarray, folds: int, val_fraction: float, seed: int, 
     return out
 
 
+HELDOUT_STREAM = 1  # the held-out part draws from its own random stream: independent of folds and fractions
+
+
+def hold_out(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(selection, held out): a seeded, stratified ``fraction`` of every class set aside before any split.
+    It depends on the seed and the fraction only, so every trial of a search (whatever its folds)
+    and the final held-out run agree on it."""
+    rng = np.random.default_rng([seed, HELDOUT_STREAM])
+    held = [rng.permutation(np.flatnonzero(labels == cls)) for cls in np.unique(labels)]
+    held_out = np.sort(np.concatenate([idx[:int(round(len(idx) * fraction))] for idx in held]))
+    return np.setdiff1d(np.arange(len(labels)), held_out), held_out
+
+
+def within(selection: np.ndarray, split: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A split of ``labels[selection]`` as indices of the whole ``labels``."""
+    return {name: selection[idx] for name, idx in split.items()}
+
+
+def heldout_test_split(labels: np.ndarray, fraction: float, val_fraction: float, seed: int, *,
+                       more_data: str = MORE_DATA) -> dict[str, np.ndarray]:
+    """The split that measures one configuration on the held-out part (:func:`hold_out`): test is the
+    held-out part, val a stratified ``val_fraction`` of the rest (the selection data), train the remainder."""
+    selection, held_out = hold_out(labels, fraction, seed)
+    rng, val = np.random.default_rng(seed), []
+    for cls in np.unique(labels[selection]):
+        idx = rng.permutation(selection[labels[selection] == cls])
+        val.append(idx[:int(round(len(idx) * val_fraction))])
+    val_idx = np.sort(np.concatenate(val))
+    return check_sizes({"train": np.setdiff1d(selection, val_idx), "val": val_idx, "test": held_out}, labels,
+                       more_data)
+
+
 def check_sizes(out: dict[str, np.ndarray], labels: np.ndarray, more_data: str = MORE_DATA) -> dict[str, np.ndarray]:
     """Refuse splits too small to train or measure: an empty split, a train split under
     MIN_TRAIN_EXAMPLES, or a class missing from the train split; the message names the counts."""

@@ -154,7 +154,10 @@ class MLflowSweepCallback(Callback):
                                 f"'{cfg.experiment_name}'"), flush=True)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if self.countdown is not None:  # None in a job process of a parallel launcher
+        if OmegaConf.select(config, "data.heldout_as_test", default=False) is True:  # a nested search's last job
+            print(f"{PREFIX} held-out run: the best trial's config, trained on the selection data, tested on "
+                  "the held-out part", flush=True)
+        elif self.countdown is not None:  # None in a job process of a parallel launcher
             self.countdown.starting(int(OmegaConf.select(config, "hydra.job.num", default=0)))
 
     def _open_parent(self, config: DictConfig, experiment_name: str, experiment_id: str, name: str,
@@ -204,10 +207,14 @@ class MLflowSweepCallback(Callback):
     def _finish(self, sweep_dir: Path | None, sweep_raised: bool) -> None:
         from mlflow.tracking import MlflowClient
 
+        from bilstm_exp.tracking import store
         from bilstm_exp.tracking.ending import ending
         from bilstm_exp.tracking.session import Session
         from bilstm_exp.tracking.store import child_runs
-        from bilstm_exp.training import summary  # the jobs table: status, overrides, metric; the best one marked *
+        from bilstm_exp.training import (  # the jobs table: status, overrides, metric; the best one marked *
+            heldout,
+            summary,
+        )
 
         self._open = False
         os.environ.pop(PARENT_ENV, None)
@@ -218,7 +225,11 @@ class MLflowSweepCallback(Callback):
         finished = [run for run in children if run.info.status == "FINISHED"]
         failed = len(children) - len(finished)
         parent.log_metrics({"sweep/jobs_finished": len(finished), "sweep/jobs_failed": failed})
-        best = self._log_best(client, parent, children, finished, final=not sweep_raised)
+        trials, held_out = heldout.partition(children)  # a nested search's held-out job is no trial
+        best = self._log_best(client, parent, trials, [run for run in trials if run.info.status == "FINISHED"],
+                              final=not sweep_raised)
+        nested = heldout.log_estimate(client, parent, best, held_out, self.metric,
+                                      self._score(client, best) if best else None)
         if sweep_dir is not None and (sweep_dir / "optimization_results.yaml").is_file():
             parent.log_artifacts(sweep_dir / "optimization_results.yaml", "best")
             from bilstm_exp.training import pareto  # a multi-objective search: its Pareto front
@@ -228,8 +239,10 @@ class MLflowSweepCallback(Callback):
         stopped = (f"{failed} of {len(children)} jobs failed" + (" and the sweeper stopped" if sweep_raised else ""))
         status, tags = ending(None if ok else SweepFailed(stopped), self._interrupts(children) if sweep_raised else [])
         parent.end(status, tags)
-        summary.report_sweep(client, parent.run_id, children, self.metric, self.mode, best,
+        summary.report_sweep(client, parent.run_id, trials, self.metric, self.mode, best,
                              lambda run: self._score(client, run))
+        if nested:
+            print(store.redact_text("\n".join(nested)), flush=True)
         if not ok:
             print(f"[bilstm-exp] sweep {parent.run_id} ended {status}: {stopped}", file=sys.stderr, flush=True)
 

@@ -11,6 +11,12 @@ and, for each solution, the job number of this sweep that ran it (null: another 
 shared study), which is how the sweep callback finds the trial's MLflow run.
 
 The job returns one float, or with ``objectives`` one value per objective (``cli.train.objective``).
+
+A nested estimate: when the trials hold out part of the data (``data.heldout_fraction`` > 0, e.g.
+``hparams_search=optuna_nested``), a single-objective sweep runs one more job after the last trial: the
+best trial's params with :data:`HELDOUT_OVERRIDES`, i.e. trained once on the data the trials selected on
+and tested on the held-out part none of them saw (``best_heldout_job`` in the results). The sweep callback
+logs its test metrics on the parent run beside the selected trial's value (``bilstm_exp.training.heldout``).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from bilstm_exp.errors import ConfigError, UserError, exit_on_user_error
 
 RESULTS = "optimization_results.yaml"
+HELDOUT_OVERRIDES = ["data.folds=null", "data.heldout_as_test=true"]  # the held-out job: one split, tested on it
 DIRECTIONS = ("minimize", "maximize")
 
 
@@ -132,7 +139,7 @@ class OptunaSweeper(Sweeper):
             batch = min(self.n_jobs, remaining)
             self._run_batch(study, [study.ask(space) for _ in range(batch)], fixed, jobs)
             remaining -= batch
-        self._write_results(study, directions, jobs)
+        self._write_results(study, directions, jobs, self._run_heldout(study, directions, fixed))
 
     def _study(self, directions: list[str]):
         import optuna
@@ -187,7 +194,30 @@ class OptunaSweeper(Sweeper):
         if failed and len(failed) / len(returns) > self.max_failure_rate:
             failed[0].return_value  # noqa: B018 - JobReturn re-raises the job's exception with its traceback
 
-    def _write_results(self, study, directions: list[str], jobs: dict[int, int]) -> None:
+    def _run_heldout(self, study, directions: list[str], fixed: list[str]) -> int | None:
+        """The nested estimate's job (see the module docstring): its job number, or None when the trials
+        hold nothing out, the search has several objectives (no single best) or no trial completed."""
+        from hydra.core.utils import JobStatus
+        from optuna.trial import TrialState
+
+        if not OmegaConf.select(self.config, "data.heldout_fraction", default=0.0):
+            return None
+        if len(directions) > 1 or not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            print("[bilstm-exp] Optuna: no single best trial; the held-out part is not evaluated. Evaluate a trial "
+                  "with its overrides plus " + " ".join(HELDOUT_OVERRIDES), file=sys.stderr, flush=True)
+            return None
+        best = study.best_trial
+        print(f"[bilstm-exp] Optuna: trial {best.number} selected ({best.value:.4g}); training its config once on the "
+              "selection data and testing it on the held-out part", flush=True)
+        overrides = [f"{key}={value}" for key, value in best.params.items()] + fixed + HELDOUT_OVERRIDES
+        [job] = self.launcher.launch([overrides], initial_job_idx=self.job_idx)
+        self.job_idx += 1
+        if job.status != JobStatus.COMPLETED:  # the sweep callback ends the parent FAILED (a job failed)
+            print("bilstm-exp: warning: the held-out job failed: the search has no selection-free estimate",
+                  file=sys.stderr, flush=True)
+        return self.job_idx - 1
+
+    def _write_results(self, study, directions: list[str], jobs: dict[int, int], heldout_job: int | None) -> None:
         """optimization_results.yaml in the sweep dir (see the module docstring)."""
         from optuna.trial import TrialState
 
@@ -199,6 +229,8 @@ class OptunaSweeper(Sweeper):
             best = study.best_trial
             results.update(best_params=best.params, best_value=best.value, best_trial=best.number,
                            best_job=jobs.get(best.number))
+            if heldout_job is not None:
+                results["best_heldout_job"] = heldout_job
         else:
             front = sorted(study.best_trials, key=lambda t: t.number)
             results.update(objectives=self.objectives, directions=directions, solutions=[
