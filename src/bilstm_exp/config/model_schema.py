@@ -29,6 +29,7 @@ class ModelConfig:
     pretrained_embeddings: str | None = None  # word-vector file to start the embedding from (null: random init)
     pretrained_format: str = "auto"  # auto (from suffix/header), word2vec (text), word2vec_binary, glove (no header)
     embeddings_trainable: bool = True  # false: pretrained vectors stay frozen during training
+    self_trained_vectors: bool = False  # word2vec vectors trained on the run's own training split (a fold's in a CV)
 
     def __post_init__(self) -> None:
         positive(self.embedding_dim, "model.embedding_dim", 64)
@@ -39,10 +40,17 @@ class ModelConfig:
         fraction(self.embedding_dropout, "model.embedding_dropout", 0.2)
         fraction(self.output_dropout, "model.output_dropout", 0.3)
         choice(self.pretrained_format, VECTOR_FORMATS, "model.pretrained_format")
+        if self.self_trained_vectors:
+            check(self.pretrained_embeddings is None, "model.self_trained_vectors", "is true and "
+                  f"model.pretrained_embeddings={self.pretrained_embeddings} is set too: the embedding starts "
+                  "from one or the other", "drop one of them, e.g. model.pretrained_embeddings=null")
+            extras.require("gensim", "embeddings", "model.self_trained_vectors=true")  # gensim trains them
+            return
         if self.pretrained_embeddings is None:
             check(self.embeddings_trainable, "model.embeddings_trainable",
                   "false freezes randomly initialised embeddings", "set model.pretrained_embeddings=PATH "
-                  "(a word2vec or GloVe file) or leave model.embeddings_trainable=true")
+                  "(a word2vec or GloVe file) or model.self_trained_vectors=true, or leave "
+                  "model.embeddings_trainable=true")
             return
         extras.require("gensim", "embeddings", "model.pretrained_embeddings")  # gensim reads the vectors
         # the file itself is read by the run's pre-flight (models.vector_files.check), not here

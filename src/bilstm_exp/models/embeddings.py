@@ -6,6 +6,9 @@
   each word it lacks and for the out-of-vocabulary id, zeros for padding. Its metrics say how much of
   the vocabulary (``embedding/oov_fraction``) and of the training tokens
   (``embedding/oov_token_fraction``) got no pretrained vector.
+* :func:`for_run` picks a run's vectors: that file's, or (``model.self_trained_vectors``) word2vec vectors
+  trained on the run's own training split (:func:`self_trained`; a fold's, in a cross-validation, so
+  the fold's test texts never shape them), or none.
 * :func:`pretrain` trains word2vec or fastText vectors on unlabelled text (tokenised like the
   classifier's input, :func:`bilstm_exp.data.vocabulary.tokenize`) and writes them in word2vec text format, which
   ``model.pretrained_embeddings`` reads back.
@@ -27,11 +30,13 @@ import numpy as np
 
 from bilstm_exp import extras
 from bilstm_exp.config.model_schema import ModelConfig
+from bilstm_exp.data.prepare import PreparedData
 from bilstm_exp.data.vocabulary import PAD_ID, Vocabulary, tokenize
 from bilstm_exp.errors import ConfigError, DataError, UserError
 from bilstm_exp.models import vector_files
 
 METHODS = ("word2vec", "fasttext")
+TRAINED_ON_TAG = "embedding.trained_on"  # model.self_trained_vectors: the texts the run's vectors learned from
 
 
 @dataclass
@@ -41,6 +46,8 @@ class Vectors:
     matrix: np.ndarray | None  # (len(vocab), dim) float32; None: no pretrained vectors configured
     metrics: dict[str, float] = field(default_factory=dict)  # embedding/* coverage metrics
     has_vector: np.ndarray | None = None  # bool per id: True where the row came from the file
+    tags: dict[str, str] = field(default_factory=dict)  # self-trained vectors: which texts trained them
+    source: object = None  # self-trained vectors: gensim's KeyedVectors the rows came from
 
 
 def load(path: str, fmt: str = "auto"):
@@ -55,6 +62,36 @@ def load(path: str, fmt: str = "auto"):
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise DataError(f"{path}: cannot be read as {fmt} vectors ({first}). Fix: check the file, or set "
                         "model.pretrained_format (word2vec, word2vec_binary or glove) to match it") from None
+
+
+def for_run(cfg: ModelConfig, prepared: PreparedData, *, seed: int = 0) -> Vectors:
+    """The embedding's initial weights for a run on ``prepared``: the vectors of model.pretrained_embeddings,
+    vectors trained on the run's own training split (model.self_trained_vectors), or none (random)."""
+    if cfg.self_trained_vectors:
+        return self_trained(cfg, prepared, seed=seed)
+    return for_vocabulary(cfg, prepared.vocab, prepared.splits["train"], seed=seed)
+
+
+def self_trained(cfg: ModelConfig, prepared: PreparedData, *, seed: int = 0) -> Vectors:
+    """word2vec vectors (pretrain-embeddings' defaults: skip-gram, 5 epochs, window 5, words seen twice or
+    more, one worker: the same vectors for the same texts and seed) trained on the training split only:
+    in a cross-validation each fold trains its own on its own training texts, so no test or validation
+    text of the fold shapes them. The run records which texts (tag ``embedding.trained_on``) and how many
+    (``embedding/self_trained_texts``), and how many words got a vector (``embedding/self_trained_words``)."""
+    texts = prepared.texts["train"]
+    sentences = [tokens for tokens in (tokenize(text) for text in texts) if tokens]
+    if not any(count >= 2 for count in Counter(t for tokens in sentences for t in tokens).values()):
+        raise DataError(f"model.self_trained_vectors: no word occurs twice in the {len(texts)} training texts, "
+                        "so word2vec has nothing to learn. Fix: use more data, or model.self_trained_vectors=false")
+    start = time.perf_counter()
+    vectors = train(sentences, method="word2vec", dim=cfg.embedding_dim, epochs=5, min_count=2, window=5,
+                    skipgram=True, seed=seed, workers=1)
+    out = matrix_for(prepared.vocab, vectors, prepared.splits["train"], seed=seed)
+    out.metrics.update({"embedding/self_trained_texts": len(texts), "embedding/self_trained_words": len(vectors),
+                        "time/self_trained_vectors_s": time.perf_counter() - start})
+    split = "the training split" if prepared.fold is None else f"fold {prepared.fold}'s training split"
+    out.tags, out.source = {TRAINED_ON_TAG: f"{split}: {len(texts):,} texts, none of its val or test texts"}, vectors
+    return out
 
 
 def for_vocabulary(cfg: ModelConfig, vocab: Vocabulary, train_ids: list[np.ndarray] | None = None, *,
@@ -154,16 +191,23 @@ def pretrain(texts: list[str], out: Path, *, method: str = "word2vec", dim: int 
     if not any(count >= min_count for count in counts.values()):
         raise DataError(f"no word occurs --min-count={min_count} times in {len(sentences)} texts. "
                         "Fix: lower --min-count or pass more text")
+    start = time.perf_counter()
+    vectors = train(sentences, method=method, dim=dim, epochs=epochs, min_count=min_count, window=window,
+                    skipgram=skipgram, seed=seed, workers=workers)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    vectors.save_word2vec_format(str(out), binary=False)
+    return PretrainSummary(method, len(vectors), dim, len(sentences), sum(counts.values()),
+                           time.perf_counter() - start, out)
+
+
+def train(sentences: list[list[str]], *, method: str, dim: int, epochs: int, min_count: int, window: int,
+          skipgram: bool, seed: int, workers: int):
+    """gensim's word2vec or fastText trained on tokenised ``sentences``: its ``KeyedVectors``."""
     from gensim.models import FastText, Word2Vec
 
-    start = time.perf_counter()
     trainer = Word2Vec if method == "word2vec" else FastText
-    model = trainer(sentences=sentences, vector_size=dim, window=window, min_count=min_count, sg=int(skipgram),
-                    epochs=epochs, seed=seed, workers=workers)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    model.wv.save_word2vec_format(str(out), binary=False)
-    return PretrainSummary(method, len(model.wv), dim, len(sentences), sum(counts.values()),
-                           time.perf_counter() - start, out)
+    return trainer(sentences=sentences, vector_size=dim, window=window, min_count=min_count, sg=int(skipgram),
+                   epochs=epochs, seed=seed, workers=workers).wv
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -73,7 +73,7 @@ def compile_model(config: ExperimentConfig, prepared: PreparedData, steps_per_ep
     binary cross-entropy with accuracy and AUC for two classes, sparse categorical cross-entropy with
     accuracy for more (either with training.label_smoothing: models.build.loss)."""
     if model is None:
-        vectors = vectors or embeddings.for_vocabulary(config.model, prepared.vocab, seed=config.seed)
+        vectors = vectors or embeddings.for_run(config.model, prepared, seed=config.seed)
         model = models.build(config.model, len(prepared.vocab), prepared.num_classes, embedding_matrix=vectors.matrix)
     optimizer = optim.build(config.optimizer, config.clipping, steps_per_epoch, config.training.epochs)
     if prepared.num_classes == 2:
@@ -123,12 +123,13 @@ def run(config: ExperimentConfig, *, root: Path, overrides: list[str] | None = N
     checkpointer = checkpoints.for_config(config, root)  # training.resume: fails here, before training
     store.check_resumable(checkpointer.run_id)  # the run to resume is in the store and not FINISHED
     checkpointer.check_data(prepared.md5())
-    # model.pretrained_embeddings: the vectors for this vocabulary; an unreadable file fails before a run exists
-    vectors = embeddings.for_vocabulary(config.model, prepared.vocab, prepared.splits["train"], seed=config.seed)
+    # model.pretrained_embeddings (an unreadable file fails before a run exists) or self_trained_vectors
+    vectors = embeddings.for_run(config.model, prepared, seed=config.seed)
 
     with system_metrics.sampling(config.tracking.system_metrics, config.tracking.system_metrics_interval_s), \
             Session.start(experiment_id, run_name=run_name or recording.run_name(config),
-                          tags=_tags(config, overrides or [], extra_tags), parent_run_id=parent_run_id,
+                          tags=_tags(config, overrides or [], {**(extra_tags or {}), **vectors.tags}),
+                          parent_run_id=parent_run_id,
                           run_id=checkpointer.run_id) as session, \
             tempfile.TemporaryDirectory(prefix="bilstm-exp-") as tmp:
         folder = Path(tmp)

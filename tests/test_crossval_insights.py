@@ -1,0 +1,163 @@
+"""What a cross-validation tells a user beyond its mean: test accuracy per class and per length bucket on
+the parent run (its metrics, its table, its summary line); word vectors trained per fold on that fold's
+training texts only (model.self_trained_vectors); and label smoothing (training.label_smoothing).
+
+Real Hydra composition, a real MLflow sqlite store, real TensorFlow and gensim on tiny data.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from bilstm_exp.config.compose import compose
+from bilstm_exp.config.schema import validate
+from bilstm_exp.data import prepare as data
+from bilstm_exp.models import embeddings
+from bilstm_exp.training import crossval
+from tests.conftest import run_module, tiny
+
+PLANTED = "zyzzyva"  # a word only fold 0's test texts contain
+
+
+def parent_and_folds(workdir):
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("bilstm-exp").experiment_id])
+    [parent] = [r for r in runs if r.data.tags.get("cv.role") == "parent"]
+    folds = sorted((r for r in runs if r.data.tags.get("cv.role") == "fold"), key=lambda r: int(r.data.tags["fold"]))
+    return client, parent, folds
+
+
+@pytest.mark.slow  # trains three folds
+def test_a_cv_parent_shows_test_accuracy_per_class_and_length_bucket_and_names_the_weakest(workdir, capsys):
+    config = validate(compose(tiny("basic", "data.folds=3", "data.num_classes=3", "training.label_smoothing=0.1")))
+    result = crossval.run(config, root=workdir)
+    out = capsys.readouterr().out
+    client, parent, folds = parent_and_folds(workdir)
+    metrics = parent.data.metrics
+    # per class: the mean over folds of the share of the class's test texts each fold's model got right
+    classes = result.folds[0].prepared.class_names
+    for k, name in enumerate(classes):
+        per_fold = [np.mean(r.evaluation.y_pred[r.evaluation.y_true == k] == k) for r in result.folds]
+        assert metrics[f"cv/test/accuracy/class/{name}_mean"] == pytest.approx(np.mean(per_fold))
+        assert f"cv/test/accuracy/class/{name}_ci95" in metrics
+    # per length bucket: contiguous token ranges from 0 to data.max_length, data.num_buckets of them at most
+    buckets = sorted(tuple(map(int, m.group(1, 2))) for key in metrics
+                     if (m := re.fullmatch(r"cv/test/accuracy/length/(\d+)-(\d+)_mean", key)))
+    assert 2 <= len(buckets) <= config.data.num_buckets
+    assert buckets[0][0] == 0 and buckets[-1][1] == config.data.max_length
+    assert all(hi + 1 == lo for (_, hi), (lo, _) in zip(buckets, buckets[1:]))
+    # the table: every test text counted once by class and once by length, the errors adding up to the folds'
+    table = client.download_artifacts(parent.info.run_id, "reports/cv_breakdown.md")
+    rows = [line.split("|")[1:-1] for line in open(table, encoding="utf-8") if line.startswith(("| class", "| length"))]
+    texts = {by: sum(int(r[2].replace(",", "")) for r in rows if r[0].strip() == by) for by in ("class", "length")}
+    wrong = {by: sum(int(r[3].replace(",", "")) for r in rows if r[0].strip() == by) for by in ("class", "length")}
+    assert texts == {"class": 160, "length": 160}
+    errors = sum(round(len(r.evaluation.y_true) * (1 - f.data.metrics["test/accuracy"]))
+                 for r, f in zip(result.folds, folds, strict=True))
+    assert wrong == {"class": errors, "length": errors}
+    # the end summary names the weakest class: the one with the lowest mean
+    weakest = min(classes, key=lambda name: metrics[f"cv/test/accuracy/class/{name}_mean"])
+    [line] = [line for line in out.splitlines() if line.strip().startswith("weakest")]
+    assert f"class {weakest} {metrics[f'cv/test/accuracy/class/{weakest}_mean']:.4f}" in line
+    assert "tokens" in line and "reports/cv_breakdown.md" in line
+    # training.label_smoothing is recorded like every key, on the parent and each fold
+    assert {f.data.params["training.label_smoothing"] for f in folds} == {"0.1"}
+    assert parent.data.params["training.label_smoothing"] == "0.1"
+    assert all(np.isfinite(f.data.metrics["train/loss"]) for f in folds)
+
+
+def test_label_smoothing_reaches_the_keras_loss_for_two_and_more_classes():
+    """A confident right prediction costs (almost) nothing without smoothing and a fixed floor with it."""
+    from bilstm_exp.models.build import loss
+
+    sure = np.array([[0.001], [0.999]], dtype="float32"), np.array([[0], [1]])
+    assert float(_value(loss(2), *sure)) < 0.01
+    # targets 0.05 and 0.95: the cross-entropy of 0.999 against 0.95
+    floor = -(0.95 * np.log(0.999) + 0.05 * np.log(0.001))
+    assert float(_value(loss(2, 0.1), *sure)) == pytest.approx(floor, rel=1e-3)
+    three = np.array([[0.998, 0.001, 0.001]], dtype="float32"), np.array([0])
+    assert float(_value(loss(3), *three)) < 0.01
+    target = np.array([1 - 0.1 + 0.1 / 3, 0.1 / 3, 0.1 / 3])
+    assert float(_value(loss(3, 0.1), *three)) == pytest.approx(-(target * np.log(three[0][0])).sum(), rel=1e-3)
+
+
+def _value(fn, y_pred, y_true):
+    import keras
+
+    if isinstance(fn, str):
+        fn = keras.losses.get(fn)
+    return keras.ops.mean(fn(y_true, y_pred))
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.1", "1.0"])
+def test_a_label_smoothing_outside_zero_to_one_is_refused_in_one_line(tmp_path, value):
+    out = run_module(tiny("basic", f"training.label_smoothing={value}"), tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    [line] = out.stderr.strip().splitlines()
+    assert f"training.label_smoothing: must be in [0, 1), got {float(value)}. Fix:" in line
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+# --------------------------------------------------------------------------- self-trained vectors per fold
+
+
+def corpus(tmp_path, planted: set[str] = frozenset()):
+    """A CSV of 120 short reviews; the texts in ``planted`` get the word PLANTED."""
+    words = ["great", "awful", "film", "plot", "acting", "music", "long", "short", "moving", "dull"]
+    rng = np.random.default_rng(0)
+    rows = [(f"{' '.join(rng.choice(words, 6))} {'good' if i % 2 else 'bad'} review {i}", "pos" if i % 2 else "neg")
+            for i in range(120)]
+    path = tmp_path / "reviews.csv"
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows([("text", "label"),
+                                      *((f"{t} {PLANTED}" if t in planted else t, y) for t, y in rows)])
+    return path
+
+
+def file_config(path, *extra: str, folds: int | None = 3):
+    return validate(compose(["data=file", f"data.path={path}", f"data.folds={folds or 'null'}", "model.lstm_units=8",
+                             "model.embedding_dim=8", "model.kernel=keras", "training.epochs=1",
+                             "profiling.latency_samples=0", "tracking.system_metrics=false", *extra]))
+
+
+@pytest.mark.slow  # trains three folds and their word vectors
+def test_each_fold_trains_its_vectors_on_its_own_training_texts_never_its_test_texts(workdir):
+    # three texts that fold 0 tests on (folds depend on the labels and data.split_seed only) get a new word
+    first = data.prepare_folds(file_config(corpus(workdir)).data)[0]
+    path = corpus(workdir, set(first.texts["test"][:3]))
+    config = file_config(path, "model.self_trained_vectors=true")
+    result = crossval.run(config, root=workdir)
+    _, parent, folds = parent_and_folds(workdir)
+    assert parent.data.params["model.self_trained_vectors"] == "True"
+    for k, (run, fold) in enumerate(zip(result.folds, folds, strict=True)):
+        train = run.prepared.texts["train"]
+        # the fold run says which texts trained its vectors: its own training split, counted
+        assert fold.data.tags["embedding.trained_on"] == (f"fold {k}'s training split: {len(train):,} texts, "
+                                                          "none of its val or test texts")
+        assert fold.data.metrics["embedding/self_trained_texts"] == len(train)
+        vectors = embeddings.for_run(config.model, run.prepared, seed=config.seed)  # what the fold's run did
+        assert fold.data.metrics["embedding/self_trained_words"] == len(vectors.source)
+        seen = sum(PLANTED in text.split() for text in train)
+        assert (PLANTED in vectors.source.key_to_index) == (seen >= 2)  # word2vec keeps words seen twice
+    assert sum(PLANTED in text for text in result.folds[0].prepared.texts["test"]) == 3
+    fold0 = embeddings.for_run(config.model, result.folds[0].prepared, seed=config.seed)
+    assert PLANTED not in fold0.source.key_to_index
+    # trained on the whole corpus, test texts included, the vectors would have the word
+    everything = data.prepare(file_config(path, "model.self_trained_vectors=true", folds=None).data)
+    everything.texts["train"] = [t for part in everything.texts.values() for t in part]
+    assert PLANTED in embeddings.self_trained(config.model, everything, seed=config.seed).source.key_to_index
+
+
+def test_self_trained_vectors_and_a_vector_file_together_are_refused_in_one_line(tmp_path):
+    (tmp_path / "vectors.txt").write_text("1 8\nfilm 0 0 0 0 0 0 0 0\n")
+    out = run_module(tiny("basic", "model.self_trained_vectors=true", "model.pretrained_embeddings=vectors.txt"),
+                     tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    [line] = out.stderr.strip().splitlines()
+    assert "model.self_trained_vectors: is true and model.pretrained_embeddings=vectors.txt is set too" in line
+    assert "Fix:" in line and not (tmp_path / "mlflow.db").exists()
