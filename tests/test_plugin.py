@@ -197,6 +197,7 @@ def blocked(tmp_path: Path, module: str) -> dict[str, str]:
 @pytest.mark.parametrize("module, args, cli, extra", [
     ("gensim", ["pretrain-embeddings", "--input", "texts.txt", "--out", "vectors.txt"], True, "embeddings"),
     ("gensim", ["model.pretrained_embeddings=vectors.txt", "model.embedding_dim=4"], False, "embeddings"),
+    ("gensim", ["model.self_trained_vectors=true", "data.folds=2"], False, "embeddings"),
     ("psycopg", ["server", "start", "--dir", "team-server"], True, "server"),
     ("hydra_plugins.hydra_submitit_launcher", ["-m", "hydra/launcher=submitit_local", "seed=1"], False, "cluster"),
 ])
