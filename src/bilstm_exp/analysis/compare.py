@@ -136,7 +136,7 @@ def select(finished: list, fold_parents: dict[str, Any], args) -> Selection:
 
 def report(args) -> Report:
     """Run the comparison: print the table and the verdicts, write compare.png/md/csv, log them."""
-    client, _ = open_store(args.tracking_uri)
+    client, uri = open_store(args.tracking_uri)
     runs, exp, parent = load_runs(client, args.experiment, args.parent)
     if args.baseline:
         runs = with_baseline_runs(client, runs, args.baseline)
@@ -170,9 +170,12 @@ def report(args) -> Report:
     except OSError as error:  # a read-only folder, a full disk: the table above is the answer; say so, once
         raise CompareError(f"{out}: cannot write compare.png/md/csv ({error.strerror}); the table above is "
                            "complete. Fix: make it writable, or pass --output DIR on a writable disk") from None
-    if parent:
+    if parent:  # written through a session attached to the sweep's parent, as every write of a run
+        from bilstm_exp.tracking.session import Session
+
+        session = Session.attach(uri, parent.info.run_id)
         for name in ("compare.png", "compare.md", "compare.csv"):
-            client.log_artifact(parent.info.run_id, str(out / name), "compare")
+            session.log_artifacts(out / name, "compare")
     logged = f"; logged to run {parent.info.run_id[:8]} under compare/" if parent else ""
     print(wrap(f"\nwrote {out / 'compare.png'}, {out / 'compare.md'} and {out / 'compare.csv'}{logged}"))
     return Report(out, rows, page.verdict, metrics.metric, metrics.mode, figure, "\n".join(lines).splitlines(),

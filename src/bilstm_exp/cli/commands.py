@@ -25,7 +25,7 @@ from bilstm_exp.models import embeddings
 from bilstm_exp.serving import predict
 from bilstm_exp.stages import commands as stages
 from bilstm_exp.team import cli as team
-from bilstm_exp.tracking import offline, register_command, runs
+from bilstm_exp.tracking import register_command, runs, sync
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ COMMANDS = (
     Command("runs", "list recent runs (status, name, key metrics, id); --stale: those a dead process left "
                     "RUNNING; --close: end them KILLED", runs.add_arguments, runs.command),
     Command("sync", "upload runs kept offline (the tracking server was down) to a server",
-            offline.add_arguments, offline.command),
+            sync.add_arguments, sync.command),
     Command("register", "register a finished run's model (e.g. after its store refused it)",
             register_command.add_arguments, register_command.command),
     Command("promote", "move the champion alias to a model version by hand, recording who and why",

@@ -36,6 +36,8 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from bilstm_exp.processes import alive
+
 ENV = "BILSTM_EXP_XLA_CACHE"  # a folder for the shared cache, or "off"
 FLAG = "--tf_xla_persistent_cache_directory"
 MAGIC = b"bilstm-exp xla entry 1\n"  # then the payload's sha256 (hex) and a newline, then TensorFlow's file
@@ -166,18 +168,8 @@ def _remove_dead_processes(shared: Path) -> None:
     prefix = f"process-{socket.gethostname()}-"
     for folder in shared.glob(f"{prefix}*"):
         pid = folder.name[len(prefix):].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _cpu_flags() -> str:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bilstm_exp.processes import alive
 from bilstm_exp.team.common import HOST, ServerError, tail, write_private
 
 # MLflow 3's server also starts a job runner and seven huey consumers (for GenAI jobs: scorers, prompt
@@ -94,9 +95,9 @@ def stop_process(process: subprocess.Popen, timeout_s: float = STOP_GRACE_S) -> 
 
 def stop_pid(pid: int, timeout_s: float = STOP_GRACE_S) -> str | None:
     """The same for a server another process started (its pid from server.json)."""
-    if not running(pid):
+    if not alive(pid):
         return None
-    return stop_group(pid, lambda: not running(pid), timeout_s)
+    return stop_group(pid, lambda: not alive(pid), timeout_s)
 
 
 def stop_group(pgid: int, exited: Callable[[], bool], timeout_s: float) -> str:
@@ -124,24 +125,11 @@ def stop_group(pgid: int, exited: Callable[[], bool], timeout_s: float) -> str:
     return f"stopped ({took:.1f} s)"
 
 
-def running(pid: int) -> bool:
-    """Whether PID is a live process (not a zombie waiting for its parent)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(OSError, IndexError):
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    return True
-
-
 def is_mlflow(pid: int) -> bool:
     """Whether PID still runs ``mlflow server`` (a pid recorded long ago may have been reused)."""
     try:
         return b"mlflow" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except FileNotFoundError:
-        return not Path("/proc/self").exists() and running(pid)  # no /proc here: trust the record
+        return not Path("/proc/self").exists() and alive(pid)  # no /proc here: trust the record
     except OSError:
-        return running(pid)
+        return alive(pid)

@@ -7,12 +7,12 @@ terminal, a log or a command line.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
+from bilstm_exp.processes import environment
 from bilstm_exp.team.common import ServerError, write_private
 from bilstm_exp.team.server import TeamServer
 
@@ -45,17 +45,9 @@ def grant(server: TeamServer, username: str, resource_id: str, permission: str,
 def admin_credentials(server: TeamServer) -> Iterator[None]:
     """The admin's credentials in this process's environment (where MLflow's clients read them), for the
     duration of the block only."""
-    keys = {"MLFLOW_TRACKING_USERNAME": server.admin_user, "MLFLOW_TRACKING_PASSWORD": server.admin_password()}
-    saved = {key: os.environ.get(key) for key in keys}
-    os.environ.update(keys)
-    try:
+    with environment({"MLFLOW_TRACKING_USERNAME": server.admin_user,
+                      "MLFLOW_TRACKING_PASSWORD": server.admin_password()}):
         yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def parse_grants(items: list[str]) -> list[tuple[str, str]]:

@@ -30,9 +30,9 @@ import os
 import socket
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from bilstm_exp.errors import TrackingError
+from bilstm_exp.processes import alive
 from bilstm_exp.tracking import store
 from bilstm_exp.tracking.store import HEARTBEAT_TAG, HOST_TAG, PID_TAG
 
@@ -68,18 +68,7 @@ def process_gone(run) -> bool:
         pid = int(run.data.tags.get(PID_TAG, ""))
     except ValueError:
         return False
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    try:  # a killed child its parent has not reaped yet is a zombie: gone too
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return False
+    return pid != os.getpid() and not alive(pid)
 
 
 def find(client, experiment_ids: list[str], names: dict[str, str], older_than_min: float,
@@ -101,11 +90,11 @@ def find(client, experiment_ids: list[str], names: dict[str, str], older_than_mi
 
 
 def close(client, stale: Stale) -> None:
-    """End a stale run KILLED, saying why."""
-    run_id = stale.run.info.run_id
-    client.set_tag(run_id, "failure_reason", "stale")
-    client.set_tag(run_id, "error", f"closed by `bilstm-exp runs --stale --close`: {stale.reason}")
-    client.set_terminated(run_id, "KILLED")
+    """End a stale run KILLED, saying why, through a session attached to it (as every run ends)."""
+    from bilstm_exp.tracking.session import Session
+
+    Session.attach(client.tracking_uri, stale.run.info.run_id).end("KILLED", {
+        "failure_reason": "stale", "error": f"closed by `bilstm-exp runs --stale --close`: {stale.reason}"})
 
 
 # --------------------------------------------------------------------------- listing

@@ -192,15 +192,16 @@ class Session:
             warn(f"{self.deferred[0]} while the run was registering its model and ending: the run "
                  f"{self.run_id} was completed first and ended FINISHED")
 
-    def end(self, status: str, tags: dict[str, str] | None = None) -> None:
-        """The one way a run ends: its buffer delivered, then its status. A fluent run whose server is
-        down (or whose store stays busy) ends in its offline copy, with the `bilstm-exp sync` command."""
+    def end(self, status: str, tags: dict[str, str] | None = None, end_time: int | None = None) -> None:
+        """The one way a run ends: its buffer delivered, then its status (``end_time``: a run synced from
+        its offline copy keeps its own). A fluent run whose server is down (or whose store stays busy)
+        ends in its offline copy, with the `bilstm-exp sync` command."""
         if tags:
             self.log_tags(tags)
         if not self.offline_uri and self.flush():
             try:
                 retry.retrying(lambda: mlflow.end_run(status) if self.fluent
-                               else MlflowClient(self.uri).set_terminated(self.run_id, status))
+                               else MlflowClient(self.uri).set_terminated(self.run_id, status, end_time))
                 return
             except Exception as error:
                 if not self._passing(error):

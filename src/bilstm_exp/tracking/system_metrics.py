@@ -16,9 +16,10 @@ are created through the client and sample nothing).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+from bilstm_exp.processes import environment
 
 ENABLE = "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING"
 INTERVAL = "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"
@@ -27,14 +28,5 @@ INTERVAL = "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"
 @contextmanager
 def sampling(enabled: bool, interval_s: float) -> Iterator[None]:
     """MLflow samples system metrics on the fluent runs started inside (or not, ``enabled=False``)."""
-    wanted = {ENABLE: str(bool(enabled)).lower(), INTERVAL: f"{interval_s:g}"}
-    saved = {key: os.environ.get(key) for key in wanted}
-    os.environ.update(wanted)
-    try:
+    with environment({ENABLE: str(bool(enabled)).lower(), INTERVAL: f"{interval_s:g}"}):
         yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
