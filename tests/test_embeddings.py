@@ -135,7 +135,8 @@ def test_trainable_pretrained_embeddings_move_with_training(tmp_path):
                                    "model.embedding_dim=4", "model.kernel=keras")))
     texts = ["great plot", "awful movie", "great movie the plot", "awful the plot"]
 
-    prepared = SimpleNamespace(vocab=VOCAB, num_classes=2)  # what compile_model reads of the prepared data
+    # what compile_model reads of the prepared data (the training split: for model.self_trained_vectors)
+    prepared = SimpleNamespace(vocab=VOCAB, num_classes=2, splits={"train": []})
     model = training.compile_model(config, prepared, 1)  # the embedding starts from model.pretrained_embeddings
     before = model.get_layer("embedding").get_weights()[0]
     np.testing.assert_allclose(before[VOCAB._index["plot"]], WORDS["plot"], rtol=1e-6)
