@@ -98,3 +98,16 @@ def test_heldout_settings_that_cannot_work_are_refused_in_one_line():
                                 "data.heldout_as_test: tests on the held-out part once, but data.folds=3")):
         with pytest.raises(ConfigError, match=problem.replace("[", r"\[").replace(")", r"\)")):
             validate(compose(overrides))
+
+
+def test_the_heldout_part_is_one_set_whatever_the_folds_and_no_split_of_a_trial_holds_it():
+    """The same texts are held out for a 2-fold, a 3-fold and a one-split trial; none of their splits holds
+    one, and the held-out run tests on exactly them while training and validating on everything else."""
+    base = [o for o in TINY if o.startswith("data.")] + ["data.heldout_fraction=0.25"]
+    final = texts_by_digest([*base, "data.heldout_as_test=true"])
+    [held_out] = [texts for digest, texts in final.items() if len(texts) == 40]
+    everything = set().union(*final.values())
+    assert len(everything) == 160
+    for trial in (["data.folds=2"], ["data.folds=3"], ["data.val_fraction=0.2"]):
+        seen = set().union(*texts_by_digest([*base, *trial]).values())
+        assert seen == everything - held_out
