@@ -115,7 +115,10 @@ def _breakdown(parent: Session, results: list[training.RunResult],
                num_buckets: int) -> tuple[list[breakdown.Group], dict[str, float]]:
     """Test accuracy per class and per length bucket over the folds, logged on the parent as metrics
     (summarised like every cv/* metric) and as the table reports/cv_breakdown.md."""
-    groups = breakdown.groups([(r.evaluation, r.prepared) for r in results if r.evaluation], num_buckets)
+    scored = [(r.evaluation, r.prepared) for r in results if r.evaluation is not None]
+    if not scored:  # no fold scored its test split here (a multi_worker non-chief)
+        return [], {}
+    groups = breakdown.groups(scored, num_buckets)
     metrics = {f"cv/{g.metric}_{stat}": value for g in groups for stat, value in summary(g.per_fold).items()}
     parent.log_metrics(metrics)
     ci95 = {g.metric: metrics[f"cv/{g.metric}_ci95"] for g in groups}
