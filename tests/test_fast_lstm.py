@@ -94,6 +94,25 @@ def test_input_dropout_uses_the_same_mask_as_keras():
     assert _max_diff(inference, _outputs_and_grads(ref, x, mask)[0]) < 1e-6
 
 
+@pytest.mark.skipif(not ON_CPU, reason="the XLA loops run on a CPU only")
+def test_inference_of_a_served_layer_runs_the_loop_without_the_backward_record():
+    """training=False on a layer nobody trains (no pad_batch_to) traces only the forward-only loop;
+    training, or validation of a model being trained (pad_batch_to set), the recording loop. Outputs
+    and gradients of the inference path equal Keras's: test_outputs_and_gradients_match_keras."""
+    _, fast = _pair(return_sequences=True)
+    x = tf.constant(np.random.default_rng(0).normal(size=(B, T, D)).astype("float32"))
+
+    def loops(training):
+        graph = tf.function(lambda x: fast(x, training=training)).get_concrete_function(x).graph
+        names = " ".join(function.signature.name for function in graph.as_graph_def().library.function)
+        return {loop for loop in ("_inference_loop", "_forward_loop") if loop in names}
+
+    assert loops(False) == {"_inference_loop"}
+    assert loops(True) == {"_forward_loop"}
+    fast.pad_batch_to = B
+    assert loops(False) == {"_forward_loop"}
+
+
 def _model(layer_cls, sequences: bool):
     """Embedding(mask_zero) -> Bidirectional(layer_cls) -> Dense, as the project's models are."""
     tokens = keras.Input((None,), dtype="int32")

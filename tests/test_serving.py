@@ -51,6 +51,21 @@ def test_pyfunc_round_trip_on_raw_text(store):
         model.predict(pd.DataFrame({"review": TEXTS}))
 
 
+def test_served_forward_pass_equals_keras_predict_for_any_batch_size_and_length(store):
+    """The pyfunc's one traced inference graph (FastLSTM's loop without the backward's record) computes
+    what Keras's predict_on_batch computes, for one text and for a batch of other lengths."""
+    from bilstm_exp.serving.model import pad_right
+
+    mlflow.set_tracking_uri(store["uri"])
+    try:
+        classifier = mlflow.pyfunc.load_model(MODEL).unwrap_python_model()
+    finally:
+        mlflow.set_tracking_uri(None)
+    for texts in (["a fine film"], ["dull", "a fine film " * 30, "good good bad"]):
+        ids = pad_right(classifier.vocab.encode_batch(texts, classifier.max_length, classifier.truncating))
+        np.testing.assert_allclose(classifier.forward(ids), classifier.model.predict_on_batch(ids), atol=1e-6)
+
+
 def test_mlflow_models_serve_answers_invocations(store, tmp_path):
     bodies = {
         "dataframe_split": {"dataframe_split": {"columns": ["text"], "data": [[t] for t in TEXTS]}},

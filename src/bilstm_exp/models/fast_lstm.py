@@ -43,7 +43,9 @@ dimension up to a multiple of it, one shape per bucket serving training, validat
 padded rows are zeros, masked, and sliced off); both directions share one compiled loop (the
 direction is a tensor argument); the loops are traced once, whatever static shapes the caller's
 graph knew. The default run's first epoch: 17.4 s before, 6.8 s after (benchmarks/first_epoch.md);
-once compiled, padding costs 0-7% (benchmarks/batch_padding.md). Every later model in the process
+once compiled, padding costs 0-7% (benchmarks/batch_padding.md). Inference (``training=False``) on a
+model that is not being trained (no ``pad_batch_to``: a served model) runs a third loop, the forward pass
+without the per-step record only the backward pass reads. Every later model in the process
 (the folds of a cross-validation) finds these loops compiled; another process loads them from the
 cache of ``bilstm_exp.models.xla_cache``, which a run enables once TensorFlow is configured
 (``training.runner.configure_tensorflow``: after a multi-worker strategy, which must come first).
@@ -142,7 +144,27 @@ def _backward_loop(dh, dc, dY, U, G, C, TC, maskf, reverse):
     return result[3].stack()
 
 
+def _inference_loop(xw, U, maskf, reverse, with_sequence):
+    """:func:`_forward_loop` without the record the backward pass reads: returns the final (h, c) and,
+    when ``with_sequence``, Y; the same arithmetic per step, and no per-step writes of G, C, H, TC."""
+    T = _num_steps(xw)
+    zeros = tf.zeros(tf.stack([tf.shape(xw)[1], U.shape[0]]), xw.dtype)
+    outputs = [tf.TensorArray(xw.dtype, size=T, element_shape=[xw.shape[1], U.shape[0]])] if with_sequence else []
+
+    def body(p, h, c, *outputs):
+        t = tf.where(reverse, T - 1 - p, p)
+        _, c_new, _, h_new = _cell_forward(tf.gather(xw, t) + tf.matmul(h, U), c)
+        if maskf is not None:
+            m = tf.gather(maskf, t) > 0
+            c_new, h_new = tf.where(m, c_new, c), tf.where(m, h_new, h)
+        return (p + 1, h_new, c_new, *[Y.write(p, h_new) for Y in outputs])
+
+    result = tf.while_loop(lambda p, *_: p < T, body, (tf.constant(0), zeros, zeros, *outputs), maximum_iterations=T)
+    return (result[1], result[2], *[Y.stack() for Y in result[3:]])
+
+
 _FORWARD = tf.function(_forward_loop, jit_compile=True)
+_INFERENCE = tf.function(_inference_loop, jit_compile=True)
 _BACKWARD = tf.function(_backward_loop, jit_compile=True)
 
 
@@ -157,11 +179,13 @@ def any_length(x):
     return tf.raw_ops.PlaceholderWithDefault(input=x, shape=shape)
 
 
-def lstm_direction(xw, U, maskf, reverse: bool, with_sequence: bool):
+def lstm_direction(xw, U, maskf, reverse: bool, with_sequence: bool, record: bool = True):
     """One LSTM direction from zero state on hoisted projections ``xw`` (T, B, 4h), float32.
 
     Returns ``(h_T, c_T, Y)`` with ``Y`` (T, B, h) the outputs in processing order, or
-    ``(h_T, c_T)`` without ``with_sequence``. Differentiable w.r.t. ``xw`` and ``U``.
+    ``(h_T, c_T)`` without ``with_sequence``. Differentiable w.r.t. ``xw`` and ``U``. ``record=False``
+    (inference) runs the loop without the per-step record the backward pass reads; a gradient asked
+    of such a call recomputes that record first, so it is still exact, only slower.
     """
 
     reverse = tf.constant(reverse)  # a tensor, not a Python bool: one XLA compile serves both directions
@@ -170,10 +194,15 @@ def lstm_direction(xw, U, maskf, reverse: bool, with_sequence: bool):
     def run(xw, U):
         # stop_gradient: the tape must not record the loop itself (this op's gradient is `grad`);
         # eagerly, recording would ask TF for the loop's own gradient, which XLA cannot provide.
-        h, c, G, C, H, TC, *Y = _FORWARD(any_length(tf.stop_gradient(xw)), tf.stop_gradient(U),
-                                         any_length(maskf), reverse, with_sequence)
+        args = (any_length(tf.stop_gradient(xw)), tf.stop_gradient(U), any_length(maskf), reverse, with_sequence)
+        if record:
+            h, c, G, C, H, TC, *Y = _FORWARD(*args)
+            saved = (G, C, H, TC)
+        else:
+            (h, c, *Y), saved = _INFERENCE(*args), None
 
         def grad(dh, dc, *dY):
+            G, C, H, TC = saved if saved is not None else _FORWARD(*args)[2:6]
             dh = tf.zeros_like(h) if dh is None else dh
             dc = tf.zeros_like(c) if dc is None else dc
             dy = dY[0] if dY else None
@@ -251,7 +280,11 @@ class FastLSTM(keras.layers.LSTM):
             xw = tf.pad(xw, [[0, 0], [0, extra], [0, 0]])  # without a mask the padded rows run and are dropped
             maskf = None if maskf is None else tf.pad(maskf, [[0, 0], [0, extra], [0, 0]])
 
-        h, c, *ys = lstm_direction(xw, recurrent, maskf, bool(self.go_backwards), bool(self.return_sequences))
+        # the record the backward pass reads: kept when training, and by a model being trained (pad_batch_to
+        # set: its validation reuses the compiled training loops instead of compiling an inference loop per length)
+        record = bool(self.pad_batch_to) or (training is not None and training is not False)
+        h, c, *ys = lstm_direction(xw, recurrent, maskf, bool(self.go_backwards), bool(self.return_sequences),
+                                   record=record)
         if self.pad_batch_to:
             h, c, ys = h[:batch], c[:batch], [y[:, :batch] for y in ys]
             maskf = None if maskf is None else maskf[:, :batch]
