@@ -45,8 +45,10 @@ def is_heldout(run) -> bool:
 
 
 def partition(children: list) -> tuple[list, list]:
-    """(the trials, the held-out jobs) among a sweep's child runs."""
-    return [run for run in children if not is_heldout(run)], [run for run in children if is_heldout(run)]
+    """(the trials, the held-out jobs) among a sweep's child runs. A sweep of held-out runs only (a grid
+    with data.heldout_as_test=true) has no search to estimate: its jobs are its trials."""
+    trials = [run for run in children if not is_heldout(run)]
+    return (trials, [run for run in children if is_heldout(run)]) if trials else (children, [])
 
 
 def split_rows(run) -> dict[str, tuple[int, str]]:

@@ -106,6 +106,12 @@ def swept_values(overrides: str, all_overrides: list[str]) -> dict[str, str]:
     return {f"best.{key.lstrip('+~')}": value for key, value in mine.items() if key in varying}
 
 
+def heldout_job(config: DictConfig) -> bool:
+    """A job of the Optuna sweeper with data.heldout_as_test: a nested search's held-out run."""
+    return (OmegaConf.select(config, "data.heldout_as_test", default=False) is True
+            and "Optuna" in str(OmegaConf.select(config, "hydra.sweeper._target_", default="")))
+
+
 class MLflowSweepCallback(Callback):
     """Groups a Hydra multirun into one MLflow parent run; see the module docstring.
 
@@ -154,7 +160,7 @@ class MLflowSweepCallback(Callback):
                                 f"'{cfg.experiment_name}'"), flush=True)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if OmegaConf.select(config, "data.heldout_as_test", default=False) is True:  # a nested search's last job
+        if self.parent_run_id and heldout_job(config):  # a nested search's last job
             print(f"{PREFIX} held-out run: the best trial's config, trained on the selection data, tested on "
                   "the held-out part", flush=True)
         elif self.countdown is not None:  # None in a job process of a parallel launcher
