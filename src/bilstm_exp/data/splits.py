@@ -1,4 +1,5 @@
-"""Splits: which examples train, validate and test; one seeded stratified split, or K folds.
+"""Splits: which examples train, validate and test; one seeded stratified split, or K folds, and
+the held-out part a search never sees (:func:`hold_out`, ``data.heldout_fraction``).
 
 Every split is checked before anything is trained: no split empty, at least
 :data:`MIN_TRAIN_EXAMPLES` to train on, every class in the train split. NumPy only.
