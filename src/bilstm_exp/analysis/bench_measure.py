@@ -40,7 +40,7 @@ class Bench:
 
         from bilstm_exp.data import batching
         from bilstm_exp.data.prepare import prepare
-        from bilstm_exp.tracking import store
+        from bilstm_exp.tracking import store, system_metrics
         from bilstm_exp.tracking.callback import MLflowLogger
         from bilstm_exp.tracking.session import Session
         from bilstm_exp.training import profiling
@@ -48,7 +48,7 @@ class Bench:
 
         self.keras, self.mlflow = keras, mlflow
         self.batching, self.profiling, self.training = batching, profiling, training
-        self.MLflowLogger, self.Session = MLflowLogger, Session
+        self.MLflowLogger, self.Session, self.system_metrics = MLflowLogger, Session, system_metrics
         self.settings = settings
         self.root = root
         self.config = compose_config(settings.overrides)
@@ -74,9 +74,12 @@ class Bench:
         return self.training.compile_model(config, self.prepared, steps or self.stats.batches)
 
     def _plugin_fit(self, model, dataset, callbacks, validation=None):
-        """One timed epoch inside an MLflow run (as bilstm-exp trains). Returns (epoch_s, fit_s)."""
+        """One timed epoch inside an MLflow run (as bilstm-exp trains: MLflow's system metrics sampled as
+        ``tracking.system_metrics`` says, on by default). Returns (epoch_s, fit_s)."""
         clock = epoch_clock()
-        with self.Session.start(self.experiment_id, run_name="bench-plugin"):
+        tracking = self.config.tracking
+        with self.system_metrics.sampling(tracking.system_metrics, tracking.system_metrics_interval_s), \
+                self.Session.start(self.experiment_id, run_name="bench-plugin"):
             start = time.perf_counter()
             model.fit(dataset, validation_data=validation, epochs=1, verbose=0, shuffle=False,
                       callbacks=[clock, *callbacks])
