@@ -7,8 +7,9 @@
 Writes ``RESULTS.md``, a JSON file and ``grid.png`` to ``--out`` (default ``benchmarks/``):
 
 1. ``tracking_overhead``: steady-state epoch time of the full plugin (TelemetryModel train step,
-   EpochProfiler, MLflowLogger in an MLflow run sampling MLflow's system metrics) over bare ``model.fit`` of a plain ``keras.Model``
-   with the same initial weights, compile arguments, data and batches. Goal <= 1.03.
+   EpochProfiler, MLflowLogger in an MLflow run sampling MLflow's system metrics) over bare
+   ``model.fit`` of a plain ``keras.Model`` with the same initial weights, compile arguments, data
+   and batches. Goal <= 1.03.
 2. ``bucketing_speedup``: pad-to-max epoch time over length-bucketed, long-tailed lengths, with the
    test accuracy of both after the same epochs from the same initial weights. Goal >= 2.0, accuracy
    within one point.

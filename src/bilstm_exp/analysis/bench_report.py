@@ -130,7 +130,8 @@ def _details(r: dict[str, Any]) -> list[str]:
         f"({k['keras_step_ms']:.1f} ms) over `model.kernel=fast` ({k['fast_step_ms']:.1f} ms), same weights, "
         f"full-length random batches, median of alternating steps. Per shape (batch x length): {kernel_cells}.",
         f"- **tracking_overhead**: full plugin {t['numerator_median_s']:.3f} s/epoch vs bare `model.fit` "
-        f"{t['denominator_median_s']:.3f} s/epoch (training only; the plugin's runs sample MLflow's system metrics); median of per-pair ratios "
+        f"{t['denominator_median_s']:.3f} s/epoch (training only; the plugin's runs sample MLflow's system "
+        f"metrics); median of per-pair ratios "
         f"{t['pairwise_median_ratio']:.3f}; process CPU time ratio {t['cpu_ratio']:.3f}. Samples (wall s): full "
         f"{_fmt(t['numerator_s'])}; bare {_fmt(t['denominator_s'])}.",
         *_speed_details(r),
