@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -144,3 +146,12 @@ def test_bench_smoke_writes_every_key(workdir):
     assert all(c["epoch_s_per_10k"] > 0 for c in cells)
     assert {"cpu", "cores", "tensorflow"} <= set(results["machine"])
     assert (out / "grid.png").stat().st_size > 0
+
+
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="with a GPU the script runs its checks (minutes)")
+def test_gpu_check_script_says_no_gpu_skipped_and_exits_0_without_a_gpu():
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(["bash", str(root / "scripts" / "gpu_check.sh")], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "gpu_check: no GPU: skipped (nvidia-smi finds none)"

@@ -280,8 +280,7 @@ class FastLSTM(keras.layers.LSTM):
             xw = tf.pad(xw, [[0, 0], [0, extra], [0, 0]])  # without a mask the padded rows run and are dropped
             maskf = None if maskf is None else tf.pad(maskf, [[0, 0], [0, extra], [0, 0]])
 
-        # the record the backward pass reads: kept when training, and by a model being trained (pad_batch_to
-        # set: its validation reuses the compiled training loops instead of compiling an inference loop per length)
+        # the backward's record: when training, and in a model being trained (its validation reuses the loops)
         record = bool(self.pad_batch_to) or (training is not None and training is not False)
         h, c, *ys = lstm_direction(xw, recurrent, maskf, bool(self.go_backwards), bool(self.return_sequences),
                                    record=record)
