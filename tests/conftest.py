@@ -4,7 +4,7 @@ CLI as a subprocess.
 Everything is real: Hydra composes conf/, MLflow writes a sqlite store in a temporary folder,
 TensorFlow trains tiny models on a few hundred synthetic examples. Tests that only read what a run
 recorded use :func:`trained` (one basic and one attention run, trained once for the whole session)
-instead of training their own.
+instead of training their own; tests that read a cross-validation use :func:`cross_validated`.
 """
 
 from __future__ import annotations
@@ -146,6 +146,51 @@ def trained(tmp_path_factory) -> Trained:
     return Trained(folder, f"sqlite:///{folder / 'mlflow.db'}", *results, basic, attention)
 
 
+@dataclass
+class CrossValidated:
+    """A folder whose default store holds one in-process 3-fold cross-validation of a tiny basic run on 3
+    classes with training.label_smoothing=0.1 (one parent, three fold children) and what it printed. Read
+    it, never write to it."""
+
+    folder: Path
+    uri: str
+    config: Any  # the validated ExperimentConfig
+    result: Any  # training.crossval.CVResult
+    out: str  # its stdout
+
+    def client(self):
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(self.uri)
+
+
+@pytest.fixture(scope="session")
+def cross_validated(tmp_path_factory) -> CrossValidated:
+    """Trained once for the tests that read a CV parent and its folds (test_trust, test_crossval_insights)."""
+    import contextlib
+    import io
+
+    import mlflow
+
+    from bilstm_exp.config.compose import compose
+    from bilstm_exp.config.schema import validate
+    from bilstm_exp.training import crossval
+
+    folder = tmp_path_factory.mktemp("cross-validated")
+    uri = migrated_store(folder)
+    config = validate(compose(tiny("basic", "data.folds=3", "data.num_classes=3", "training.label_smoothing=0.1")))
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(out):
+        patch.chdir(folder)
+        try:
+            result = crossval.run(config, root=folder)
+        finally:
+            if mlflow.active_run():
+                mlflow.end_run()
+            mlflow.set_tracking_uri(None)
+    return CrossValidated(folder, uri, config, result, out.getvalue())
+
+
 def run_module(args: list[str], cwd: Path, timeout: float = 300, env: dict | None = None,
                module: str = "bilstm_exp") -> subprocess.CompletedProcess:
     """`python -m bilstm_exp ARGS` (or another module) as a user would run it."""
@@ -182,6 +227,7 @@ def unique_name(request) -> str:
 # starts a server or runs DVC belongs here (mlflow_server and one_matmul_peak are cheaper built per worker).
 SHARED_FIXTURES = {
     "trained": "tests/conftest.py",
+    "cross_validated": "tests/conftest.py",
     "outcomes": "tests/test_bad_input.py",
     "client": "tests/test_compare.py",
     "reproduced": "tests/test_dvc.py",
@@ -262,8 +308,8 @@ def read_groups(folder: Path, collection: list[str]) -> dict[str, str]:
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's loadgroup reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
-    """Tests that read runs trained by a shared fixture (the session's `trained`, test_trust's `runs`)
-    count as slow: `make test-fast` skips them (the full `make test` runs them).
+    """Tests that read runs trained by a shared fixture (the session's `trained` and `cross_validated`,
+    test_trust's `runs`) count as slow: `make test-fast` skips them (the full `make test` runs them).
 
     Tests that share a fixture of SHARED_FIXTURES go to one xdist group; tests that share two join their
     groups (test_serving's `store` is built from `trained`); every other test is scheduled on its own."""
@@ -276,7 +322,7 @@ def pytest_collection_modifyitems(config, items):
 
     groups = {}
     for item in items:
-        if {"trained", "runs"} & set(item.fixturenames):
+        if {"trained", "cross_validated", "runs"} & set(item.fixturenames):
             item.add_marker(pytest.mark.slow)
         keys = shared_fixture_groups(item)
         for key in keys[1:]:

@@ -32,12 +32,10 @@ def parent_and_folds(workdir):
     return client, parent, folds
 
 
-@pytest.mark.slow  # trains three folds
-def test_a_cv_parent_shows_test_accuracy_per_class_and_length_bucket_and_names_the_weakest(workdir, capsys):
-    config = validate(compose(tiny("basic", "data.folds=3", "data.num_classes=3", "training.label_smoothing=0.1")))
-    result = crossval.run(config, root=workdir)
-    out = capsys.readouterr().out
-    client, parent, folds = parent_and_folds(workdir)
+def test_a_cv_parent_shows_test_accuracy_per_class_and_length_bucket_and_names_the_weakest(cross_validated):
+    """The session's 3-fold run of 3 classes with training.label_smoothing=0.1."""
+    config, result, out = cross_validated.config, cross_validated.result, cross_validated.out
+    client, parent, folds = parent_and_folds(cross_validated.folder)
     metrics = parent.data.metrics
     # per class: the mean over folds of the share of the class's test texts each fold's model got right
     classes = result.folds[0].prepared.class_names

@@ -153,12 +153,12 @@ def test_a_run_has_at_most_one_version(runs):
 # --------------------------------------------------------------------------- separate seeds, repeated evaluation
 
 
-@pytest.mark.slow  # trains three folds
-def test_three_fold_cross_validation_is_one_parent_with_three_fold_children(workdir):
+def test_three_fold_cross_validation_is_one_parent_with_three_fold_children(cross_validated):
+    """The session's 3-fold run (3 classes): its store holds nothing else."""
     from scipy import stats
 
-    result = crossval.run(validate(compose(tiny("basic", "data.folds=3"))), root=workdir)
-    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    result = cross_validated.result
+    client = cross_validated.client()
     runs = client.search_runs([client.get_experiment_by_name("bilstm-exp").experiment_id])
     [parent] = [r for r in runs if r.data.tags.get("cv.role") == "parent"]
     children = sorted((r for r in runs if r is not parent), key=lambda r: int(r.data.tags["fold"]))
