@@ -1,6 +1,7 @@
 """What a terminal shows while training runs: one short line per epoch, fold k/K and trial k/K with the
 time elapsed and left, nothing from the libraries in quiet mode, and a cross-validation's summary that
-says once why nothing was registered and where the run is recorded."""
+says once why nothing was registered and where the run is recorded. A sweep's trial k/K: tests/test_sweep.py
+(read from the output of the sweep it already runs)."""
 
 from __future__ import annotations
 
@@ -72,12 +73,3 @@ def test_a_cross_validation_prints_short_epochs_its_folds_and_one_complete_summa
     names = {r.info.run_name for r in client.search_runs([client.get_experiment_by_name("bilstm-exp").experiment_id])}
     parent = next(name for name in names if not name.endswith(("fold0", "fold1")))
     assert parent.startswith("cv2-basic-adam-") and "dropout0.3" in parent and "glove" in parent, names
-
-
-@pytest.mark.slow
-def test_a_sweep_prints_trial_k_of_k_with_elapsed_and_remaining_time(tmp_path):
-    done = run_module(["-m", *tiny("basic", "model.dropout=0,0.3")], tmp_path, timeout=900)
-    out = done.stdout + done.stderr
-    assert done.returncode == 0, out[-3000:]
-    assert "[bilstm-exp] trial 1/2: " in out
-    assert re.search(r"\[bilstm-exp\] trial 2/2: .* elapsed, about .* left", out), out

@@ -227,6 +227,7 @@ class ResumedSweep:
 
     folder: Path
     first_code: int
+    first_stdout: str
     first_stderr: str
     before: dict[str, Any]  # job number -> its child run when the first attempt ended
     first_parent: Any
@@ -282,7 +283,7 @@ def resumed_sweep(tmp_path_factory) -> ResumedSweep:
     before, first_parent = jobs(client, parent_id), client.get_run(parent_id)
     checkpointed = "1" in before and (folder / "checkpoints" / before["1"].info.run_id / "state.json").is_file()
     second = run_module([*RESUME_SWEEP, "training.resume=true"], folder, timeout=600)
-    return ResumedSweep(folder, code, err.read_text(), before, first_parent, checkpointed, second)
+    return ResumedSweep(folder, code, out.read_text(), err.read_text(), before, first_parent, checkpointed, second)
 
 
 @pytest.mark.slow
@@ -324,6 +325,14 @@ def test_a_sigtermed_sweep_resumes_under_its_parent(resumed_sweep):
     for job, seed in (("0", "1"), ("1", "2")):
         assert re.search(rf"^\s+\*?{job}\s+FINISHED\s+seed={seed}\s+\d\.\d{{4}}$", table, re.M), table
     assert "2/2 jobs finished" in result.stdout and "jobs failed" not in result.stderr
+
+
+@pytest.mark.slow
+def test_a_sweep_prints_trial_k_of_k_with_elapsed_and_remaining_time(resumed_sweep):
+    """The first attempt: job 0 trained, job 1 started (and was stopped while it trained)."""
+    out = resumed_sweep.first_stdout + resumed_sweep.first_stderr
+    assert "[bilstm-exp] trial 1/2: " in out
+    assert re.search(r"\[bilstm-exp\] trial 2/2: .* elapsed, about .* left", out), out
 
 
 @pytest.mark.slow
