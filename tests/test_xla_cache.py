@@ -31,7 +31,7 @@ x = np.random.default_rng(0).random((8, 6, 3)).astype("float32")
 @tf.function
 def step(x):
     with tf.GradientTape() as tape:
-        loss = tf.reduce_sum(layer(x))
+        loss = tf.reduce_sum(layer(x, training=True))  # as fit calls it (inference has a loop of its own)
     return tape.gradient(loss, layer.trainable_variables)
 
 print("gradients", len(step(x)))
