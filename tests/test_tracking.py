@@ -77,10 +77,9 @@ def test_basic_run_has_no_attention_artifacts(trained):
     assert "reports/confusion_matrix.png" in files and not any(f.startswith("attention/") for f in files)
 
 
-@slow
-def test_champion_moves_only_to_a_better_version(workdir):
-    """Three runs: better, worse, better. The alias and the version tags tell the story."""
-    trained = training.run(validate(compose(tiny("basic", "tracking.register_model=false"))), root=workdir)
+def test_champion_moves_only_to_a_better_version(workdir, trained):
+    """Three runs: better, worse, better. The alias and the version tags tell the story. Each logs the
+    session's basic model (`trained`) as its artifacts."""
     mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
     experiment = mlflow.set_experiment("registry-test")
     versions = []
@@ -89,7 +88,7 @@ def test_champion_moves_only_to_a_better_version(workdir):
             mlflow.log_metric("val/accuracy", value)
             mlflow.set_tag("data.fingerprint", "one-data-set")  # comparable: evaluated on the same data
             info = registry.log_model(training.serving.TextClassifier(),
-                                      artifacts=trained.classifier.save(workdir / f"model-{value}"),
+                                      artifacts=trained.basic.classifier.save(workdir / f"model-{value}"),
                                       signature=None, input_example=None)
             versions.append(registry.register(MlflowClient(), info.model_uri, "sentiment-test", run.info.run_id,
                                               {"val/accuracy": value}, "val/accuracy"))

@@ -47,11 +47,13 @@ def test_full_tiny_run_is_recorded(workdir, architecture):
     assert set(out["label"]) <= {"negative", "positive"}
 
 
-def test_multiclass_run_reports_macro_f1(workdir):
-    config = validate(compose(tiny("basic", "data.num_classes=3", "tracking.register_model=false")))
-    result = training.run(config, root=workdir)
-    assert "test/macro_f1" in result.metrics and "test/auc" not in result.metrics
-    assert MlflowClient().search_registered_models() == []
+def test_multiclass_run_reports_macro_f1(cross_validated):
+    """The session's 3-class cross-validation: each fold is a training run of its own."""
+    for result in cross_validated.result.folds:
+        assert "test/macro_f1" in result.metrics and "test/auc" not in result.metrics
+    assert "cv/test/macro_f1_mean" in cross_validated.result.metrics
+    assert "cv/test/auc_mean" not in cross_validated.result.metrics
+    assert cross_validated.client().search_registered_models() == []
 
 
 def test_default_data_is_learned_well_above_chance(workdir):
