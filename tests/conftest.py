@@ -107,8 +107,9 @@ def migrated_store(folder: Path) -> str:
 @dataclass
 class Trained:
     """A project folder whose default store (mlflow.db, mlartifacts/) holds two finished runs:
-    ``basic`` (registered as version 1 of bilstm-sentiment, profiling=trace) and ``attention``
-    (version 2), each trained for 2 epochs without early stopping. Read it, never write to it."""
+    ``basic`` (registered as version 1 of bilstm-sentiment, profiling=trace, MLflow's system metrics sampled
+    every second) and ``attention`` (version 2), each trained for 2 epochs without early stopping. Read it,
+    never write to it."""
 
     folder: Path
     uri: str
@@ -133,7 +134,8 @@ def trained(tmp_path_factory) -> Trained:
 
     folder = tmp_path_factory.mktemp("trained")
     common = ["training.epochs=2", "training.early_stopping.enabled=false"]
-    basic = tiny("basic", *common, FAST, "profiling=trace", "profiling.trace_start_step=1", "profiling.trace_steps=2")
+    basic = tiny("basic", *common, FAST, "profiling=trace", "profiling.trace_start_step=1", "profiling.trace_steps=2",
+                 "tracking.system_metrics_interval_s=1")
     attention = tiny("attention", *common, FAST)
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(folder)

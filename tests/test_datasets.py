@@ -27,23 +27,12 @@ from tests.conftest import migrated_store, tiny
 SYSTEM = ("system/cpu_utilization_percentage", "system/system_memory_usage_megabytes")
 
 
-@pytest.fixture(scope="module")
-def default_run(tmp_path_factory):
-    """A tiny run with the default data and tracking (registered; system metrics sampled every second)."""
-    folder = tmp_path_factory.mktemp("default-run")
-    migrated_store(folder)
-    overrides = tiny("basic", "training.epochs=2", "tracking.register_model=true",
-                     "tracking.system_metrics_interval_s=1")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(folder)
-        try:
-            result = training.run(validate(compose(overrides)), root=folder, overrides=overrides)
-        finally:
-            if mlflow.active_run():
-                mlflow.end_run()
-            mlflow.set_tracking_uri(None)
-    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
-    return result, client, client.get_run(result.run_id)
+@pytest.fixture
+def default_run(trained):
+    """The session's basic run (`trained`): default data and tracking, registered, system metrics sampled every
+    second."""
+    client = trained.client()
+    return trained.basic, client, client.get_run(trained.basic.run_id)
 
 
 @pytest.mark.slow
