@@ -12,7 +12,7 @@ import pytest
 
 from bilstm_exp.config.compose import compose
 from bilstm_exp.config.schema import validate
-from tests.conftest import TINY, run_module
+from tests.conftest import TINY, migrated_store, run_module
 
 DATA = [o for o in TINY if o.startswith("data.")] + ["data.folds=2", "data.heldout_fraction=0.25"]  # 160 texts
 SMALL = ["training.epochs=1", "training.batch_size=16", "model.kernel=keras", "model.lstm_units=8",
@@ -40,6 +40,7 @@ def texts_by_digest(overrides: list[str]) -> dict[str, set[str]]:
 def test_a_nested_search_reports_a_heldout_estimate_on_texts_no_trial_saw(tmp_path):
     from mlflow.tracking import MlflowClient
 
+    migrated_store(tmp_path)  # how a sweep creates its store: tests/test_sweep.py
     result = run_module(["-m", "hparams_search=optuna_nested", "hydra.sweeper.n_trials=2", *DATA, *SMALL],
                         tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -2,7 +2,8 @@
 a sweep stopped by SIGTERM and resumed.
 
 Every test runs `python -m bilstm_exp -m ...` in a fresh folder, as a user would, and reads the
-resulting ./mlflow.db with MlflowClient.
+resulting ./mlflow.db with MlflowClient; the store is made beforehand (`migrated_store`) where how a sweep
+creates it is not the point.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import pytest
 
 from bilstm_exp.config.compose import compose
 from bilstm_exp.config.schema import validate
-from tests.conftest import TINY, run_module, tiny
+from tests.conftest import TINY, migrated_store, run_module, tiny
 
 ALL_METRICS = ["train/loss", "train/accuracy", "val/loss", "val/accuracy", "val/auc", "test/accuracy",
                "test/auc", "time/epoch_s", "throughput/train_tokens_per_s", "latency/predict_p50_ms",
@@ -67,6 +68,7 @@ def test_parallel_sweep_with_two_workers_loses_no_run(tmp_path):
 
 @pytest.mark.slow
 def test_optuna_search_three_trials_reports_the_best_on_the_parent(tmp_path):
+    migrated_store(tmp_path)
     tiny = [o for o in TINY if not o.startswith("model.embedding_dim")]
     result = run_module(["-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3", *tiny,
                          "profiling.latency_samples=0"], tmp_path, timeout=600)
@@ -119,6 +121,7 @@ def test_a_two_objective_search_logs_its_pareto_front_on_the_parent(tmp_path):
     from bilstm_exp.team.optuna_storage import journal_storage
 
     tiny = [o for o in TINY if not o.startswith("model.embedding_dim")]
+    migrated_store(tmp_path)
     for trials in (2, 1):  # the second sweep continues the study in the journal
         result = run_module(["-m", "hparams_search=optuna_pareto", f"hydra.sweeper.n_trials={trials}", JOURNAL,
                              *tiny], tmp_path, timeout=600)
@@ -178,6 +181,7 @@ def test_bad_optuna_settings_stop_the_sweep_in_one_line_before_any_trial(tmp_pat
 
 def test_a_failing_job_ends_the_parent_failed_not_running(tmp_path):
     """stacked has no lstm_units: the first job stops the sweep; the parent must not stay RUNNING."""
+    migrated_store(tmp_path)
     result = run_module(["-m", "model=stacked,basic", *TINY, "model.lstm_units=8"], tmp_path, timeout=300)
     assert result.returncode != 0
     assert "model.lstm_units" in result.stderr
@@ -251,6 +255,7 @@ def resumed_sweep(tmp_path_factory) -> ResumedSweep:
     from mlflow.tracking import MlflowClient
 
     folder = tmp_path_factory.mktemp("sweep-resume")
+    migrated_store(folder)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     env.pop("MLFLOW_TRACKING_URI", None)
     out, err = folder / "first.out", folder / "first.err"
