@@ -353,6 +353,7 @@ def test_eight_processes_on_one_sqlite_server_of_a_busy_machine_all_finish_and_r
 
 
 def test_kill_9_leaves_a_running_run_that_runs_stale_close_ends_killed(tmp_path):
+    migrated_store(tmp_path)  # the store exists before the test polls it
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     with training(tiny("basic", *LONGER), tmp_path) as process:
         wait_for(lambda: logged_epochs(client, "bilstm-exp") >= 1, "the first epoch", process)
@@ -599,6 +600,7 @@ def test_a_value_from_the_environment_is_recorded_as_its_interpolation_never_its
                                                     for i in range(60)))
     args = ["data=file", "data.path=${oc.env:REVIEWS_FILE}", "model.lstm_units=8", "model.embedding_dim=8",
             "training.epochs=1", "profiling.latency_samples=0", "training.verbose=2"]
+    migrated_store(tmp_path)
     out = run_module(args, cwd=tmp_path, env={"REVIEWS_FILE": str(data_file)})
     assert out.returncode == 0, out.stderr[-3000:]
     assert SECRET not in out.stdout + out.stderr
