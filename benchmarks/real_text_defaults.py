@@ -39,6 +39,8 @@ CORPORA = {
                 "data.num_buckets=4", *CV],
     "synthetic": [],
 }
+RESEED = ["seed=7", "data.split_seed=7"]  # other folds (and, for tweets3, another 10,000-text sample), other init
+CORPORA |= {"tweets-seed7": [*CORPORA["tweets"], *RESEED], "tweets3-seed7": [*CORPORA["tweets3"], *RESEED]}
 SEEDS = (1, 2, 3)  # synthetic: one run per seed, same split
 ARMS = {
     "default": [],
@@ -51,6 +53,8 @@ ARMS = {
     # combo with a weight decay that moves the embedding table: lr * decay * steps ~ 0.3 over 5 epochs
     "combo-wd": ["optimizer=adamw", "optimizer.learning_rate=5e-4", "optimizer.weight_decay=0.3",
                  "model.embedding_dropout=0.3", "model.output_dropout=0.3", "training.monitor=val/accuracy"],
+    "smooth0.1": ["training.label_smoothing=0.1"],  # against over-confident wrong predictions
+    "w2v-fold": ["model.self_trained_vectors=true"],  # word2vec on each fold's training texts only (gensim)
 }
 PARENT = re.compile(r"cross-validation run ([0-9a-f]{32})")
 RUN = re.compile(r"runs/([0-9a-f]{32})")
@@ -165,7 +169,7 @@ def main() -> None:
     ledger_path = args.work / "arms.json"
     ledger = json.loads(ledger_path.read_text()) if ledger_path.exists() else {}
     if not args.summarise_only:
-        if "tweets3" in args.corpus and not (args.work / "tweets3.jsonl").exists():
+        if any(c.startswith("tweets3") for c in args.corpus) and not (args.work / "tweets3.jsonl").exists():
             write_tweets3(args.work)
         for corpus in args.corpus:
             for arm in args.arm:
