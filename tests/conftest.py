@@ -57,6 +57,18 @@ def one_matmul_peak():
     Path(os.environ["BILSTM_EXP_CACHE_DIR"], "matmul_peak.json").write_text(json.dumps({key: entry}))
 
 
+@pytest.fixture(autouse=True)
+def no_experiment_left_active():
+    """After each test, no MLflow experiment active: mlflow.set_experiment keeps one for the rest of the
+    process (and exports it as MLFLOW_EXPERIMENT_ID to every later subprocess), and a later test's store has
+    no experiment of that id ("No Experiment with id=1 exists", depending on which tests ran before)."""
+    yield
+    fluent = sys.modules.get("mlflow.tracking.fluent")
+    if fluent is not None:
+        fluent._active_experiment_id = None
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+
+
 def epoch_steps(key: str, epochs: int) -> list[int]:
     """The steps a metric is logged at: one per epoch, and for ``val/*`` one more, one past the last
     epoch: the evaluation of the weights the run keeps (the best epoch's)."""
