@@ -95,6 +95,7 @@ print("tensorflow imported:", "tensorflow" in sys.modules)
         model_config("model.embeddings_trainable=false")  # frozen random vectors: a mistake
 
 
+@pytest.mark.slow  # a whole training run: `make test` runs it, not the inner loop
 def test_frozen_pretrained_embeddings_stay_unchanged_and_coverage_is_logged(tmp_path, workdir):
     """A tiny tracked run with frozen GloVe vectors for the synthetic cue words and a minimum frequency."""
     from mlflow.tracking import MlflowClient

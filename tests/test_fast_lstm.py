@@ -339,6 +339,7 @@ for _ in range(int(sys.argv[2])):  # a new model, optimizer and train function e
 """
 
 
+@pytest.mark.slow  # about 10 s each (XLA compiling counted): `make test` runs them, not the inner loop
 @pytest.mark.skipif(not ON_CPU, reason="the XLA loops run on a CPU only")
 @pytest.mark.parametrize("pad_to, models, programs", [(8, 1, 2 * 2 + 3), (0, 1, 5 * 2 + 3), (8, 3, 2 * 2 + 3)],
                          ids=["padded", "unpadded", "three_models_compile_as_one"])

@@ -136,6 +136,7 @@ def test_an_entry_point_that_fails_to_import_is_one_line_naming_the_package(proj
         assert part in message
 
 
+@pytest.mark.slow  # training subprocesses: `make test` runs it, not the inner loop
 def test_a_listed_plugin_that_is_missing_or_registers_a_wrong_schema_is_one_line(project):
     missing = one_line_exit_2(run_module(["+plugins=[my_data.nothing_here]"], project))
     assert "my_data.nothing_here" in missing and "Fix:" in missing

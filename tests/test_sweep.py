@@ -179,6 +179,7 @@ def test_bad_optuna_settings_stop_the_sweep_in_one_line_before_any_trial(tmp_pat
     assert not list(tmp_path.rglob("*.journal")) and not list(tmp_path.glob("outputs/multirun/*/*/0"))
 
 
+@pytest.mark.slow  # subprocesses: `make test` runs it, not the inner loop
 def test_a_failing_job_ends_the_parent_failed_not_running(tmp_path):
     """stacked has no lstm_units: the first job stops the sweep; the parent must not stay RUNNING."""
     migrated_store(tmp_path)

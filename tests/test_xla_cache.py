@@ -81,6 +81,7 @@ for _ in range(300):
 """
 
 
+@pytest.mark.slow  # subprocesses: `make test` runs it, not the inner loop
 def test_two_writers_of_one_entry_leave_it_whole_at_every_moment(tmp_path):
     """Two processes publish one program (different bytes, to tell them apart) while this one reads it."""
     entry = tmp_path / f"program{xla_cache.SUFFIX}"
