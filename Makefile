@@ -24,7 +24,7 @@ run: $(STAMP) ## the default experiment on built-in data, tracked in ./mlflow.db
 test: $(STAMP) browser postgres ## the whole test suite, one pytest-xdist worker per core (CI runs this)
 	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
-test-fast: $(STAMP) ## the inner loop: no training subprocesses, no servers (about a minute)
+test-fast: $(STAMP) ## the inner loop: no training subprocesses, no servers (about two minutes)
 	$(PY) -m pytest -m "not slow and not services" $(XDIST) $(PYTEST_ARGS)
 
 browser: ## Debian's chromium for the UI test (apt-get install when /usr/bin/chromium is missing)
