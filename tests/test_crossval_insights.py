@@ -138,14 +138,14 @@ def test_each_fold_trains_its_vectors_on_its_own_training_texts_never_its_test_t
         assert fold.data.tags["embedding.trained_on"] == (f"fold {k}'s training split: {len(train):,} texts, "
                                                           "none of its val or test texts")
         assert fold.data.metrics["embedding/self_trained_texts"] == len(train)
-        vectors = embeddings.for_run(config.model, run.prepared, seed=config.seed)  # what the fold's run did
-        assert fold.data.metrics["embedding/self_trained_words"] == len(vectors.source)
+        vectors = embeddings.training_split_vectors(config.model, run.prepared, seed=config.seed)  # the fold's
+        assert fold.data.metrics["embedding/self_trained_words"] == len(vectors)
         seen = sum(PLANTED in text.split() for text in train)
-        assert (PLANTED in vectors.source.key_to_index) == (seen >= 2)  # word2vec keeps words seen twice
+        assert (PLANTED in vectors.key_to_index) == (seen >= 2)  # word2vec keeps words seen twice
     assert sum(PLANTED in text for text in result.folds[0].prepared.texts["test"]) == 3
-    fold0 = embeddings.for_run(config.model, result.folds[0].prepared, seed=config.seed)
-    assert PLANTED not in fold0.source.key_to_index
+    fold0 = embeddings.training_split_vectors(config.model, result.folds[0].prepared, seed=config.seed)
+    assert PLANTED not in fold0.key_to_index
     # trained on the whole corpus, test texts included, the vectors would have the word
     everything = data.prepare(file_config(path, "model.self_trained_vectors=true", folds=None).data)
     everything.texts["train"] = [t for part in everything.texts.values() for t in part]
-    assert PLANTED in embeddings.self_trained(config.model, everything, seed=config.seed).source.key_to_index
+    assert PLANTED in embeddings.training_split_vectors(config.model, everything, seed=config.seed).key_to_index

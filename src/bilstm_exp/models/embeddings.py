@@ -47,7 +47,6 @@ class Vectors:
     metrics: dict[str, float] = field(default_factory=dict)  # embedding/* coverage metrics
     has_vector: np.ndarray | None = None  # bool per id: True where the row came from the file
     tags: dict[str, str] = field(default_factory=dict)  # self-trained vectors: which texts trained them
-    source: object = None  # self-trained vectors: gensim's KeyedVectors the rows came from
 
 
 def load(path: str, fmt: str = "auto"):
@@ -73,25 +72,32 @@ def for_run(cfg: ModelConfig, prepared: PreparedData, *, seed: int = 0) -> Vecto
 
 
 def self_trained(cfg: ModelConfig, prepared: PreparedData, *, seed: int = 0) -> Vectors:
-    """word2vec vectors (pretrain-embeddings' defaults: skip-gram, 5 epochs, window 5, words seen twice or
-    more, one worker: the same vectors for the same texts and seed) trained on the training split only:
-    in a cross-validation each fold trains its own on its own training texts, so no test or validation
-    text of the fold shapes them. The run records which texts (tag ``embedding.trained_on``) and how many
+    """word2vec vectors trained on the training split only (:func:`training_split_vectors`): in a
+    cross-validation each fold trains its own on its own training texts, so no test or validation text of
+    the fold shapes them. The run records which texts (tag ``embedding.trained_on``) and how many
     (``embedding/self_trained_texts``), and how many words got a vector (``embedding/self_trained_words``)."""
+    texts = prepared.texts["train"]
+    start = time.perf_counter()
+    vectors = training_split_vectors(cfg, prepared, seed=seed)
+    out = matrix_for(prepared.vocab, vectors, prepared.splits["train"], seed=seed)
+    out.metrics.update({"embedding/self_trained_texts": len(texts), "embedding/self_trained_words": len(vectors),
+                        "time/self_trained_vectors_s": time.perf_counter() - start})
+    split = "the training split" if prepared.fold is None else f"fold {prepared.fold}'s training split"
+    out.tags = {TRAINED_ON_TAG: f"{split}: {len(texts):,} texts, none of its val or test texts"}
+    return out
+
+
+def training_split_vectors(cfg: ModelConfig, prepared: PreparedData, *, seed: int = 0):
+    """gensim's KeyedVectors of word2vec trained on ``prepared``'s training texts only (pretrain-embeddings'
+    defaults: skip-gram, 5 epochs, window 5, words seen twice or more, one worker: the same vectors for
+    the same texts and seed), ``model.embedding_dim`` wide."""
     texts = prepared.texts["train"]
     sentences = [tokens for tokens in (tokenize(text) for text in texts) if tokens]
     if not any(count >= 2 for count in Counter(t for tokens in sentences for t in tokens).values()):
         raise DataError(f"model.self_trained_vectors: no word occurs twice in the {len(texts)} training texts, "
                         "so word2vec has nothing to learn. Fix: use more data, or model.self_trained_vectors=false")
-    start = time.perf_counter()
-    vectors = train(sentences, method="word2vec", dim=cfg.embedding_dim, epochs=5, min_count=2, window=5,
-                    skipgram=True, seed=seed, workers=1)
-    out = matrix_for(prepared.vocab, vectors, prepared.splits["train"], seed=seed)
-    out.metrics.update({"embedding/self_trained_texts": len(texts), "embedding/self_trained_words": len(vectors),
-                        "time/self_trained_vectors_s": time.perf_counter() - start})
-    split = "the training split" if prepared.fold is None else f"fold {prepared.fold}'s training split"
-    out.tags, out.source = {TRAINED_ON_TAG: f"{split}: {len(texts):,} texts, none of its val or test texts"}, vectors
-    return out
+    return train(sentences, method="word2vec", dim=cfg.embedding_dim, epochs=5, min_count=2, window=5,
+                 skipgram=True, seed=seed, workers=1)
 
 
 def for_vocabulary(cfg: ModelConfig, vocab: Vocabulary, train_ids: list[np.ndarray] | None = None, *,
