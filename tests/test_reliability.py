@@ -36,11 +36,13 @@ from tests.servers import HOST, MLFLOW, background, free_port, log_tail, stop
 
 pytestmark = pytest.mark.slow
 
-EPOCHS = 4
-# Epochs of about a second, so a signal or a server stop lands while training is under way (the tests
-# also freeze the training process with SIGSTOP while they act on it).
+EPOCHS = 3
+QUIET = ["training.early_stopping.enabled=false", "profiling.latency_samples=0", "training.verbose=0"]
+# Epochs of about a second: the tests act when the first checkpoint appears (a file, looked for every 0.1 s)
+# and freeze the training process with SIGSTOP while they act, so the EPOCHS - 1 epochs still to train are
+# far more work than the test's reaction, on any host: a signal or a server stop lands mid-training.
 LONGER = ["data.num_samples=600", "data.median_length=80", "data.max_length=160", f"training.epochs={EPOCHS}",
-          "training.early_stopping.enabled=false", "profiling.latency_samples=0", "training.verbose=0"]
+          *QUIET]
 PER_EPOCH = ("train/loss", "train/accuracy", "val/loss", "val/accuracy", "lr", "time/epoch_s")
 TIMING = ("time/", "throughput/", "latency/", "memory/", "compute/achieved_gflops", "compute/peak_fraction",
           "system/")
@@ -97,6 +99,13 @@ def only_run(client: MlflowClient, experiment: str):
     return runs[0] if len(runs) == 1 else None
 
 
+def first_checkpoint(folder: Path, process: subprocess.Popen) -> Path:
+    """FOLDER/checkpoints/<run_id>/state.json, once the first epoch is logged (to the store or the server)
+    and checkpointed: a file, so the test reacts within a poll, without querying the store."""
+    return wait_for(lambda: next((folder / "checkpoints").glob("*/state.json"), None), "the first checkpoint",
+                    process)
+
+
 def logged_epochs(client: MlflowClient, experiment: str) -> int:
     run = only_run(client, experiment)
     return len(client.get_metric_history(run.info.run_id, "train/loss")) if run else 0
@@ -116,10 +125,11 @@ def test_sigterm_checkpoints_and_resume_continues_the_same_run(tmp_path):
         folder.mkdir()
         migrated_store(folder)  # the store exists before the two processes open it
     args = tiny("basic", *LONGER)
+    # the same run on tiny data: only which metrics it logs and how many values each are compared
+    reference_args = tiny("basic", f"training.epochs={EPOCHS}", *QUIET)
     client = MlflowClient(f"sqlite:///{interrupted / 'mlflow.db'}")
-    with training(args, reference) as uninterrupted, training(args, interrupted) as process:
-        state = wait_for(lambda: next((interrupted / "checkpoints").glob("*/state.json"), None),
-                         "checkpoint", process)
+    with training(reference_args, reference) as uninterrupted, training(args, interrupted) as process:
+        state = first_checkpoint(interrupted, process)
         with frozen(process):  # mid-training: the SIGTERM is handled when it continues
             assert process.poll() is None
             process.send_signal(signal.SIGTERM)
@@ -195,6 +205,13 @@ def server_args(uri: str) -> list[str]:
     return tiny("basic", *LONGER, "tracking=server", f"tracking.tracking_uri={uri}")
 
 
+def server_run_id(client: MlflowClient) -> str:
+    """The id of the one run on the server, which holds the first epoch's metrics at least."""
+    run = only_run(client, "bilstm-exp")
+    assert logged_epochs(client, "bilstm-exp") >= 1
+    return run.info.run_id
+
+
 def assert_complete(client: MlflowClient, run_id: str) -> None:
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
@@ -210,9 +227,9 @@ def assert_complete(client: MlflowClient, run_id: str) -> None:
 def test_server_down_until_the_end_keeps_the_run_offline_and_sync_uploads_it(tmp_path, server):
     client = MlflowClient(server.uri)
     with training(server_args(server.uri), tmp_path) as process:
-        wait_for(lambda: logged_epochs(client, "bilstm-exp") >= 1, "the first epoch on the server", process)
-        run_id = only_run(client, "bilstm-exp").info.run_id
-        with frozen(process):  # the server is down mid-run
+        first_checkpoint(tmp_path, process)
+        with frozen(process):  # the server is down mid-run, after it received the first epoch
+            run_id = server_run_id(client)
             server.stop()
         assert process.wait(timeout=WAIT_S) == 0, log_tail(tmp_path / "stderr.txt")  # training went on
     stderr = (tmp_path / "stderr.txt").read_text()
@@ -245,9 +262,9 @@ def test_server_down_until_the_end_keeps_the_run_offline_and_sync_uploads_it(tmp
 def test_server_back_before_the_end_gets_the_buffered_logging(tmp_path, server):
     client = MlflowClient(server.uri)
     with training(server_args(server.uri), tmp_path) as process:
-        wait_for(lambda: logged_epochs(client, "bilstm-exp") >= 1, "the first epoch on the server", process)
-        run_id = only_run(client, "bilstm-exp").info.run_id
-        with frozen(process):  # the server is down mid-run
+        first_checkpoint(tmp_path, process)
+        with frozen(process):  # the server is down mid-run, after it received the first epoch
+            run_id = server_run_id(client)
             server.stop()
         wait_for(lambda: "is unreachable" in (tmp_path / "stderr.txt").read_text(), "the buffering warning", process)
         with frozen(process):  # the server is back before training ends (no race with its end)
@@ -325,9 +342,9 @@ def test_eight_processes_on_one_sqlite_server_of_a_busy_machine_all_finish_and_r
     """Issue 22 (1): eight identical trainings against one sqlite-backed `mlflow server` while every core
     is kept busy: every run FINISHED with all its metrics, one version each (no duplicates, no gaps), the
     champion set once (the first version; identical runs do not beat it), no traceback."""
-    args = tiny("basic", "tracking=server", f"tracking.tracking_uri={mlflow_server}", "training.epochs=2",
-                "training.early_stopping.enabled=false", "training.deterministic=true", "profiling.latency_samples=0",
-                f"tracking.experiment_name={unique_name}", f"tracking.registered_model_name={unique_name}")
+    args = tiny("basic", "tracking=server", f"tracking.tracking_uri={mlflow_server}", *QUIET,
+                "training.deterministic=true", f"tracking.experiment_name={unique_name}",
+                f"tracking.registered_model_name={unique_name}")  # one epoch: the concurrency is the point
     with busy_machine():
         outs = run_all([args] * 8, tmp_path)
     assert [o.returncode for o in outs] == [0] * 8, [o.stderr[-2000:] for o in outs if o.returncode]
@@ -337,7 +354,7 @@ def test_eight_processes_on_one_sqlite_server_of_a_busy_machine_all_finish_and_r
     assert len(runs) == 8 and {r.info.status for r in runs} == {"FINISHED"}
     for run in runs:
         for key in PER_EPOCH:
-            assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == epoch_steps(key, 2), key
+            assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == epoch_steps(key, 1), key
         assert "test/accuracy" in run.data.metrics and "registry.failed" not in run.data.tags
     versions = client.search_model_versions(f"name='{unique_name}'")
     assert sorted(int(v.version) for v in versions) == list(range(1, 9))  # no duplicates, no gaps
@@ -355,8 +372,9 @@ def test_eight_processes_on_one_sqlite_server_of_a_busy_machine_all_finish_and_r
 def test_kill_9_leaves_a_running_run_that_runs_stale_close_ends_killed(tmp_path):
     migrated_store(tmp_path)  # the store exists before the test polls it
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    with training(tiny("basic", *LONGER), tmp_path) as process:
-        wait_for(lambda: logged_epochs(client, "bilstm-exp") >= 1, "the first epoch", process)
+    # killed after its first epoch: the epochs it would train after it cost nothing, and leave a wide margin
+    with training(tiny("basic", "training.epochs=50", *QUIET), tmp_path) as process:
+        first_checkpoint(tmp_path, process)
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=WAIT_S)
     run = only_run(client, "bilstm-exp")
