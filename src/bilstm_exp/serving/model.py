@@ -12,6 +12,7 @@ HTTP 400 with that message, ``bilstm-exp predict`` prints it; no confident label
 
 from __future__ import annotations
 
+import inspect
 import json
 import warnings
 from pathlib import Path
@@ -41,7 +42,10 @@ def texts_of(model_input: Any) -> list[str]:
         columns = list(model_input.columns)  # a list: a lookup in a fresh frame's Index builds a hash table
         if "text" not in columns and columns != [0]:  # [0]: a plain list, made a frame by MLflow's schema check
             raise invalid_input(f"input DataFrame needs a 'text' column; it has {columns}")
-        model_input = model_input.iloc[:, columns.index("text") if "text" in columns else 0].tolist()
+        column = columns.index("text") if "text" in columns else 0
+        # one column (what MLflow's schema check passes on): to_numpy, not a Series built per call (~0.1 ms)
+        model_input = (model_input.to_numpy(dtype=object)[:, 0] if len(columns) == 1
+                       else model_input.iloc[:, column]).tolist()
     if isinstance(model_input, str):
         model_input = [model_input]
     if isinstance(model_input, dict) and "text" in model_input:
@@ -155,9 +159,9 @@ class TextClassifier(mlflow.pyfunc.PythonModel):
         for start in range(0, len(texts), BATCH):
             ids = self.vocab.encode_batch(texts[start:start + BATCH], self.max_length, self.truncating)
             chunks.append(np.asarray(self.forward(pad_right(ids)), dtype=np.float64))
-        probs = np.concatenate(chunks) if chunks else np.zeros((0, 1))
+        probs = chunks[0] if len(chunks) == 1 else np.concatenate(chunks) if chunks else np.zeros((0, 1))
         if probs.shape[1] == 1:
-            return np.hstack([1.0 - probs, probs])
+            return np.concatenate([1.0 - probs, probs], axis=1)
         return probs / probs.sum(axis=1, keepdims=True)  # float32 softmax sums to 1 only roughly
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
@@ -167,4 +171,10 @@ class TextClassifier(mlflow.pyfunc.PythonModel):
         probs = self.probabilities(texts)
         ids = probs.argmax(axis=1)
         score = probs[:, 1] if len(self.class_names) == 2 else probs.max(axis=1)
-        return pd.DataFrame({"probability": score, "label": [self.class_names[i] for i in ids]})
+        # copy=False: the frame keeps the arrays made here instead of copying them (~0.05 ms of one text)
+        return pd.DataFrame({"probability": score, "label": [self.class_names[i] for i in ids]}, copy=False)
+
+
+# MLflow reads predict's signature on every call (inspect.signature, through the wrapper MLflow puts around
+# predict); stored once, inspect returns it instead of unwrapping and parsing again (~0.03 ms of one text).
+TextClassifier.predict.__signature__ = inspect.signature(TextClassifier.predict)
