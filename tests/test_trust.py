@@ -21,7 +21,7 @@ from bilstm_exp.config.schema import validate
 from bilstm_exp.tracking import model_registry as registry
 from bilstm_exp.training import crossval
 from bilstm_exp.training import runner as training
-from tests.conftest import run_module, tiny
+from tests.conftest import migrated_store, run_module, tiny
 
 NAME = "bilstm-sentiment"
 
@@ -33,9 +33,11 @@ def train(folder, *overrides: str):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """One store, four runs: ``a`` (3 epochs without early stopping: version 1, the champion), ``b``
-    (another data.split_seed), ``c`` (more examples: data.num_samples), ``d`` (a smoke run)."""
+    """One store (a copy of a migrated one: how a run creates its store is tested in test_first_hour.py),
+    four runs: ``a`` (3 epochs without early stopping: version 1, the champion), ``b`` (another
+    data.split_seed), ``c`` (more examples: data.num_samples), ``d`` (a smoke run)."""
     folder = tmp_path_factory.mktemp("trust")
+    uri = migrated_store(folder)
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(folder)
         try:
@@ -47,7 +49,6 @@ def runs(tmp_path_factory):
             if mlflow.active_run():
                 mlflow.end_run()
             mlflow.set_tracking_uri(None)
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
     return SimpleNamespace(folder=folder, uri=uri, client=MlflowClient(uri), a=a, b=b, c=c, d=d)
 
 
