@@ -25,6 +25,7 @@ import pandas as pd
 from bilstm_exp.data.vocabulary import PAD_ID, Vocabulary
 
 BATCH = 256
+COLUMNS = pd.Index(["probability", "label"])  # of every output frame (an Index is immutable: shared safely)
 
 
 def invalid_input(message: str) -> Exception:
@@ -171,8 +172,8 @@ class TextClassifier(mlflow.pyfunc.PythonModel):
         probs = self.probabilities(texts)
         ids = probs.argmax(axis=1)
         score = probs[:, 1] if len(self.class_names) == 2 else probs.max(axis=1)
-        # copy=False: the frame keeps the arrays made here instead of copying them (~0.05 ms of one text)
-        return pd.DataFrame({"probability": score, "label": [self.class_names[i] for i in ids]}, copy=False)
+        # rows and a prebuilt column Index: a dict of columns makes pandas infer an Index from its keys per call
+        return pd.DataFrame([[p, self.class_names[i]] for p, i in zip(score.tolist(), ids.tolist())], columns=COLUMNS)
 
 
 # MLflow reads predict's signature on every call (inspect.signature, through the wrapper MLflow puts around
