@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import tiny
+from tests.conftest import migrated_store, tiny
 
 pytestmark = pytest.mark.services
 
@@ -32,12 +32,16 @@ def free_ports(count: int) -> list[int]:
 
 
 def start_workers(tmp_path: Path, *extra: str) -> list[tuple[subprocess.Popen, Path]]:
-    """Worker 0 (the chief: the cluster has no chief task) and worker 1, each in its own folder."""
+    """Worker 0 (the chief: the cluster has no chief task) and worker 1, each in its own folder; the chief's
+    holds a new, empty store (a copy of a migrated one: how a run creates its store is tested in
+    test_first_hour.py), worker 1's nothing."""
     addresses = [f"127.0.0.1:{port}" for port in free_ports(2)]
     workers = []
     for index in range(2):
         folder = tmp_path / f"worker{index}"
         folder.mkdir()
+        if index == 0:
+            migrated_store(folder)
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_CONFIG": json.dumps(
             {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}})}
         env.pop("MLFLOW_TRACKING_URI", None)

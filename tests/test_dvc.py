@@ -26,7 +26,7 @@ import yaml
 from bilstm_exp.config.compose import CONF_DIR
 from bilstm_exp.stages import outputs
 from bilstm_exp.stages import params as params_yaml
-from tests.conftest import ROOT, TINY
+from tests.conftest import ROOT, TINY, migrated_store
 
 BIN = Path(sys.executable).parent  # dvc and bilstm-exp of this environment
 TINY_PARAMS = [*TINY, "model.lstm_units=8"]
@@ -224,8 +224,10 @@ class Reproduced:
 @pytest.fixture(scope="module")
 def reproduced(tmp_path_factory) -> Reproduced:
     """A project copy after its first `dvc repro`, shared by the tests below (the plots test only reads it,
-    and runs first; the repro test goes on to change it)."""
+    and runs first; the repro test goes on to change it). Its mlflow.db is new and empty, a copy of a migrated
+    store (how a run creates its store is tested in test_first_hour.py)."""
     repo = project_copy(tmp_path_factory.mktemp("reproduced"), *REPRO_PARAMS)
+    migrated_store(repo)
     return Reproduced(repo, dvc(repo, "repro"))
 
 
