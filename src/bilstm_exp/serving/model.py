@@ -172,8 +172,9 @@ class TextClassifier(mlflow.pyfunc.PythonModel):
         probs = self.probabilities(texts)
         ids = probs.argmax(axis=1)
         score = probs[:, 1] if len(self.class_names) == 2 else probs.max(axis=1)
-        # rows and a prebuilt column Index: a dict of columns makes pandas infer an Index from its keys per call
-        return pd.DataFrame([[p, self.class_names[i]] for p, i in zip(score.tolist(), ids.tolist())], columns=COLUMNS)
+        frame = pd.DataFrame({0: score, 1: [self.class_names[i] for i in ids]}, copy=False)
+        frame.columns = COLUMNS  # named after: string keys make pandas infer a string Index on every call
+        return frame
 
 
 # MLflow reads predict's signature on every call (inspect.signature, through the wrapper MLflow puts around
