@@ -39,6 +39,10 @@ TINY = [
     "profiling.latency_samples=5", "model.kernel=keras",
 ]
 FAST = "model.kernel=fast"
+# The bound on one CLI subprocess (a tiny run, a failing override, a report): a hang detector, not a
+# measurement. Generous because CI shares its 2-core host: a tiny run that takes 15 s alone took over
+# 120 s at load 20-26 (several suites and studies at once), and a bound tuned to a quiet host fails there.
+SUBPROCESS_S = 300
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -205,7 +209,7 @@ def cross_validated(tmp_path_factory) -> CrossValidated:
     return CrossValidated(folder, uri, config, result, out.getvalue())
 
 
-def run_module(args: list[str], cwd: Path, timeout: float = 300, env: dict | None = None,
+def run_module(args: list[str], cwd: Path, timeout: float = SUBPROCESS_S, env: dict | None = None,
                module: str = "bilstm_exp") -> subprocess.CompletedProcess:
     """`python -m bilstm_exp ARGS` (or another module) as a user would run it."""
     full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}

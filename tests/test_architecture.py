@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import SUBPROCESS_S
+
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "bilstm_exp"
 
 LAYERS = [
@@ -146,7 +148,7 @@ def test_light_commands_do_not_import_tensorflow(code):
     script = (f"import sys\ntry:\n    {code}\nexcept SystemExit:\n    pass\n"
               "heavy = sorted(m for m in ('tensorflow', 'keras') if m in sys.modules)\n"
               "print('HEAVY', heavy)\n")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=SUBPROCESS_S)
     assert "HEAVY []" in out.stdout, out.stdout[-500:] + out.stderr[-2000:]
 
 
@@ -158,7 +160,7 @@ def test_help_and_usage_errors_do_not_import_mlflow(argv):
     script = (f"import sys\nfrom bilstm_exp.cli.main import main\n"
               f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
               "print('HEAVY', sorted(m for m in ('mlflow', 'tensorflow') if m in sys.modules))\n")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=SUBPROCESS_S)
     assert "HEAVY []" in out.stdout, out.stdout[-500:] + out.stderr[-2000:]
 
 

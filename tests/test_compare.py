@@ -18,7 +18,7 @@ import uuid
 import pytest
 
 from bilstm_exp.analysis import compare as compare_mod
-from tests.conftest import run_module
+from tests.conftest import SUBPROCESS_S, run_module
 
 FP_A, FP_B = "a1" * 16, "b2" * 16  # two data fingerprints (md5 hex)
 
@@ -326,7 +326,7 @@ def test_a_baseline_that_names_nothing_or_several_configurations_says_how_to_nam
         run_compare(client, capsys, "--experiment", name, "--baseline", "a", "--output", str(tmp_path))
     result = run_module(["compare", "--tracking-uri", client.tracking_uri, "--experiment", name,
                          "--baseline", "0123abcd", "--output", str(tmp_path / "cli")],
-                        tmp_path, module="bilstm_exp.cli.main", timeout=120)
+                        tmp_path, module="bilstm_exp.cli.main")
     assert result.returncode == 2 and "Fix:" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "cli").exists()  # nothing half-written
 
@@ -394,7 +394,8 @@ def test_compare_real_runs_in_a_subprocess_without_tensorflow(trained, tmp_path)
     code = ("import sys\nfrom bilstm_exp.cli.main import main\n"
             f"main(['compare', '--tracking-uri', {trained.uri!r}, '--output', 'report'])\n"
             "print('TF_LOADED' if 'tensorflow' in sys.modules or 'keras' in sys.modules else 'TF_ABSENT')\n")
-    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=SUBPROCESS_S)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("TF_ABSENT")
     check_width(result.stdout)
@@ -419,21 +420,21 @@ def test_errors_name_the_problem_and_the_fix(client, experiment, capsys, tmp_pat
         run_compare(client, capsys, "--parent", child_parent)
     # on the command line: exit 2, the message, no traceback
     result = run_module(["compare", "--tracking-uri", client.tracking_uri, "--experiment", "no-such-experiment"],
-                        tmp_path, module="bilstm_exp.cli.main", timeout=120)
+                        tmp_path, module="bilstm_exp.cli.main")
     assert result.returncode == 2
     assert "experiment 'no-such-experiment' not found" in result.stderr and name in result.stderr
     assert "Fix:" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_compare_without_a_store_says_where_to_run(tmp_path):
-    result = run_module(["compare"], tmp_path, module="bilstm_exp.cli.main", timeout=120)
+    result = run_module(["compare"], tmp_path, module="bilstm_exp.cli.main")
     assert result.returncode == 2
     assert "mlflow.db" in result.stderr and "Fix:" in result.stderr
     assert not (tmp_path / "mlflow.db").exists()  # it did not create an empty store
 
 
 def test_unknown_experiment_preset_lists_the_presets(tmp_path):
-    result = run_module(["-m", "experiment=no_such_preset"], tmp_path, timeout=120)
+    result = run_module(["-m", "experiment=no_such_preset"], tmp_path)
     assert result.returncode != 0
     assert "experiment/no_such_preset" in result.stderr
     for name in ("compare_architectures", "clipping_study", "length_batch_study"):

@@ -16,6 +16,7 @@ from bilstm_exp.config.plain import flatten, to_dict
 from bilstm_exp.config.registration import schema_defaults
 from bilstm_exp.config.schema import SCHEMAS, validate
 from bilstm_exp.errors import ConfigError
+from tests.conftest import SUBPROCESS_S
 
 GROUPS = ["data", "model", "optimizer", "clipping", "training", "tracking", "profiling"]
 
@@ -143,7 +144,7 @@ def test_a_project_conf_overrides_a_packaged_default_and_adds_an_option(tmp_path
 
     def help_in(folder: Path) -> str:
         return subprocess.run([sys.executable, "-m", "bilstm_exp", "--help"], cwd=folder, capture_output=True,
-                              text=True, timeout=120, check=True).stdout
+                              text=True, timeout=SUBPROCESS_S, check=True).stdout
 
     assert "model: attention, basic, stacked, unidirectional, wide\n" in help_in(tmp_path / "project")
     assert "model: attention, basic, stacked, unidirectional\n" in help_in(tmp_path / "empty")
@@ -208,7 +209,7 @@ def test_a_name_from_the_environment_is_refused_before_anything_is_written(tmp_p
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
     out = subprocess.run([sys.executable, *command, *args], cwd=tmp_path, capture_output=True, text=True,
-                         timeout=120, env={**os.environ, "API_TOKEN": SECRET_NAME})
+                         timeout=SUBPROCESS_S, env={**os.environ, "API_TOKEN": SECRET_NAME})
     assert out.returncode == 2, out.stderr[-2000:]
     [line] = out.stderr.strip().splitlines()
     assert "takes its value from the environment" in line and "Fix: write the name itself" in line
@@ -223,7 +224,7 @@ def test_validation_opens_no_file_and_a_run_checks_its_vector_file_before_anythi
     config = validate(compose(["model.pretrained_embeddings=missing.txt"]))
     assert config.model.pretrained_embeddings == "missing.txt"
     out = subprocess.run([sys.executable, "-m", "bilstm_exp", "model.pretrained_embeddings=missing.txt"], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=SUBPROCESS_S)
     assert out.returncode == 2, out.stderr[-2000:]
     assert "model.pretrained_embeddings: 'missing.txt': no such file" in out.stderr and "Fix:" in out.stderr
     assert not (tmp_path / "mlflow.db").exists()

@@ -26,7 +26,7 @@ import yaml
 from bilstm_exp.config.compose import CONF_DIR
 from bilstm_exp.stages import outputs
 from bilstm_exp.stages import params as params_yaml
-from tests.conftest import ROOT, TINY, migrated_store
+from tests.conftest import ROOT, SUBPROCESS_S, TINY, migrated_store
 
 BIN = Path(sys.executable).parent  # dvc and bilstm-exp of this environment
 TINY_PARAMS = [*TINY, "model.lstm_units=8"]
@@ -442,7 +442,7 @@ def test_interrupted_repro_leaves_nothing_a_later_run_trusts(tmp_path):
             assert process.poll() is None and time.monotonic() < deadline, "train never logged its first epoch"
             time.sleep(0.2)
         os.killpg(process.pid, signal.SIGINT)
-        output, _ = process.communicate(timeout=120)
+        output, _ = process.communicate(timeout=SUBPROCESS_S)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)

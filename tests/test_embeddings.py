@@ -18,7 +18,7 @@ from bilstm_exp.config.schema import validate
 from bilstm_exp.data.vocabulary import Vocabulary, tokenize
 from bilstm_exp.errors import ConfigError, DataError
 from bilstm_exp.models import embeddings
-from tests.conftest import ROOT, tiny
+from tests.conftest import ROOT, SUBPROCESS_S, tiny
 
 WORDS = {"great": [0.5, 0.25, -1.0, 2.0], "awful": [-0.5, 1.5, 0.0, 0.125], "plot": [1.0, -2.0, 0.5, 0.75],
          "unusedword": [9.0, 9.0, 9.0, 9.0]}
@@ -79,7 +79,7 @@ for overrides in cases:
         print(error)
 print("tensorflow imported:", "tensorflow" in sys.modules)
 """
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=SUBPROCESS_S)
     lines = out.stdout.splitlines()
     assert out.returncode == 0 and len(lines) == 4, out.stdout + out.stderr
     assert "missing.txt': no such file" in lines[0] and "Fix:" in lines[0]

@@ -218,7 +218,7 @@ def test_data_errors_exit_2_without_mlflow_or_tensorflow_and_touch_no_store(tmp_
     is refused in the light path whether or not the folder already holds a store: neither MLflow nor
     TensorFlow is imported, one line on stderr, nothing on stdout (no "recording to"), no store created
     and an existing one left byte for byte as it was (no experiment, no run)."""
-    from tests.conftest import migrated_store
+    from tests.conftest import SUBPROCESS_S, migrated_store
 
     (tmp_path / "reviews.csv").write_text(REVIEWS)
     (tmp_path / "quote.csv").write_text('text,label\na fine film,positive\n"a dull film,negative\n')
@@ -227,7 +227,7 @@ def test_data_errors_exit_2_without_mlflow_or_tensorflow_and_touch_no_store(tmp_
     before = (tmp_path / "mlflow.db").read_bytes() if store == "an existing mlflow.db" else None
     full = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "BILSTM_EXP_LOG_LEVEL")}
     out = subprocess.run([sys.executable, "-c", LIGHT_RUN, *args], cwd=tmp_path, capture_output=True, text=True,
-                         timeout=120, env=full)
+                         timeout=SUBPROCESS_S, env=full)
     assert out.returncode == 2, out.stderr[-2000:]
     assert out.stdout.splitlines() == ["IMPORTED []"], out.stdout[-2000:]
     (line,) = out.stderr.splitlines()

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from bilstm_exp.config.compose import compose
 from bilstm_exp.config.schema import validate
-from tests.conftest import run_module, tiny
+from tests.conftest import SUBPROCESS_S, run_module, tiny
 
 POSITIVE = [
     "time/data_prepare_s", "time/model_build_s", "time/step_p50_ms", "time/step_p95_ms", "time/epoch_s",
@@ -152,6 +152,6 @@ def test_bench_smoke_writes_every_key(workdir):
 def test_gpu_check_script_says_no_gpu_skipped_and_exits_0_without_a_gpu():
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run(["bash", str(root / "scripts" / "gpu_check.sh")], capture_output=True, text=True,
-                          timeout=120)
+                          timeout=SUBPROCESS_S)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "gpu_check: no GPU: skipped (nvidia-smi finds none)"

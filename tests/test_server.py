@@ -130,7 +130,7 @@ def test_unreachable_server_fails_fast_naming_the_uri_before_training(tmp_path, 
         overrides.append(f"tracking.tracking_uri={uri}")
     else:
         env["MLFLOW_TRACKING_URI"] = uri
-    out = run_module(overrides, cwd=tmp_path, env=env, timeout=60)
+    out = run_module(overrides, cwd=tmp_path, env=env)
     assert out.returncode != 0
     assert uri in out.stderr and "unreachable" in out.stderr, out.stderr[-2000:]
     assert "] epoch 1/" not in out.stdout + out.stderr  # no training started
@@ -141,7 +141,7 @@ def test_tracking_uri_with_credentials_is_refused_without_echoing_them(tmp_path,
     secret = "s3cr3t-" + uuid.uuid4().hex[:8]
     uri = mlflow_server.replace("http://", f"http://bilstm-user:{secret}@")  # a live server behind it
     out = run_module(tiny("basic", "tracking=server", f"tracking.tracking_uri={uri}",
-                          f"tracking.experiment_name={unique_name}"), cwd=tmp_path, timeout=60)
+                          f"tracking.experiment_name={unique_name}"), cwd=tmp_path)
     assert out.returncode != 0
     assert "credentials" in out.stderr and "MLFLOW_TRACKING_PASSWORD" in out.stderr, out.stderr[-2000:]
     assert mlflow_server.split("//")[1] in out.stderr  # names the server, without the user info

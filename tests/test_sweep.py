@@ -23,7 +23,7 @@ import pytest
 
 from bilstm_exp.config.compose import compose
 from bilstm_exp.config.schema import validate
-from tests.conftest import TINY, migrated_store, run_module, tiny
+from tests.conftest import SUBPROCESS_S, TINY, migrated_store, run_module, tiny
 
 ALL_METRICS = ["train/loss", "train/accuracy", "val/loss", "val/accuracy", "val/auc", "test/accuracy",
                "test/auc", "time/epoch_s", "throughput/train_tokens_per_s", "latency/predict_p50_ms",
@@ -281,7 +281,7 @@ def resumed_sweep(tmp_path_factory) -> ResumedSweep:
                         break
                 time.sleep(0.2)
             process.send_signal(signal.SIGTERM)
-            code = process.wait(timeout=120)
+            code = process.wait(timeout=SUBPROCESS_S)
         finally:
             if process.poll() is None:
                 process.kill()
