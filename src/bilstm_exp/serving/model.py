@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -97,10 +96,6 @@ def pad_right(sequences: list[np.ndarray]) -> np.ndarray:
     return out
 
 
-# The explicit signature in training.py describes the input; MLflow's type-hint nag is noise here.
-warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method.*")
-
-
 class TextClassifier(mlflow.pyfunc.PythonModel):
     """Tokenises with the run's vocabulary, pads, and runs the Keras model in batches."""
 
@@ -160,7 +155,7 @@ class TextClassifier(mlflow.pyfunc.PythonModel):
         for start in range(0, len(texts), BATCH):
             ids = self.vocab.encode_batch(texts[start:start + BATCH], self.max_length, self.truncating)
             chunks.append(np.asarray(self.forward(pad_right(ids)), dtype=np.float64))
-        probs = chunks[0] if len(chunks) == 1 else np.concatenate(chunks) if chunks else np.zeros((0, 1))
+        probs = np.concatenate(chunks) if chunks else np.zeros((0, 1))
         if probs.shape[1] == 1:
             return np.concatenate([1.0 - probs, probs], axis=1)
         return probs / probs.sum(axis=1, keepdims=True)  # float32 softmax sums to 1 only roughly
