@@ -104,3 +104,22 @@ def test_a_cache_folder_others_may_write_is_not_used_and_training_goes_on(tmp_pa
         cache.chmod(0o777)
     assert _train(Path("off") if setting == "off" else cache) == -1
     assert _entries(cache) == {}
+
+
+def test_a_cache_past_its_size_loses_its_oldest_entries_when_a_process_publishes(tmp_path, monkeypatch):
+    """Every process copies the whole shared cache in: publishing past ``max_bytes`` removes the oldest
+    entries (by publish time), never the one just published; a cache within its size is left alone."""
+    shared, local = tmp_path / "shared", tmp_path / "process"
+    shared.mkdir()
+    for age, name in enumerate(["c", "b", "a"]):  # "a" the oldest
+        xla_cache.write_entry(shared / f"{name}{xla_cache.SUFFIX}", name.encode() * 1000)
+        os.utime(shared / f"{name}{xla_cache.SUFFIX}", (1_000_000 - age * 100, 1_000_000 - age * 100))
+    size = (shared / f"a{xla_cache.SUFFIX}").stat().st_size
+    assert xla_cache.evict(shared, max_bytes=3 * size) == []
+    local.mkdir()
+    (local / "d.pb").write_bytes(b"d" * 1000)
+    monkeypatch.setattr(xla_cache, "MAX_BYTES", 2 * size)  # the limit publish() evicts with
+    assert xla_cache.publish(local, shared) == 1
+    assert sorted(p.name for p in shared.iterdir()) == [f"c{xla_cache.SUFFIX}", f"d{xla_cache.SUFFIX}"]
+    assert xla_cache.read_entry(shared / f"d{xla_cache.SUFFIX}") == b"d" * 1000
+    assert not local.exists()

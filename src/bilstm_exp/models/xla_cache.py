@@ -13,6 +13,8 @@ and it loads whatever machine code the directory holds. So TensorFlow never sees
   half-written entry is skipped: TensorFlow compiles that program again);
 - when the process ends, the programs it compiled are published: written under a temporary name,
   then renamed, checksum first (two writers of one program: the last rename wins, both whole);
+- the shared cache holds at most ``MAX_BYTES`` (256 MiB): a process that publishes removes the oldest
+  entries past it (each process copies the whole cache in, so its size is a cost of every run);
 - anything that goes wrong on the way (no home, a full disk, a folder of someone else's) leaves the
   cache off for the process: it compiles as without one, and no op fails because of the cache.
 
@@ -34,8 +36,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import tensorflow as tf
-
 from bilstm_exp.processes import alive
 
 ENV = "BILSTM_EXP_XLA_CACHE"  # a folder for the shared cache, or "off"
@@ -43,6 +43,7 @@ FLAG = "--tf_xla_persistent_cache_directory"
 MAGIC = b"bilstm-exp xla entry 1\n"  # then the payload's sha256 (hex) and a newline, then TensorFlow's file
 SUFFIX = ".entry"
 MIN_FREE_BYTES = 1 << 30  # below this much free space the cache stays off (a failed write fails the op)
+MAX_BYTES = 256 << 20  # the shared cache's size: past it, a publishing process removes the oldest entries
 _state: dict[str, Path | None] = {}  # "local": this process's folder, set once enable() ran
 
 
@@ -63,6 +64,8 @@ def enable() -> Path | None:
 
 def shared_folder() -> Path:
     """The shared cache of this TensorFlow version on this CPU."""
+    import tensorflow as tf  # here, not at the top: publishing and reading entries need no TensorFlow
+
     root = Path(os.environ.get(ENV) or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
                 / "bilstm-exp" / "xla")
     machine = hashlib.sha256(f"{platform.machine()} {_cpu_flags()}".encode()).hexdigest()[:12]
@@ -93,6 +96,8 @@ def _point_tensorflow_at(local: Path) -> None:
     """TensorFlow reads its XLA flags once, when the first TF function runs: set the flag, run a program
     of this process's own (a random constant: compiled, so written to ``local``, which proves the flag
     took), then restore the variable, so child processes do not inherit this process's folder."""
+    import tensorflow as tf
+
     previous = os.environ.get("TF_XLA_FLAGS")
     os.environ["TF_XLA_FLAGS"] = f"{previous or ''} {FLAG}={local}".strip()
     try:
@@ -117,7 +122,29 @@ def publish(local: Path, shared: Path, imported: set[str] = frozenset()) -> int:
     except OSError:
         pass
     shutil.rmtree(local, ignore_errors=True)
+    if published:
+        evict(shared, MAX_BYTES)
     return published
+
+
+def evict(shared: Path, max_bytes: int = MAX_BYTES) -> list[Path]:
+    """Remove the oldest entries (by when they were published) until the cache holds ``max_bytes`` or less:
+    every process copies the whole cache in when it starts, so its size is a cost of every run. An entry
+    removed while another process reads it is skipped there (compiled again). Returns what was removed."""
+    entries = []
+    for entry in shared.glob(f"*{SUFFIX}"):
+        with contextlib.suppress(OSError):
+            info = entry.stat()
+            entries.append((info.st_mtime, info.st_size, entry))
+    total, removed = sum(size for _, size, _ in entries), []
+    for _, size, entry in sorted(entries):
+        if total <= max_bytes:
+            break
+        with contextlib.suppress(OSError):
+            entry.unlink()
+            removed.append(entry)
+        total -= size
+    return removed
 
 
 def write_entry(path: Path, payload: bytes) -> None:
