@@ -127,7 +127,7 @@ def publish(local: Path, shared: Path, imported: set[str] = frozenset()) -> int:
     return published
 
 
-def evict(shared: Path, max_bytes: int = MAX_BYTES) -> list[Path]:
+def evict(shared: Path, max_bytes: int) -> list[Path]:
     """Remove the oldest entries (by when they were published) until the cache holds ``max_bytes`` or less:
     every process copies the whole cache in when it starts, so its size is a cost of every run. An entry
     removed while another process reads it is skipped there (compiled again). Returns what was removed."""

@@ -83,9 +83,8 @@ def compile_model(config: ExperimentConfig, prepared: PreparedData, steps_per_ep
     loss = models.loss(prepared.num_classes, config.training.label_smoothing)
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics,
                   steps_per_execution=config.training.steps_per_execution)
-    if not distribute.active(config):  # (a strategy's fit builds it in its scope: distribute.py)
-        # now, not in fit's first trace: TensorFlow traces a function that creates variables twice (~1 s a model)
-        model.optimizer.build(model.trainable_variables)
+    if not distribute.active(config):  # built here, not in fit's first trace (TensorFlow traces a function that
+        model.optimizer.build(model.trainable_variables)  # creates variables twice); a strategy's fit builds it
     fast_cpu = (config.model.kernel == "fast" and not config.training.mixed_precision
                 and not tf.config.list_physical_devices("GPU") and not distribute.active(config))
     if isinstance(model, models.TelemetryModel):  # model.kernel=fast on a CPU: one XLA launch per update
