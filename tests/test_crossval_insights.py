@@ -1,6 +1,6 @@
 """What a cross-validation tells a user beyond its mean: test accuracy per class and per length bucket on
 the parent run (its metrics, its table, its summary line); word vectors trained per fold on that fold's
-training texts only (model.self_trained_vectors); and label smoothing (training.label_smoothing).
+training texts only (model.self_trained_vectors, on by default); and label smoothing (training.label_smoothing).
 
 Real Hydra composition, a real MLflow sqlite store, real TensorFlow and gensim on tiny data.
 """
@@ -128,7 +128,7 @@ def test_each_fold_trains_its_vectors_on_its_own_training_texts_never_its_test_t
     # three texts that fold 0 tests on (folds depend on the labels and data.split_seed only) get a new word
     first = data.prepare_folds(file_config(corpus(workdir)).data)[0]
     path = corpus(workdir, set(first.texts["test"][:3]))
-    config = file_config(path, "model.self_trained_vectors=true")
+    config = file_config(path)  # the default: each fold trains its own vectors
     result = crossval.run(config, root=workdir)
     _, parent, folds = parent_and_folds(workdir)
     assert parent.data.params["model.self_trained_vectors"] == "True"
@@ -146,6 +146,29 @@ def test_each_fold_trains_its_vectors_on_its_own_training_texts_never_its_test_t
     fold0 = embeddings.training_split_vectors(config.model, result.folds[0].prepared, seed=config.seed)
     assert PLANTED not in fold0.key_to_index
     # trained on the whole corpus, test texts included, the vectors would have the word
-    everything = data.prepare(file_config(path, "model.self_trained_vectors=true", folds=None).data)
+    everything = data.prepare(file_config(path, folds=None).data)
     everything.texts["train"] = [t for part in everything.texts.values() for t in part]
     assert PLANTED in embeddings.training_split_vectors(config.model, everything, seed=config.seed).key_to_index
+
+
+def test_training_texts_with_no_repeated_word_start_the_embedding_random_and_the_run_says_so(workdir):
+    config = file_config(corpus(workdir), folds=None)
+    prepared = data.prepare(config.data)
+    prepared.texts["train"] = ["alpha beta", "gamma delta", "epsilon"]  # word2vec keeps words seen twice: none
+    vectors = embeddings.for_run(config.model, prepared, seed=config.seed)
+    assert vectors.matrix is None  # the embedding layer's own random start
+    assert vectors.tags == {embeddings.TRAINED_ON_TAG: "none: no word occurs twice in the 3 training texts, so "
+                                                       "the embedding starts random"}
+    assert vectors.metrics == {"embedding/self_trained_texts": 3, "embedding/self_trained_words": 0}
+
+
+def test_a_vector_file_wins_over_the_default_self_trained_vectors(workdir):
+    (workdir / "v.txt").write_text("2 2\ngreat 0.5 0.5\nfilm -0.5 0.5\n", encoding="utf-8")
+    config = file_config(corpus(workdir), f"model.pretrained_embeddings={workdir / 'v.txt'}", "model.embedding_dim=2",
+                         folds=None)
+    prepared = data.prepare(config.data)
+    assert config.model.self_trained_vectors  # still the default, and the file is what the embedding starts from
+    vectors = embeddings.for_run(config.model, prepared, seed=config.seed)
+    row = prepared.vocab.words.index("great") + 2  # ids 0 and 1: padding and out-of-vocabulary
+    assert vectors.matrix[row].tolist() == [0.5, 0.5] and not vectors.tags
+    assert "embedding/self_trained_texts" not in vectors.metrics

@@ -54,6 +54,16 @@ def test_a_default_run_records_its_three_splits_as_datasets_with_digest_source_s
 
 
 @pytest.mark.slow
+def test_a_default_run_starts_its_embedding_from_word2vec_trained_on_its_training_split_only(default_run):
+    result, _, run = default_run
+    texts = len(result.prepared.texts["train"])
+    assert run.data.params["model.self_trained_vectors"] == "True"  # the default
+    assert run.data.tags["embedding.trained_on"] == f"the training split: {texts:,} texts, none of its val or test texts"
+    assert run.data.metrics["embedding/self_trained_texts"] == texts
+    assert 0 < run.data.metrics["embedding/self_trained_words"] <= len(result.prepared.vocab.words)
+
+
+@pytest.mark.slow
 def test_the_logged_models_metrics_name_the_dataset_they_were_computed_on(default_run):
     result, client, run = default_run
     [model] = client.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id='{run.info.run_id}'")

@@ -92,7 +92,7 @@ print("tensorflow imported:", "tensorflow" in sys.modules)
     with pytest.raises(DataError, match="cannot be read as word2vec vectors"):
         embeddings.for_vocabulary(model_config(f"model.pretrained_embeddings={broken}"), VOCAB)
     with pytest.raises(ConfigError, match="model.embeddings_trainable"):
-        model_config("model.embeddings_trainable=false")  # frozen random vectors: a mistake
+        model_config("model.embeddings_trainable=false", "model.self_trained_vectors=false")  # frozen random: a mistake
 
 
 @pytest.mark.slow  # a whole training run: `make test` runs it, not the inner loop

@@ -196,9 +196,6 @@ def blocked(tmp_path: Path, module: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("module, args, cli, extra", [
-    ("gensim", ["pretrain-embeddings", "--input", "texts.txt", "--out", "vectors.txt"], True, "embeddings"),
-    ("gensim", ["model.pretrained_embeddings=vectors.txt", "model.embedding_dim=4"], False, "embeddings"),
-    ("gensim", ["model.self_trained_vectors=true", "data.folds=2"], False, "embeddings"),
     ("psycopg", ["server", "start", "--dir", "team-server"], True, "server"),
     ("hydra_plugins.hydra_submitit_launcher", ["-m", "hydra/launcher=submitit_local", "seed=1"], False, "cluster"),
 ])
@@ -215,7 +212,7 @@ def test_the_extras_are_installed_here():
     """The blocked modules above are what the extras install: the dev install has all of them."""
     from bilstm_exp import extras
 
-    for module, extra in (("gensim", "embeddings"), ("psycopg", "server"), ("flask_wtf", "server"),
+    for module, extra in (("psycopg", "server"), ("flask_wtf", "server"),
                           ("hydra_plugins.hydra_submitit_launcher", "cluster")):
         extras.require(module, extra, "the dev install")  # raises MissingExtraError when it is not found
 

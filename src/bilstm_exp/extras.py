@@ -1,8 +1,8 @@
 """Optional extras: a command whose extra is not installed says which one, in one line (exit 2).
 
-The base install trains, tracks, compares, predicts and runs the DVC stages. The rest comes with an
-extra of pyproject.toml: ``[server]`` (the team server: PostgreSQL driver, MLflow's auth app),
-``[cluster]`` (the submitit launchers), ``[embeddings]`` (gensim), ``[gpu]`` (TensorFlow with CUDA).
+The base install trains (word vectors included: gensim), tracks, compares, predicts and runs the DVC
+stages. The rest comes with an extra of pyproject.toml: ``[server]`` (the team server: PostgreSQL
+driver, MLflow's auth app), ``[cluster]`` (the submitit launchers), ``[gpu]`` (TensorFlow with CUDA).
 A command that needs one calls :func:`require` before it imports the extra's modules, so a missing
 extra is a message naming the ``pip install`` to run instead of an ImportError traceback.
 """

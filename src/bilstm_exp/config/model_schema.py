@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bilstm_exp import extras
 from bilstm_exp.config.checks import check, choice, fraction, positive
 
 VECTOR_FORMATS = ("auto", "word2vec", "word2vec_binary", "glove")  # model.pretrained_format
@@ -26,10 +25,12 @@ class ModelConfig:
     kernel: str = "fast"  # fast: the CPU fast path (FastLSTM + an XLA optimizer step), cuDNN on a GPU; keras
     embedding_dropout: float = 0.0  # spatial dropout after the embedding: drops whole word-vector channels, [0, 1)
     output_dropout: float = 0.0  # dropout on the features the output layer reads, in [0, 1)
-    pretrained_embeddings: str | None = None  # word-vector file to start the embedding from (null: random init)
+    pretrained_embeddings: str | None = None  # word-vector file to start the embedding from (wins over self-trained)
     pretrained_format: str = "auto"  # auto (from suffix/header), word2vec (text), word2vec_binary, glove (no header)
-    embeddings_trainable: bool = True  # false: pretrained vectors stay frozen during training
-    self_trained_vectors: bool = False  # word2vec vectors trained on the run's own training split (a fold's in a CV)
+    embeddings_trainable: bool = True  # false: the starting vectors stay frozen during training
+    # without a vector file: word2vec vectors trained on the run's own training split (a fold's in a CV);
+    # false starts the embedding from random numbers (benchmarks/real_text_defaults.md: why true)
+    self_trained_vectors: bool = True
 
     def __post_init__(self) -> None:
         positive(self.embedding_dim, "model.embedding_dim", 64)
@@ -40,20 +41,12 @@ class ModelConfig:
         fraction(self.embedding_dropout, "model.embedding_dropout", 0.2)
         fraction(self.output_dropout, "model.output_dropout", 0.3)
         choice(self.pretrained_format, VECTOR_FORMATS, "model.pretrained_format")
-        if self.self_trained_vectors:
-            check(self.pretrained_embeddings is None, "model.self_trained_vectors", "is true and "
-                  f"model.pretrained_embeddings={self.pretrained_embeddings} is set too: the embedding starts "
-                  "from one or the other", "drop one of them, e.g. model.pretrained_embeddings=null")
-            extras.require("gensim", "embeddings", "model.self_trained_vectors=true")  # gensim trains them
-            return
-        if self.pretrained_embeddings is None:
+        if self.pretrained_embeddings is None and not self.self_trained_vectors:
             check(self.embeddings_trainable, "model.embeddings_trainable",
                   "false freezes randomly initialised embeddings", "set model.pretrained_embeddings=PATH "
                   "(a word2vec or GloVe file) or model.self_trained_vectors=true, or leave "
                   "model.embeddings_trainable=true")
-            return
-        extras.require("gensim", "embeddings", "model.pretrained_embeddings")  # gensim reads the vectors
-        # the file itself is read by the run's pre-flight (models.vector_files.check), not here
+        # a vector file is read by the run's pre-flight (models.vector_files.check), not here
 
 
 @dataclass

@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 
-from bilstm_exp import extras
 from bilstm_exp.config.model_schema import ModelConfig
 from bilstm_exp.data.prepare import PreparedData
 from bilstm_exp.data.vocabulary import PAD_ID, Vocabulary, tokenize
@@ -65,8 +64,9 @@ def load(path: str, fmt: str = "auto"):
 
 def for_run(cfg: ModelConfig, prepared: PreparedData, *, seed: int = 0) -> Vectors:
     """The embedding's initial weights for a run on ``prepared``: the vectors of model.pretrained_embeddings,
-    vectors trained on the run's own training split (model.self_trained_vectors), or none (random)."""
-    if cfg.self_trained_vectors:
+    vectors trained on the run's own training split (model.self_trained_vectors, the default when no file
+    is named), or none (random)."""
+    if cfg.pretrained_embeddings is None and cfg.self_trained_vectors:
         return self_trained(cfg, prepared, seed=seed)
     return for_vocabulary(cfg, prepared.vocab, prepared.splits["train"], seed=seed)
 
@@ -79,6 +79,10 @@ def self_trained(cfg: ModelConfig, prepared: PreparedData, *, seed: int = 0) -> 
     texts = prepared.texts["train"]
     start = time.perf_counter()
     vectors = training_split_vectors(cfg, prepared, seed=seed)
+    if vectors is None:  # nothing to learn from: the embedding starts random, and the run says so
+        return Vectors(None, {"embedding/self_trained_texts": len(texts), "embedding/self_trained_words": 0},
+                       tags={TRAINED_ON_TAG: f"none: no word occurs twice in the {len(texts):,} training texts, "
+                                             "so the embedding starts random"})
     out = matrix_for(prepared.vocab, vectors, prepared.splits["train"], seed=seed)
     out.metrics.update({"embedding/self_trained_texts": len(texts), "embedding/self_trained_words": len(vectors),
                         "time/self_trained_vectors_s": time.perf_counter() - start})
@@ -90,12 +94,10 @@ def self_trained(cfg: ModelConfig, prepared: PreparedData, *, seed: int = 0) -> 
 def training_split_vectors(cfg: ModelConfig, prepared: PreparedData, *, seed: int = 0):
     """gensim's KeyedVectors of word2vec trained on ``prepared``'s training texts only (pretrain-embeddings'
     defaults: skip-gram, 5 epochs, window 5, words seen twice or more, one worker: the same vectors for
-    the same texts and seed), ``model.embedding_dim`` wide."""
-    texts = prepared.texts["train"]
-    sentences = [tokens for tokens in (tokenize(text) for text in texts) if tokens]
+    the same texts and seed), ``model.embedding_dim`` wide; None when no word occurs twice."""
+    sentences = [tokens for tokens in (tokenize(text) for text in prepared.texts["train"]) if tokens]
     if not any(count >= 2 for count in Counter(t for tokens in sentences for t in tokens).values()):
-        raise DataError(f"model.self_trained_vectors: no word occurs twice in the {len(texts)} training texts, "
-                        "so word2vec has nothing to learn. Fix: use more data, or model.self_trained_vectors=false")
+        return None
     return train(sentences, method="word2vec", dim=cfg.embedding_dim, epochs=5, min_count=2, window=5,
                  skipgram=True, seed=seed, workers=1)
 
@@ -235,7 +237,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def command(args: argparse.Namespace) -> None:
-    extras.require("gensim", "embeddings", "bilstm-exp pretrain-embeddings")
     summary = pretrain(read_corpus(args.input, args.text_column), args.out, method=args.method, dim=args.dim,
                        epochs=args.epochs, min_count=args.min_count, window=args.window, skipgram=not args.cbow,
                        seed=args.seed, workers=args.workers)
