@@ -231,6 +231,17 @@ def mlflow_server(tmp_path_factory) -> str:
         yield uri
 
 
+@pytest.fixture(scope="session")
+def served_model(trained, tmp_path_factory) -> str:
+    """Base URL of one `mlflow models serve` of version 1 (the basic run) in `trained`'s store, shared by
+    the tests that send it requests (test_serving, test_reliability): each server loads TensorFlow and the
+    model, about 6 CPU seconds. Requests change nothing in it."""
+    from tests.servers import model_server
+
+    with model_server("models:/bilstm-sentiment/1", trained.uri, tmp_path_factory.mktemp("model-server")) as url:
+        yield url
+
+
 @pytest.fixture
 def unique_name(request) -> str:
     """An experiment / registered-model name no other test uses on the shared server."""
@@ -246,10 +257,12 @@ def unique_name(request) -> str:
 SHARED_FIXTURES = {
     "trained": "tests/conftest.py",
     "cross_validated": "tests/conftest.py",
+    "served_model": "tests/conftest.py",
     "outcomes": "tests/test_bad_input.py",
     "client": "tests/test_compare.py",
     "reproduced": "tests/test_dvc.py",
     "run": "tests/test_first_hour.py",
+    "four_runs": "tests/test_reliability.py",
     "server_run": "tests/test_server.py",
     "resumed_sweep": "tests/test_sweep.py",
     "team": "tests/test_team_server.py",

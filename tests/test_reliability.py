@@ -26,6 +26,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -119,22 +120,19 @@ def histories(client: MlflowClient, run_id: str) -> dict[str, list[tuple[int, fl
 # --------------------------------------------------------------------------- SIGTERM, checkpoint, resume
 
 
-def test_sigterm_checkpoints_and_resume_continues_the_same_run(tmp_path):
-    interrupted, reference = tmp_path / "interrupted", tmp_path / "reference"
-    for folder in (interrupted, reference):
-        folder.mkdir()
-        migrated_store(folder)  # the store exists before the two processes open it
+def test_sigterm_checkpoints_and_resume_continues_the_same_run(tmp_path, four_runs):
+    """The uninterrupted reference: one of `four_runs` (EPOCHS epochs on tiny data: only which metrics it
+    logs and how many values each are compared)."""
+    interrupted = tmp_path / "interrupted"
+    migrated_store(interrupted)  # the store exists before the process opens it
     args = tiny("basic", *LONGER)
-    # the same run on tiny data: only which metrics it logs and how many values each are compared
-    reference_args = tiny("basic", f"training.epochs={EPOCHS}", *QUIET)
     client = MlflowClient(f"sqlite:///{interrupted / 'mlflow.db'}")
-    with training(reference_args, reference) as uninterrupted, training(args, interrupted) as process:
+    with training(args, interrupted) as process:
         state = first_checkpoint(interrupted, process)
         with frozen(process):  # mid-training: the SIGTERM is handled when it continues
             assert process.poll() is None
             process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=WAIT_S) == 143
-        assert uninterrupted.wait(timeout=WAIT_S) == 0, log_tail(reference / "stderr.txt")
     stderr = (interrupted / "stderr.txt").read_text()
     assert "training.resume=true" in stderr  # the message says how to continue
 
@@ -157,8 +155,10 @@ def test_sigterm_checkpoints_and_resume_continues_the_same_run(tmp_path):
     [version] = client.search_model_versions("name='bilstm-sentiment'")
     assert version.run_id == run.info.run_id
 
-    ref_client = MlflowClient(f"sqlite:///{reference / 'mlflow.db'}")
-    expected = histories(ref_client, only_run(ref_client, "bilstm-exp").info.run_id)
+    ref_client = MlflowClient(four_runs.uri)
+    [reference] = ref_client.search_runs([ref_client.get_experiment_by_name("bilstm-exp").experiment_id],
+                                         "attributes.status = 'FINISHED'", max_results=1)
+    expected = histories(ref_client, reference.info.run_id)
     got = histories(client, run.info.run_id)
     # measured within one process: absent after 1 resumed epoch; MLflow's system/* sampled by the clock
     per_process = {"time/first_epoch_overhead_s"} | {k for k in {*got, *expected} if k.startswith("system/")}
@@ -297,24 +297,41 @@ def run_all(arg_lists: list[list[str]], cwd: Path) -> list[subprocess.CompletedP
             stop(p)
 
 
-def test_four_processes_on_a_new_sqlite_store_all_recorded_and_deterministic_runs_agree(tmp_path):
-    """Four deterministic runs of one config and four light store openers (what every command does first)
-    start together on a folder without mlflow.db: the store's creation and migration are serialised by a
-    file lock, every run is recorded with its own version, and the four runs' metrics are identical."""
-    openers = [subprocess.Popen([sys.executable, "-c", OPEN_STORE], cwd=tmp_path, stdout=subprocess.PIPE,
+@dataclass
+class FourRuns:
+    """Four deterministic runs of one config (EPOCHS epochs on tiny data) and four light store openers
+    (what every command does first), started together on a folder without mlflow.db."""
+
+    uri: str
+    openers: list[tuple[int, str]]  # (exit code, stderr) of each opener
+    outs: list[subprocess.CompletedProcess]
+
+
+@pytest.fixture(scope="module")
+def four_runs(tmp_path_factory) -> FourRuns:
+    """Run once for the module: test_four_processes checks them; the SIGTERM test reads one as its
+    uninterrupted reference (a training process fewer)."""
+    folder = tmp_path_factory.mktemp("four-runs")
+    openers = [subprocess.Popen([sys.executable, "-c", OPEN_STORE], cwd=folder, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, env=env()) for _ in range(4)]
-    args = tiny("basic", "training.epochs=2", "training.early_stopping.enabled=false", "training.deterministic=true",
-                "model.dropout=0.2", "profiling.latency_samples=0")
-    outs = run_all([args] * 4, tmp_path)
-    opened = [p.communicate(timeout=WAIT_S) for p in openers]
-    assert [p.returncode for p in openers] == [0] * 4, [err[-2000:] for _, err in opened]
+    args = tiny("basic", f"training.epochs={EPOCHS}", *QUIET, "training.deterministic=true", "model.dropout=0.2")
+    outs = run_all([args] * 4, folder)
+    opened = [(p.communicate(timeout=WAIT_S)[1], p.returncode) for p in openers]
+    return FourRuns(f"sqlite:///{folder / 'mlflow.db'}", [(code, err) for err, code in opened], outs)
+
+
+def test_four_processes_on_a_new_sqlite_store_all_recorded_and_deterministic_runs_agree(four_runs):
+    """The store's creation and migration are serialised by a file lock, every run is recorded with its
+    own version, and the four runs' metrics are identical."""
+    assert [code for code, _ in four_runs.openers] == [0] * 4, [err[-2000:] for _, err in four_runs.openers]
+    outs = four_runs.outs
     assert [o.returncode for o in outs] == [0] * 4, [o.stderr[-2000:] for o in outs if o.returncode]
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(four_runs.uri)
     runs = client.search_runs([client.get_experiment_by_name("bilstm-exp").experiment_id])
     assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
     for run in runs:
         for key in PER_EPOCH:
-            assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == epoch_steps(key, 2), key
+            assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == epoch_steps(key, EPOCHS), key
     versions = client.search_model_versions("name='bilstm-sentiment'")
     assert sorted(int(v.version) for v in versions) == [1, 2, 3, 4]
     assert sorted(v.run_id for v in versions) == sorted(r.info.run_id for r in runs)
@@ -663,24 +680,23 @@ def test_compose_params_keeps_a_conf_file_interpolation_out_of_params_yaml(tmp_p
 # --------------------------------------------------------------------------- issue 12: the served model
 
 
-def test_the_served_model_answers_400_for_empty_null_and_non_text_input(trained, tmp_path):
+def test_the_served_model_answers_400_for_empty_null_and_non_text_input(served_model):
+    """The session's model server (version 1 of `trained`'s store)."""
     import requests
 
-    from tests.servers import model_server
-
-    with model_server("models:/bilstm-sentiment/1", trained.uri, tmp_path) as url:
-        ok = requests.post(f"{url}/invocations", json={"inputs": ["a fine film"]}, timeout=60)
-        assert ok.status_code == 200, ok.text[-2000:]
-        for bad in ([""], ["   "], [None], [5], ["fine", ""]):
-            answer = requests.post(f"{url}/invocations", json={"inputs": bad}, timeout=60)
-            assert answer.status_code == 400, (bad, answer.status_code, answer.text[-2000:])
-            assert "Traceback" not in answer.text and len(answer.text) < 2000, answer.text[-2000:]
-        answer = requests.post(f"{url}/invocations", json={"inputs": [""]}, timeout=60)
-        assert "empty or only whitespace" in answer.json()["message"]
-        answer = requests.post(f"{url}/invocations", json={"inputs": [None]}, timeout=60)
-        assert "not a text" in answer.json()["message"]
-        records = requests.post(f"{url}/invocations", json={"dataframe_records": [{"text": None}]}, timeout=60)
-        assert records.status_code == 400 and "is null" in records.json()["message"]
+    url = served_model
+    ok = requests.post(f"{url}/invocations", json={"inputs": ["a fine film"]}, timeout=60)
+    assert ok.status_code == 200, ok.text[-2000:]
+    for bad in ([""], ["   "], [None], [5], ["fine", ""]):
+        answer = requests.post(f"{url}/invocations", json={"inputs": bad}, timeout=60)
+        assert answer.status_code == 400, (bad, answer.status_code, answer.text[-2000:])
+        assert "Traceback" not in answer.text and len(answer.text) < 2000, answer.text[-2000:]
+    answer = requests.post(f"{url}/invocations", json={"inputs": [""]}, timeout=60)
+    assert "empty or only whitespace" in answer.json()["message"]
+    answer = requests.post(f"{url}/invocations", json={"inputs": [None]}, timeout=60)
+    assert "not a text" in answer.json()["message"]
+    records = requests.post(f"{url}/invocations", json={"dataframe_records": [{"text": None}]}, timeout=60)
+    assert records.status_code == 400 and "is null" in records.json()["message"]
 
 
 # --------------------------------------------------------------------------- issue 12: DVC refusals keep outputs

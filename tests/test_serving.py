@@ -1,5 +1,7 @@
 """The registered model serves raw text: pyfunc in process, `mlflow models serve` over HTTP, and
-`bilstm-exp predict` on arguments, a text file and a CSV. One tiny run registers the model once.
+`bilstm-exp predict` on arguments, a text file and a CSV. One tiny run registers the model once (the
+session's `trained`), one model server answers for the session (`served_model`), and the `predict` tests
+share two subprocesses: one on arguments and a text file, one on a CSV.
 """
 
 from __future__ import annotations
@@ -14,8 +16,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
-
-from tests.servers import model_server
 
 pytestmark = pytest.mark.slow
 
@@ -66,21 +66,20 @@ def test_served_forward_pass_equals_keras_predict_for_any_batch_size_and_length(
         np.testing.assert_allclose(classifier.forward(ids), classifier.model.predict_on_batch(ids), atol=1e-6)
 
 
-def test_mlflow_models_serve_answers_invocations(store, tmp_path):
+def test_mlflow_models_serve_answers_invocations(store, served_model):
     bodies = {
         "dataframe_split": {"dataframe_split": {"columns": ["text"], "data": [[t] for t in TEXTS]}},
         "dataframe_records": {"dataframe_records": [{"text": t} for t in TEXTS]},
         "inputs": {"inputs": TEXTS},
         "instances": {"instances": TEXTS},
     }
-    with model_server(MODEL, store["uri"], tmp_path) as url:
-        for name, body in bodies.items():
-            response = requests.post(f"{url}/invocations", json=body, timeout=60)
-            assert response.status_code == 200, (name, response.text[:500])
-            _check(pd.DataFrame(response.json()["predictions"]), store["expected"])
-        bad = requests.post(f"{url}/invocations", timeout=60,
-                            json={"dataframe_split": {"columns": ["review"], "data": [["dull"]]}})
-        assert bad.status_code >= 400 and "'text' column" in bad.text
+    for name, body in bodies.items():
+        response = requests.post(f"{served_model}/invocations", json=body, timeout=60)
+        assert response.status_code == 200, (name, response.text[:500])
+        _check(pd.DataFrame(response.json()["predictions"]), store["expected"])
+    bad = requests.post(f"{served_model}/invocations", timeout=60,
+                        json={"dataframe_split": {"columns": ["review"], "data": [["dull"]]}})
+    assert bad.status_code >= 400 and "'text' column" in bad.text
 
 
 def predict(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -99,22 +98,47 @@ def _lines(out: subprocess.CompletedProcess) -> list[tuple[str, float, str]]:
     return [(label, float(prob), text) for label, prob, text in rows]
 
 
-def test_cli_predict_prints_one_line_per_text_and_reads_a_text_file(store, tmp_path):
+@pytest.fixture(scope="module")
+def predicted_text_file(store, tmp_path_factory) -> subprocess.CompletedProcess:
+    """`bilstm-exp predict` in the project folder, without flags for the store, on TEXTS as arguments and
+    a latin-1 text file (a blank line, a line that is not UTF-8) read with --encoding."""
+    folder = tmp_path_factory.mktemp("predict-text-file")
+    (folder / "texts.txt").write_bytes("a fine film\n\ndull\ncaf\xe9 cr\xe8me, a fine film\n".encode("latin-1"))
+    return predict(["--model", MODEL, *TEXTS, "--file", str(folder / "texts.txt"), "--encoding", "latin-1"],
+                   cwd=store["folder"])
+
+
+CSV_TEXTS = ["a fine film, really", None, "dull", "a fine\tfilm", "dull\nand long", "back\\slash \u2028 end"]
+
+
+@pytest.fixture(scope="module")
+def predicted_csv(store, tmp_path_factory) -> subprocess.CompletedProcess:
+    """`bilstm-exp predict --tracking-uri` from another folder on a CSV with an id column, an empty cell,
+    and texts holding a tab, a newline, a backslash and a line separator."""
+    folder = tmp_path_factory.mktemp("predict-csv")
+    pd.DataFrame({"id": range(1, len(CSV_TEXTS) + 1), "text": CSV_TEXTS}).to_csv(folder / "texts.csv", index=False)
+    return predict(["--model", MODEL, "--tracking-uri", store["uri"], "--file", "texts.csv"], cwd=folder)
+
+
+def test_cli_predict_prints_one_line_per_text_and_reads_a_text_file(store, predicted_text_file):
     """In the project folder the default store is found without flags; texts given as arguments come
     first, then the file's lines (blank lines skipped)."""
-    (tmp_path / "texts.txt").write_text("a fine film\n\ndull\n")
-    rows = _lines(predict(["--model", MODEL, *TEXTS, "--file", str(tmp_path / "texts.txt")], cwd=store["folder"]))
+    rows = _lines(predicted_text_file)
     expected = store["expected"]
-    assert [text for _, _, text in rows] == TEXTS + ["a fine film", "dull"]
+    assert [text for _, _, text in rows] == TEXTS + ["a fine film", "dull", "caf\xe9 cr\xe8me, a fine film"]
     assert [label for label, _, _ in rows[:len(TEXTS)]] == list(expected["label"])
     np.testing.assert_allclose([p for _, p, _ in rows[:len(TEXTS)]], expected["probability"], atol=1e-4)
 
 
-def test_cli_predict_reads_a_csv_from_the_store_named_by_tracking_uri(store, tmp_path):
-    pd.DataFrame({"id": [1, 2, 3], "text": ["a fine film, really", None, "dull"]}).to_csv(tmp_path / "texts.csv",
-                                                                                     index=False)
-    rows = _lines(predict(["--model", MODEL, "--tracking-uri", store["uri"], "--file", "texts.csv"], cwd=tmp_path))
-    assert [text for _, _, text in rows] == ["a fine film, really", "dull"]  # empty cells skipped
+def test_cli_predict_reads_a_text_file_in_the_given_encoding(predicted_text_file):
+    """--encoding reads a file that is not UTF-8."""
+    assert [text for _, _, text in _lines(predicted_text_file)][-1] == "caf\xe9 cr\xe8me, a fine film"
+
+
+def test_cli_predict_reads_a_csv_from_the_store_named_by_tracking_uri(predicted_csv):
+    rows = _lines(predicted_csv)
+    assert [text for _, _, text in rows][:2] == ["a fine film, really", "dull"]  # empty cells skipped
+    assert len(rows) == len(CSV_TEXTS) - 1
     assert all(label in {"negative", "positive"} and 0 <= p <= 1 for label, p, _ in rows)
 
 
@@ -124,14 +148,8 @@ def test_cli_predict_unknown_model_fails_with_a_message(store):
     assert "cannot load model models:/no-such-model/1" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_cli_predict_keeps_one_line_per_text_and_reads_the_given_encoding(store, tmp_path):
+def test_cli_predict_keeps_one_line_per_text_with_a_tab_a_newline_or_a_backslash(predicted_csv):
     """A tab, a newline or a backslash in a text is printed escaped, so every text is one line of three
-    tab-separated fields; --encoding reads a file that is not UTF-8."""
-    texts = ["a fine\tfilm", "dull\nand long", "back\\slash \u2028 end"]
-    pd.DataFrame({"text": texts}).to_csv(tmp_path / "texts.csv", index=False)
-    rows = _lines(predict(["--model", MODEL, "--tracking-uri", store["uri"], "--file", "texts.csv"], cwd=tmp_path))
-    assert [text for _, _, text in rows] == ["a fine\\tfilm", "dull\\nand long", "back\\\\slash \\u2028 end"]
-    (tmp_path / "latin.txt").write_bytes("caf\xe9 cr\xe8me, a fine film\n".encode("latin-1"))
-    rows = _lines(predict(["--model", MODEL, "--tracking-uri", store["uri"], "--file", "latin.txt",
-                           "--encoding", "latin-1"], cwd=tmp_path))
-    assert [text for _, _, text in rows] == ["caf\xe9 cr\xe8me, a fine film"]
+    tab-separated fields."""
+    rows = _lines(predicted_csv)
+    assert [text for _, _, text in rows][2:] == ["a fine\\tfilm", "dull\\nand long", "back\\\\slash \\u2028 end"]
