@@ -28,7 +28,7 @@ from bilstm_exp.serving import model as serving
 from bilstm_exp.tracking import store, system_metrics
 from bilstm_exp.tracking.callback import MLflowLogger
 from bilstm_exp.tracking.session import Session
-from bilstm_exp.training import checkpoints, distribute, profiling, progress, recording
+from bilstm_exp.training import checkpoints, distribute, profiling, progress, recording, summary
 from bilstm_exp.training.evaluation import Evaluation, evaluate
 
 
@@ -125,8 +125,7 @@ def run(config: ExperimentConfig, *, root: Path, overrides: list[str] | None = N
     checkpointer = checkpoints.for_config(config, root)  # training.resume: fails here, before training
     store.check_resumable(checkpointer.run_id)  # the run to resume is in the store and not FINISHED
     checkpointer.check_data(prepared.md5())
-    # model.pretrained_embeddings (an unreadable file fails before a run exists) or self_trained_vectors
-    vectors = embeddings.for_run(config.model, prepared, seed=config.seed)
+    vectors = _embedding_start(config, prepared)
 
     with system_metrics.sampling(config.tracking.system_metrics, config.tracking.system_metrics_interval_s), \
             Session.start(experiment_id, run_name=run_name or recording.run_name(config),
@@ -153,6 +152,15 @@ def run(config: ExperimentConfig, *, root: Path, overrides: list[str] | None = N
     checkpointer.delete()  # the run is FINISHED: nothing left to resume
     kept_offline = (session.offline_uri, session.offline_run_id) if session.offline_uri else None  # set by its end
     return RunResult(session.run_id, metrics, history, model_uri, classifier, prepared, kept_offline, evaluation)
+
+
+def _embedding_start(config: ExperimentConfig, prepared: PreparedData) -> embeddings.Vectors:
+    """model.pretrained_embeddings (an unreadable file fails before a run exists), else word2vec on the
+    training split (model.self_trained_vectors): seconds to minutes on a large corpus, so it is announced."""
+    if config.model.pretrained_embeddings is None and config.model.self_trained_vectors:
+        summary.say(f"{summary.PREFIX} word vectors: word2vec on the {len(prepared.texts['train']):,} training "
+                    "texts (model.self_trained_vectors)")
+    return embeddings.for_run(config.model, prepared, seed=config.seed)
 
 
 def _begin(session: Session, checkpointer: checkpoints.Checkpointer, config: ExperimentConfig, overrides: list[str],
@@ -211,8 +219,6 @@ def _fit(config: ExperimentConfig, model: keras.Model, pipelines: dict[str, tf.d
                       initial_epoch=checkpointer.initial_epoch, callbacks=callbacks, shuffle=False,
                       verbose=progress.keras_verbose(config.training))
         if stopping is not None and stopping.stopped_epoch > 0 and config.training.early_stopping.enabled:
-            from bilstm_exp.training import summary
-
             print(summary.early_stop_line(stopping.stopped_epoch, stopping.best_epoch, stopping.wait,
                                           config.training.monitor, config.training.restore_best_weights), flush=True)
     history = checkpointer.history
