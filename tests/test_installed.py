@@ -200,34 +200,42 @@ def readme_files() -> dict[str, str]:
     return {path: body for path, body in re.findall(r"`([\w/.]+)`:\n\n```\w*\n(.*?)```", section, re.S)}
 
 
-def test_an_architecture_of_the_users_own_trains_by_the_readme_recipe(venv, project):
+@pytest.fixture(scope="module")
+def users_own(venv, project) -> dict[str, str]:
+    """The project with the user's own additions, trained by one run that uses them all: an architecture
+    by the README's recipe (its files, listed in `plugins`), a training default of the project's own
+    (batch_size 8) and an optimizer of its own (slow_adam). The README's files, by path."""
     files = readme_files()
-    assert {"my_models/wide.py", "conf/model/wide.yaml"} <= set(files)
     for path, body in files.items():
         (project / path).parent.mkdir(parents=True, exist_ok=True)
         (project / path).write_text(body, encoding="utf-8")
     config = project / "conf" / "config.yaml"
     config.write_text(config.read_text().replace("plugins: []", "plugins: [my_models.wide]"))
-    venv.run(["python", "-m", "bilstm_exp", "model=wide", *TINY], project)
-    wide = runs(project, architecture="wide")
-    assert [r.info.status for r in wide] == ["FINISHED"]
-    assert wide[0].data.params["model.dense_units"] == files["conf/model/wide.yaml"].split("dense_units:")[1].split()[0]
-
-
-def test_a_users_conf_overrides_a_default_and_adds_an_option_and_help_lists_both(venv, project):
     (project / "conf" / "training").mkdir(exist_ok=True)
     (project / "conf" / "training" / "default.yaml").write_text(
         "defaults:\n  - /schema/training/default@_here_\nbatch_size: 8  # the project's own default\n")
     (project / "conf" / "optimizer").mkdir(exist_ok=True)
     (project / "conf" / "optimizer" / "slow_adam.yaml").write_text(
         "defaults:\n  - /schema/optimizer/adam@_here_\nlearning_rate: 0.0001\n")
+    venv.run(["python", "-m", "bilstm_exp", "model=wide", "optimizer=slow_adam",
+              *[o for o in TINY if "batch_size" not in o]], project)
+    return files
+
+
+def test_an_architecture_of_the_users_own_trains_by_the_readme_recipe(project, users_own):
+    files = users_own
+    assert {"my_models/wide.py", "conf/model/wide.yaml"} <= set(files)
+    wide = runs(project, architecture="wide")
+    assert [r.info.status for r in wide] == ["FINISHED"]
+    assert wide[0].data.params["model.dense_units"] == files["conf/model/wide.yaml"].split("dense_units:")[1].split()[0]
+
+
+def test_a_users_conf_overrides_a_default_and_adds_an_option_and_help_lists_both(venv, project, users_own):
     out = venv.run(["python", "-m", "bilstm_exp", "--help"], project)
     groups = dict(re.findall(r"^(\w+): (.*)$", out.stdout.split("== Config ==")[0], re.M))
     assert "slow_adam" in groups["optimizer"] and "adam" in groups["optimizer"]  # added beside the packaged
     assert "batch_size: 8" in out.stdout.split("== Config ==")[1]  # the overridden default, composed
-    venv.run(["python", "-m", "bilstm_exp", "optimizer=slow_adam", *[o for o in TINY if "batch_size" not in o]],
-             project)
-    latest = max(runs(project), key=lambda r: r.info.start_time)
+    latest = max(runs(project), key=lambda r: r.info.start_time)  # the users_own run
     assert (latest.info.status, latest.data.params["training.batch_size"],
             latest.data.params["optimizer.learning_rate"]) == ("FINISHED", "8", "0.0001")
 
