@@ -6,9 +6,9 @@
   each word it lacks and for the out-of-vocabulary id, zeros for padding. Its metrics say how much of
   the vocabulary (``embedding/oov_fraction``) and of the training tokens
   (``embedding/oov_token_fraction``) got no pretrained vector.
-* :func:`for_run` picks a run's vectors: that file's, or (``model.self_trained_vectors``) word2vec vectors
-  trained on the run's own training split (:func:`self_trained`; a fold's, in a cross-validation, so
-  the fold's test texts never shape them), or none.
+* :func:`for_run` picks a run's vectors: that file's, else (``model.self_trained_vectors``, the default)
+  word2vec vectors trained on the run's own training split (:func:`self_trained`; a fold's, in a
+  cross-validation, so the fold's test texts never shape them), or none (a random start).
 * :func:`pretrain` trains word2vec or fastText vectors on unlabelled text (tokenised like the
   classifier's input, :func:`bilstm_exp.data.vocabulary.tokenize`) and writes them in word2vec text format, which
   ``model.pretrained_embeddings`` reads back.
