@@ -58,7 +58,8 @@ def test_a_default_run_starts_its_embedding_from_word2vec_trained_on_its_trainin
     result, _, run = default_run
     texts = len(result.prepared.texts["train"])
     assert run.data.params["model.self_trained_vectors"] == "True"  # the default
-    assert run.data.tags["embedding.trained_on"] == f"the training split: {texts:,} texts, none of its val or test texts"
+    trained_on = f"the training split: {texts:,} texts, none of its val or test texts"
+    assert run.data.tags["embedding.trained_on"] == trained_on
     assert run.data.metrics["embedding/self_trained_texts"] == texts
     assert 0 < run.data.metrics["embedding/self_trained_words"] <= len(result.prepared.vocab.words)
 
