@@ -261,6 +261,7 @@ SHARED_FIXTURES = {
     "outcomes": "tests/test_bad_input.py",
     "client": "tests/test_compare.py",
     "reproduced": "tests/test_dvc.py",
+    "compile_counts": "tests/test_fast_lstm.py",
     "run": "tests/test_first_hour.py",
     "four_runs": "tests/test_reliability.py",
     "server_run": "tests/test_server.py",

@@ -319,7 +319,7 @@ def _io(model):
 
 
 COMPILE_COUNT = """
-import sys
+import os, sys
 import numpy as np, keras
 from bilstm_exp.models import build as models
 from bilstm_exp.models.fast_lstm import FastLSTM, pad_batches
@@ -336,23 +336,35 @@ for _ in range(int(sys.argv[2])):  # a new model, optimizer and train function e
     for batch, length in [(8, 16), (5, 16), (3, 16), (8, 32), (6, 32)]:
         model.train_on_batch(rng.integers(1, 50, (batch, length)).astype("int32"),
                              rng.integers(0, 2, (batch, 1)).astype("float32"))
+    print("programs", len(os.listdir(sys.argv[3])))  # in the persistent cache once this model trained
 """
 
 
-@pytest.mark.slow  # about 10 s each (XLA compiling counted): `make test` runs them, not the inner loop
+@pytest.fixture(scope="module")
+def compile_counts(tmp_path_factory) -> dict[int, list[int]]:
+    """{pad_to: programs in XLA's persistent cache after each model}: three models of one shape padded to
+    multiples of 8 (the folds of a cross-validation) in one process, one model unpadded in another. The
+    cache writes one file per program it compiles: the first epoch's compile time, counted."""
+    counts = {}
+    for pad_to, models in ((8, 3), (0, 1)):
+        cache = tmp_path_factory.mktemp("xla")
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
+               "TF_XLA_FLAGS": f"--tf_xla_persistent_cache_directory={cache}"}
+        done = subprocess.run([sys.executable, "-c", COMPILE_COUNT, str(pad_to), str(models), str(cache)],
+                              capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        counts[pad_to] = [int(line.split()[1]) for line in done.stdout.splitlines() if line.startswith("programs ")]
+    return counts
+
+
+@pytest.mark.slow  # two processes of about 10 s (XLA compiling counted): `make test` runs them, not the inner loop
 @pytest.mark.skipif(not ON_CPU, reason="the XLA loops run on a CPU only")
 @pytest.mark.parametrize("pad_to, models, programs", [(8, 1, 2 * 2 + 3), (0, 1, 5 * 2 + 3), (8, 3, 2 * 2 + 3)],
                          ids=["padded", "unpadded", "three_models_compile_as_one"])
-def test_xla_compiles_one_loop_per_length_for_both_directions_and_every_batch_size(tmp_path, pad_to, models,
+def test_xla_compiles_one_loop_per_length_for_both_directions_and_every_batch_size(compile_counts, pad_to, models,
                                                                                    programs):
-    """The first epoch's compile time, counted: XLA's persistent cache writes one file per program it
-    compiles. Five batches (8, 5, 3 rows at length 16; 8, 6 at length 32) padded to multiples of 8: a
-    forward and a backward loop per length, shared by both directions; unpadded, a pair per batch shape.
-    The optimizer update compiles once per power of two of embedding-gradient rows (64, 128, 256).
-    Three models of one shape in one process (the folds of a cross-validation) compile what one does."""
-    cache = tmp_path / "xla"
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_XLA_FLAGS": f"--tf_xla_persistent_cache_directory={cache}"}
-    done = subprocess.run([sys.executable, "-c", COMPILE_COUNT, str(pad_to), str(models)], capture_output=True,
-                          text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert len(list(cache.iterdir())) == programs
+    """Five batches (8, 5, 3 rows at length 16; 8, 6 at length 32) padded to multiples of 8: a forward and a
+    backward loop per length, shared by both directions; unpadded, a pair per batch shape. The optimizer
+    update compiles once per power of two of embedding-gradient rows (64, 128, 256). Three models of one
+    shape in one process (the folds of a cross-validation) compile what one does."""
+    assert compile_counts[pad_to][models - 1] == programs
