@@ -70,6 +70,10 @@ def test_run_says_where_it_records_first_and_ends_with_a_summary_that_matches_th
     (record,) = client.search_runs([experiment.experiment_id])
     run_id = record.info.run_id
     text = out.stdout
+    # then the word vectors it trains before the first epoch (the default start), counted as the record has it
+    texts = int(record.data.metrics["embedding/self_trained_texts"])
+    assert lines[2] == f"[bilstm-exp] word vectors: word2vec on the {texts:,} training texts " \
+                       "(model.self_trained_vectors)", lines[:4]
     assert f"[bilstm-exp] run finished: {record.info.run_name} ({run_id})" in text
     test_line = next(line for line in lines if line.startswith("  test "))
     for name in ("accuracy", "auc", "loss"):
