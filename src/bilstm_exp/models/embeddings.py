@@ -62,11 +62,16 @@ def load(path: str, fmt: str = "auto"):
                         "model.pretrained_format (word2vec, word2vec_binary or glove) to match it") from None
 
 
+def trains_its_own(cfg: ModelConfig) -> bool:
+    """Whether a run trains its own word2vec vectors: model.self_trained_vectors (the default), unless a
+    vector file is named (model.pretrained_embeddings wins)."""
+    return cfg.pretrained_embeddings is None and cfg.self_trained_vectors
+
+
 def for_run(cfg: ModelConfig, prepared: PreparedData, *, seed: int = 0) -> Vectors:
     """The embedding's initial weights for a run on ``prepared``: the vectors of model.pretrained_embeddings,
-    vectors trained on the run's own training split (model.self_trained_vectors, the default when no file
-    is named), or none (random)."""
-    if cfg.pretrained_embeddings is None and cfg.self_trained_vectors:
+    vectors trained on the run's own training split (:func:`trains_its_own`), or none (random)."""
+    if trains_its_own(cfg):
         return self_trained(cfg, prepared, seed=seed)
     return for_vocabulary(cfg, prepared.vocab, prepared.splits["train"], seed=seed)
 

@@ -157,7 +157,7 @@ def run(config: ExperimentConfig, *, root: Path, overrides: list[str] | None = N
 def _embedding_start(config: ExperimentConfig, prepared: PreparedData) -> embeddings.Vectors:
     """model.pretrained_embeddings (an unreadable file fails before a run exists), else word2vec on the
     training split (model.self_trained_vectors): seconds to minutes on a large corpus, so it is announced."""
-    if config.model.pretrained_embeddings is None and config.model.self_trained_vectors:
+    if embeddings.trains_its_own(config.model):
         summary.say(f"{summary.PREFIX} word vectors: word2vec on the {len(prepared.texts['train']):,} training "
                     "texts (model.self_trained_vectors)")
     return embeddings.for_run(config.model, prepared, seed=config.seed)
