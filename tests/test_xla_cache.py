@@ -2,12 +2,13 @@
 
 Real TensorFlow in child processes training a tiny FastLSTM step with a cache folder of their own
 (``BILSTM_EXP_XLA_CACHE``): a second process loads what the first compiled; entries damaged as a
-killed writer leaves them (truncated, garbage, a stray temporary file) are skipped, compiled again and
-published whole; two writers of one entry leave one whole entry; a folder others may write is not used.
+killed writer leaves them (truncated, garbage, a stray temporary file) are removed, compiled again and
+published whole; two writers of one program leave one whole file; a folder others may write is not used.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 import subprocess
@@ -49,7 +50,11 @@ def _train(cache: Path) -> int:
 
 
 def _entries(cache: Path) -> dict[str, bytes | None]:
-    return {p.name: xla_cache.read_entry(p) for p in cache.glob(f"*/*{xla_cache.SUFFIX}")}
+    """Each shared program's bytes (None: damaged); a program held twice fails the test."""
+    files = list(cache.glob(f"*/*{xla_cache.SUFFIX}"))
+    programs = {xla_cache.program_of(p): xla_cache.read_entry(p) for p in files}
+    assert len(programs) == len(files), files
+    return programs
 
 
 def test_a_second_process_loads_what_the_first_compiled_and_damaged_entries_are_rebuilt(tmp_path):
@@ -61,12 +66,14 @@ def test_a_second_process_loads_what_the_first_compiled_and_damaged_entries_are_
     assert stat.S_IMODE(cache.stat().st_mode) == stat.S_IMODE(folder.stat().st_mode) == 0o700
     assert _train(cache) == 2  # loaded, not compiled: nothing new published
     assert _entries(cache) == published
+    linked = next(folder.glob(f"*{xla_cache.SUFFIX}"))
+    assert linked.stat().st_nlink == 1  # the process's link to it went with its folder
 
     truncated, garbage = sorted(folder.glob(f"*{xla_cache.SUFFIX}"))  # as a writer killed mid-write leaves them
     truncated.write_bytes(truncated.read_bytes()[:200])
     garbage.write_bytes(b"\x00not an entry\xff" * 10)
     (folder / f".{truncated.name}.killed.tmp").write_bytes(b"half")
-    assert _train(cache) == 0  # both skipped: compiled again, no op failed
+    assert _train(cache) == 0  # both removed: compiled again, no op failed
     rebuilt = _entries(cache)  # and published whole again (a compile's bytes vary: same programs, checked)
     assert rebuilt.keys() == published.keys() and None not in rebuilt.values()
     assert not list(folder.glob("process-*"))  # each process removed its own folder
@@ -76,23 +83,34 @@ WRITER = """
 import sys
 from pathlib import Path
 from bilstm_exp.models.xla_cache import write_entry
+folder, name = Path(sys.argv[1]), sys.argv[2]
+compiled = folder / f"{name}.pb"  # as TensorFlow leaves a program in a process's folder
+compiled.write_bytes(name.encode() * 50_000)
 for _ in range(300):
-    write_entry(Path(sys.argv[1]), sys.argv[2].encode() * 50_000)
+    write_entry(folder / "shared", "program", compiled)
 """
 
 
 @pytest.mark.slow  # subprocesses: `make test` runs it, not the inner loop
-def test_two_writers_of_one_entry_leave_it_whole_at_every_moment(tmp_path):
-    """Two processes publish one program (different bytes, to tell them apart) while this one reads it."""
-    entry = tmp_path / f"program{xla_cache.SUFFIX}"
-    xla_cache.write_entry(entry, b"a" * 50_000)
-    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(entry), name]) for name in "ab"]
+def test_two_writers_of_one_program_leave_whole_files_at_every_moment(tmp_path):
+    """Two processes publish one program (different bytes, to tell them apart) while this one reads every
+    file the shared folder lists: a file is whole, or gone (the other writer's replaced it), never a part."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), name]) for name in "ab"]
     seen = set()
     while any(w.poll() is None for w in writers):
-        seen.add(xla_cache.read_entry(entry))
+        for path in shared.glob(f"*{xla_cache.SUFFIX}"):
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                continue
+            assert hashlib.sha256(data).hexdigest() == path.name.split(".")[-2]  # its checksum holds
+            seen.add(data)
     assert [w.returncode for w in writers] == [0, 0]
-    assert seen <= {b"a" * 50_000, b"b" * 50_000}  # never None: no reader saw a part
-    assert [p.name for p in tmp_path.iterdir()] == [entry.name]  # no temporary file left
+    assert seen and seen <= {b"a" * 50_000, b"b" * 50_000}
+    left = list(shared.iterdir())  # one whole file, no temporary one
+    assert len(left) == 1 and xla_cache.program_of(left[0]) == "program" and xla_cache.read_entry(left[0])
 
 
 @pytest.mark.parametrize("setting", ["others_may_write", "off"])
@@ -106,20 +124,21 @@ def test_a_cache_folder_others_may_write_is_not_used_and_training_goes_on(tmp_pa
     assert _entries(cache) == {}
 
 
-def test_a_cache_past_its_size_loses_its_oldest_entries_when_a_process_publishes(tmp_path, monkeypatch):
-    """Every process copies the whole shared cache in: publishing past ``max_bytes`` removes the oldest
-    entries (by publish time), never the one just published; a cache within its size is left alone."""
+def test_a_cache_past_its_size_loses_its_least_recently_used_programs_when_a_process_publishes(tmp_path, monkeypatch):
+    """Every process reads the whole shared cache in: publishing past ``max_bytes`` removes the least
+    recently used programs, never the one just published; a cache within its size is left alone."""
     shared, local = tmp_path / "shared", tmp_path / "process"
     shared.mkdir()
-    for age, name in enumerate(["c", "b", "a"]):  # "a" the oldest
-        xla_cache.write_entry(shared / f"{name}{xla_cache.SUFFIX}", name.encode() * 1000)
-        os.utime(shared / f"{name}{xla_cache.SUFFIX}", (1_000_000 - age * 100, 1_000_000 - age * 100))
-    size = (shared / f"a{xla_cache.SUFFIX}").stat().st_size
-    assert xla_cache.evict(shared, max_bytes=3 * size) == []
     local.mkdir()
+    for age, name in enumerate(["c", "b", "a"]):  # "a" used longest ago
+        compiled = tmp_path / f"{name}.pb"
+        compiled.write_bytes(name.encode() * 1000)
+        published = xla_cache.write_entry(shared, name, compiled)
+        os.utime(published, (1_000_000 - age * 100, 1_000_000 - age * 100))
+    assert xla_cache.evict(shared, max_bytes=3000) == []
     (local / "d.pb").write_bytes(b"d" * 1000)
-    monkeypatch.setattr(xla_cache, "MAX_BYTES", 2 * size)  # the limit publish() evicts with
+    monkeypatch.setattr(xla_cache, "MAX_BYTES", 2000)  # the limit publish() evicts with
     assert xla_cache.publish(local, shared) == 1
-    assert sorted(p.name for p in shared.iterdir()) == [f"c{xla_cache.SUFFIX}", f"d{xla_cache.SUFFIX}"]
-    assert xla_cache.read_entry(shared / f"d{xla_cache.SUFFIX}") == b"d" * 1000
+    assert sorted(xla_cache.program_of(p) for p in shared.iterdir()) == ["c", "d"]
+    assert xla_cache.read_entry(next(shared.glob(f"d.*{xla_cache.SUFFIX}"))) == b"d" * 1000
     assert not local.exists()

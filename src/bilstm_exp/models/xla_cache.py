@@ -9,12 +9,15 @@ and it loads whatever machine code the directory holds. So TensorFlow never sees
   ``BILSTM_EXP_XLA_CACHE``), mode 0700, refused if another user owns it or others may write it; one
   folder per TensorFlow version and CPU (a program compiled for other CPU features may not run);
 - each process gets a folder of its own inside it, and TensorFlow's flag points there; before the
-  first compile the shared entries whose checksum holds are copied in (a truncated, garbage or
-  half-written entry is skipped: TensorFlow compiles that program again);
-- when the process ends, the programs it compiled are published: written under a temporary name,
-  then renamed, checksum first (two writers of one program: the last rename wins, both whole);
-- the shared cache holds at most ``MAX_BYTES`` (256 MiB): a process that publishes removes the oldest
-  entries past it (each process copies the whole cache in, so its size is a cost of every run);
+  first compile the shared programs whose checksum holds are hard-linked in (a truncated, garbage or
+  half-written one is removed: TensorFlow compiles that program again). A link costs no copy, so a
+  full cache costs a start the reading of its bytes once (to check them), not the writing of them;
+- a shared program is TensorFlow's own file, named ``<program>.<sha256 of its bytes>.xla``. When the
+  process ends, the programs it compiled are published: linked under a temporary name, then renamed
+  (two writers of one program: two whole files, and the later one removes the earlier). TensorFlow
+  writes its files under a temporary name and renames them too, so a linked file never changes;
+- the shared cache holds at most ``MAX_BYTES`` (256 MiB): a process that publishes removes the least
+  recently used programs past it (a start marks each program it links as used);
 - anything that goes wrong on the way (no home, a full disk, a folder of someone else's) leaves the
   cache off for the process: it compiles as without one, and no op fails because of the cache.
 
@@ -40,10 +43,10 @@ from bilstm_exp.processes import alive
 
 ENV = "BILSTM_EXP_XLA_CACHE"  # a folder for the shared cache, or "off"
 FLAG = "--tf_xla_persistent_cache_directory"
-MAGIC = b"bilstm-exp xla entry 1\n"  # then the payload's sha256 (hex) and a newline, then TensorFlow's file
-SUFFIX = ".entry"
+SUFFIX = ".xla"  # <program>.<sha256 hex of the file>.xla: TensorFlow's file, as it wrote it
+EARLIER_SUFFIX = ".entry"  # the earlier format (a checksum header, then the file): removed on sight
 MIN_FREE_BYTES = 1 << 30  # below this much free space the cache stays off (a failed write fails the op)
-MAX_BYTES = 256 << 20  # the shared cache's size: past it, a publishing process removes the oldest entries
+MAX_BYTES = 256 << 20  # the shared cache's size: past it, a publishing process removes the least recently used
 _state: dict[str, Path | None] = {}  # "local": this process's folder, set once enable() ran
 
 
@@ -76,12 +79,9 @@ def _start(shared: Path) -> Path | None:
     _private_folder(shared)
     if shutil.disk_usage(shared).free < MIN_FREE_BYTES:
         return None
-    _remove_dead_processes(shared)
+    _tidy(shared)
     local = Path(tempfile.mkdtemp(prefix=f"process-{socket.gethostname()}-{os.getpid()}-", dir=shared))
-    for entry in shared.glob(f"*{SUFFIX}"):
-        payload = read_entry(entry)
-        if payload is not None:
-            (local / (entry.name[: -len(SUFFIX)] + ".pb")).write_bytes(payload)
+    fill(local, shared)
     imported = {p.name for p in local.iterdir()}
     _point_tensorflow_at(local)
     probe = {p.name for p in local.iterdir()} - imported
@@ -90,6 +90,26 @@ def _start(shared: Path) -> Path | None:
         return None
     atexit.register(publish, local, shared, imported | probe)
     return local
+
+
+def fill(local: Path, shared: Path) -> int:
+    """Link into ``local`` each shared program whose checksum holds, as TensorFlow names it; remove the
+    damaged ones. Returns how many were linked (benchmarks/xla_cache_start.py times it)."""
+    linked = 0
+    for entry in sorted(shared.glob(f"*{SUFFIX}"), key=_mtime, reverse=True):  # a program's newest first
+        program = local / f"{program_of(entry)}.pb"
+        if program.exists():
+            continue
+        payload = read_entry(entry)
+        if payload is None:  # damaged for good (a whole file is renamed into place): compiled again
+            with contextlib.suppress(OSError):
+                entry.unlink()
+            continue
+        _link_or_copy(entry, program, payload)
+        linked += 1
+        with contextlib.suppress(OSError):
+            os.utime(entry)  # used: eviction removes the least recently used
+    return linked
 
 
 def _point_tensorflow_at(local: Path) -> None:
@@ -111,13 +131,13 @@ def _point_tensorflow_at(local: Path) -> None:
 
 
 def publish(local: Path, shared: Path, imported: set[str] = frozenset()) -> int:
-    """Copy the programs compiled into ``local`` (not those copied in) to ``shared``, atomically; remove
-    ``local``. Returns how many were published; never raises."""
+    """Publish the programs compiled into ``local`` (not those linked in) to ``shared``; remove ``local``.
+    Returns how many were published; never raises."""
     published = 0
     try:
         for program in local.glob("*.pb"):
             if program.name not in imported:
-                write_entry(shared / (program.name[: -len(".pb")] + SUFFIX), program.read_bytes())
+                write_entry(shared, program.name[: -len(".pb")], program)
                 published += 1
     except OSError:
         pass
@@ -128,9 +148,9 @@ def publish(local: Path, shared: Path, imported: set[str] = frozenset()) -> int:
 
 
 def evict(shared: Path, max_bytes: int) -> list[Path]:
-    """Remove the oldest entries (by when they were published) until the cache holds ``max_bytes`` or less:
-    every process copies the whole cache in when it starts, so its size is a cost of every run. An entry
-    removed while another process reads it is skipped there (compiled again). Returns what was removed."""
+    """Remove the least recently used programs until the cache holds ``max_bytes`` or less: every process
+    reads the whole cache when it starts, so its size is a cost of every run. A program removed while
+    another process links it is skipped there (compiled again). Returns what was removed."""
     entries = []
     for entry in shared.glob(f"*{SUFFIX}"):
         with contextlib.suppress(OSError):
@@ -147,31 +167,54 @@ def evict(shared: Path, max_bytes: int) -> list[Path]:
     return removed
 
 
-def write_entry(path: Path, payload: bytes) -> None:
-    """Write to a temporary name in the same folder, then rename: a reader sees the old entry or the
-    whole new one, never a part."""
-    header = MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n"
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def write_entry(shared: Path, program: str, source: Path) -> Path:
+    """Publish ``source`` (a file nobody changes again) as ``program``: linked (else copied) under a
+    temporary name in ``shared``, then renamed, so a reader sees a whole file or none; then the
+    program's earlier files are removed. Returns the published path."""
+    payload = source.read_bytes()
+    path = shared / f"{program}.{hashlib.sha256(payload).hexdigest()}{SUFFIX}"
+    temp = shared / f".{program}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
     try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(header + payload)
+        _link_or_copy(source, temp, payload)
         os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    finally:  # renaming a link onto another link of the same file leaves both: the temporary one goes
+        temp.unlink(missing_ok=True)
+    for earlier in shared.glob(f"{program}.*{SUFFIX}"):
+        if earlier != path and program_of(earlier) == program:
+            with contextlib.suppress(OSError):
+                earlier.unlink()
+    return path
 
 
 def read_entry(path: Path) -> bytes | None:
-    """The payload of a whole entry, or None (unreadable, truncated, garbage, another format)."""
+    """The bytes of a whole program file, or None (unreadable, truncated, garbage, a name not ours)."""
     try:
         data = path.read_bytes()
     except OSError:
         return None
-    digest_end = len(MAGIC) + 64
-    if not data.startswith(MAGIC) or data[digest_end: digest_end + 1] != b"\n":
-        return None
-    payload = data[digest_end + 1:]
-    return payload if hashlib.sha256(payload).hexdigest().encode() == data[len(MAGIC): digest_end] else None
+    digest = path.name[: -len(SUFFIX)].rpartition(".")[2]
+    return data if path.name.endswith(SUFFIX) and hashlib.sha256(data).hexdigest() == digest else None
+
+
+def program_of(path: Path) -> str:
+    """The program a shared file holds: its name less the checksum and the suffix."""
+    return path.name[: -len(SUFFIX)].rpartition(".")[0]
+
+
+def _link_or_copy(source: Path, target: Path, payload: bytes) -> None:
+    """A hard link: no bytes written (the shared cache and the process folders are on one file system);
+    a copy where the file system has no hard links."""
+    try:
+        os.link(source, target)
+    except OSError:
+        target.write_bytes(payload)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def _private_folder(folder: Path) -> None:
@@ -185,9 +228,13 @@ def _private_folder(folder: Path) -> None:
         os.chmod(path, 0o700)
 
 
-def _remove_dead_processes(shared: Path) -> None:
-    """Folders of processes of this host that ended without publishing (killed), and temporary files of
-    writers killed mid-write (a write takes milliseconds; an hour-old one is dead): nothing to keep."""
+def _tidy(shared: Path) -> None:
+    """Remove folders of processes of this host that ended without publishing (killed), temporary files
+    of writers killed mid-write (a write takes milliseconds; an hour-old one is dead) and files of the
+    earlier format: nothing to keep."""
+    for earlier in shared.glob(f"*{EARLIER_SUFFIX}"):
+        with contextlib.suppress(OSError):
+            earlier.unlink()
     for temp in shared.glob(".*.tmp"):
         with contextlib.suppress(OSError):
             if time.time() - temp.stat().st_mtime > 3600:
