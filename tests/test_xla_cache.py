@@ -142,3 +142,23 @@ def test_a_cache_past_its_size_loses_its_least_recently_used_programs_when_a_pro
     assert sorted(xla_cache.program_of(p) for p in shared.iterdir()) == ["c", "d"]
     assert xla_cache.read_entry(next(shared.glob(f"d.*{xla_cache.SUFFIX}"))) == b"d" * 1000
     assert not local.exists()
+
+
+def test_a_file_system_without_hard_links_gets_copies_of_the_same_programs(tmp_path, monkeypatch):
+    """Where ``os.link`` fails (a file system without hard links, a cache on another device), a process's
+    folder gets copies: the same bytes under TensorFlow's names, and the shared files untouched."""
+    shared, local = tmp_path / "shared", tmp_path / "process"
+    shared.mkdir()
+    local.mkdir()
+    for name in ("a", "b"):
+        compiled = tmp_path / f"{name}.pb"
+        compiled.write_bytes(name.encode() * 1000)
+        xla_cache.write_entry(shared, name, compiled)
+        compiled.unlink()
+    def no_hard_links(source, target):
+        raise OSError(f"no hard links on this file system: {source} -> {target}")
+
+    monkeypatch.setattr(os, "link", no_hard_links)
+    assert xla_cache.fill(local, shared) == 2
+    assert {p.name: p.read_bytes() for p in local.iterdir()} == {"a.pb": b"a" * 1000, "b.pb": b"b" * 1000}
+    assert all(p.stat().st_nlink == 1 for p in [*local.iterdir(), *shared.iterdir()])  # copies, not links
