@@ -285,17 +285,31 @@ def shared_fixture_groups(item) -> list[str]:
 GROUPS_DIR = pytest.StashKey[str]()
 
 
+XLA_CACHE_DIR = pytest.StashKey[str]()
+
+
 def pytest_configure(config):
     """xdist_group is pytest-xdist's mark: known even when a run leaves xdist out (`-p no:xdist`).
-    The controller of a `--dist loadgroup` run makes the folder its workers write their groups to."""
+    The controller of a `--dist loadgroup` run makes the folder its workers write their groups to.
+
+    The XLA cache (models/xla_cache.py) of every process of the session, the workers and the CLI runs they
+    start, is one temporary folder, not the user's ~/.cache (the tests would fill it with their programs and
+    evict the user's): the controller makes it before it starts the workers, which inherit the variable.
+    A BILSTM_EXP_XLA_CACHE set by the caller (``off``, say) is left alone."""
     config.addinivalue_line("markers", "xdist_group(name): tests pytest-xdist's loadgroup keeps on one worker")
-    if config.getoption("dist", "no") == "loadgroup" and not hasattr(config, "workerinput"):
+    if hasattr(config, "workerinput"):
+        return
+    if config.getoption("dist", "no") == "loadgroup":
         config.stash[GROUPS_DIR] = tempfile.mkdtemp(prefix="bilstm-exp-test-groups-")
+    if "BILSTM_EXP_XLA_CACHE" not in os.environ:
+        config.stash[XLA_CACHE_DIR] = os.environ["BILSTM_EXP_XLA_CACHE"] = tempfile.mkdtemp(
+            prefix="bilstm-exp-test-xla-")
 
 
 def pytest_unconfigure(config):
-    if GROUPS_DIR in config.stash:
-        shutil.rmtree(config.stash[GROUPS_DIR], ignore_errors=True)
+    for key in (GROUPS_DIR, XLA_CACHE_DIR):
+        if key in config.stash:
+            shutil.rmtree(config.stash[key], ignore_errors=True)
 
 
 @pytest.hookimpl(optionalhook=True)
