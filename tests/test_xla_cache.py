@@ -124,13 +124,13 @@ def test_a_cache_folder_others_may_write_is_not_used_and_training_goes_on(tmp_pa
     assert _entries(cache) == {}
 
 
-def test_a_cache_past_its_size_loses_its_least_recently_used_programs_when_a_process_publishes(tmp_path, monkeypatch):
-    """Every process reads the whole shared cache in: publishing past ``max_bytes`` removes the least
-    recently used programs, never the one just published; a cache within its size is left alone."""
+def test_a_cache_past_its_size_loses_its_oldest_programs_when_a_process_publishes(tmp_path, monkeypatch):
+    """Every process reads the whole shared cache in: publishing past ``max_bytes`` removes the oldest
+    programs (by publish time), never the one just published; a cache within its size is left alone."""
     shared, local = tmp_path / "shared", tmp_path / "process"
     shared.mkdir()
     local.mkdir()
-    for age, name in enumerate(["c", "b", "a"]):  # "a" used longest ago
+    for age, name in enumerate(["c", "b", "a"]):  # "a" the oldest
         compiled = tmp_path / f"{name}.pb"
         compiled.write_bytes(name.encode() * 1000)
         published = xla_cache.write_entry(shared, name, compiled)

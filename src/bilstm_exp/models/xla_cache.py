@@ -16,8 +16,9 @@ and it loads whatever machine code the directory holds. So TensorFlow never sees
   process ends, the programs it compiled are published: linked under a temporary name, then renamed
   (two writers of one program: two whole files, and the later one removes the earlier). TensorFlow
   writes its files under a temporary name and renames them too, so a linked file never changes;
-- the shared cache holds at most ``MAX_BYTES`` (256 MiB): a process that publishes removes the least
-  recently used programs past it (a start marks each program it links as used);
+- the shared cache holds at most ``MAX_BYTES`` (256 MiB): a process that publishes removes the oldest
+  programs past it, by when they were published (a start links every program, so it cannot tell which
+  ones it will use);
 - anything that goes wrong on the way (no home, a full disk, a folder of someone else's) leaves the
   cache off for the process: it compiles as without one, and no op fails because of the cache.
 
@@ -46,7 +47,7 @@ FLAG = "--tf_xla_persistent_cache_directory"
 SUFFIX = ".xla"  # <program>.<sha256 hex of the file>.xla: TensorFlow's file, as it wrote it
 EARLIER_SUFFIX = ".entry"  # the earlier format (a checksum header, then the file): removed on sight
 MIN_FREE_BYTES = 1 << 30  # below this much free space the cache stays off (a failed write fails the op)
-MAX_BYTES = 256 << 20  # the shared cache's size: past it, a publishing process removes the least recently used
+MAX_BYTES = 256 << 20  # the shared cache's size: past it, a publishing process removes the oldest programs
 _state: dict[str, Path | None] = {}  # "local": this process's folder, set once enable() ran
 
 
@@ -107,8 +108,6 @@ def fill(local: Path, shared: Path) -> int:
             continue
         _link_or_copy(entry, program, payload)
         linked += 1
-        with contextlib.suppress(OSError):
-            os.utime(entry)  # used: eviction removes the least recently used
     return linked
 
 
@@ -148,9 +147,10 @@ def publish(local: Path, shared: Path, imported: set[str] = frozenset()) -> int:
 
 
 def evict(shared: Path, max_bytes: int) -> list[Path]:
-    """Remove the least recently used programs until the cache holds ``max_bytes`` or less: every process
-    reads the whole cache when it starts, so its size is a cost of every run. A program removed while
-    another process links it is skipped there (compiled again). Returns what was removed."""
+    """Remove the oldest programs (by when they were published) until the cache holds ``max_bytes`` or
+    less: every process reads the whole cache when it starts, so its size is a cost of every run. A
+    program removed while another process links it is skipped there (compiled again). Returns what was
+    removed."""
     entries = []
     for entry in shared.glob(f"*{SUFFIX}"):
         with contextlib.suppress(OSError):
@@ -176,6 +176,7 @@ def write_entry(shared: Path, program: str, source: Path) -> Path:
     temp = shared / f".{program}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
     try:
         _link_or_copy(source, temp, payload)
+        os.utime(temp)  # published now (a link keeps the time TensorFlow wrote the file): eviction's order
         os.replace(temp, path)
     finally:  # renaming a link onto another link of the same file leaves both: the temporary one goes
         temp.unlink(missing_ok=True)
