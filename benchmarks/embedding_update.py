@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 import types
@@ -115,14 +114,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE / "embedding_update.md")
     args = parser.parse_args()
 
-    from bilstm_exp.training.profiling import machine
+    from bilstm_exp.analysis.bench_report import machine_sentence, write_report
 
     load = os.getloadavg()
     bench = Bench(args.vocab, args.rounds)
     steps = {length: bench.steps(length) for length in (16, 64)}
     updates = {v: bench.updates(v) for v in args.vocab}
     load_after = os.getloadavg()
-    info = machine()
     med = statistics.median
     small, large = args.vocab[0], args.vocab[-1]
     lines = [
@@ -132,8 +130,7 @@ def main() -> None:
         f"the default model (FastLSTM, 64 units, embedding 64, Adam), batch {BATCH}, random token ids; medians "
         "of the rounds, arms alternating.",
         "",
-        f"Machine: {info['cpu']}, {info['cores']} cores, TensorFlow {info['tensorflow']}, Python "
-        f"{platform.python_version()}; load average {load[0]:.2f} before, {load_after[0]:.2f} after.",
+        machine_sentence(load, load_after),
         "",
         "| vocabulary | step, 16 tokens (ms) | step, 64 tokens (ms) | update as shipped (ms) | update densified (ms) |",
         "|---|---|---|---|---|",
@@ -145,8 +142,7 @@ def main() -> None:
         f"{med(updates[large]['shipped']) - med(updates[small]['shipped']):.2f} ms more.",
         "",
     ]
-    args.out.write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_report(args.out, lines)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import statistics
 import tempfile
@@ -26,8 +25,8 @@ import time
 from pathlib import Path
 from unittest import mock
 
+from bilstm_exp.analysis.bench_report import machine_sentence, write_report
 from bilstm_exp.models import xla_cache
-from bilstm_exp.training.profiling import machine
 
 HERE = Path(__file__).resolve().parent
 
@@ -80,8 +79,6 @@ def main() -> None:
                 print(f"round {round_ + 1} {arm}: wall {wall:.3f} s, cpu {cpu:.3f} s", flush=True)
         load_after = os.getloadavg()
 
-    cpu = machine()
-
     def median(arm: str, i: int) -> float:
         return statistics.median(t[i] for t in times[arm])
 
@@ -93,8 +90,7 @@ def main() -> None:
         "`~/.cache/bilstm-exp`; per arm, the median of the rounds (arms alternating) of one process's "
         "fill of its folder and the folder's removal.",
         "",
-        f"Machine: {cpu['cpu']}, {cpu['cores']} cores, Python {platform.python_version()}, TensorFlow "
-        f"{cpu['tensorflow']}; load average {load[0]:.2f} before, {load_after[0]:.2f} after.",
+        machine_sentence(load, load_after),
         "",
         "| arm | wall (s) | CPU, user + system (s) |",
         "|---|---|---|",
@@ -104,8 +100,7 @@ def main() -> None:
         f"CPU {median('copy', 1) / median('link', 1):.1f}x.",
         "",
     ]
-    args.out.write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_report(args.out, lines)
 
 
 if __name__ == "__main__":

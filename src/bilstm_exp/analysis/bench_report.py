@@ -28,6 +28,21 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def machine_sentence(load_before: tuple[float, ...], load_after: tuple[float, ...]) -> str:
+    """One line for a benchmark's write-up: the CPU, its cores, Python and TensorFlow, and the 1-minute
+    load average before and after the measurement (``os.getloadavg()`` at each end)."""
+    info = machine()
+    return (f"Machine: {info['cpu']}, {info['cores']} cores, Python {info['python']}, TensorFlow "
+            f"{info['tensorflow']}; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after.")
+
+
+def write_report(path: Path, lines: list[str]) -> None:
+    """Write a benchmark's markdown lines to ``path`` and print them."""
+    text = "\n".join(lines)
+    path.write_text(text)
+    print(text)
+
+
 def verdict(key: str, value: float) -> str:
     op, goal = GOALS[key]
     met = value <= goal if op == "<=" else value >= goal
