@@ -115,6 +115,35 @@ def test_every_cost_metric_is_recorded_and_sane(trained, tmp_path):
     assert traces and traces[0].stat().st_size > 0
 
 
+def test_steps_per_execution_trains_the_same_and_step_times_stay_per_step():
+    """training.steps_per_execution (32 by default) runs several steps per Keras call: the same weights as one
+    step per call, and time/step_p50_ms is a step's time, not a call's (10 batches: calls of 4, 4 and 2)."""
+    import keras
+    import numpy as np
+
+    from bilstm_exp.training import profiling
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(80, 6)).astype("float32"), rng.integers(0, 2, size=(80, 1)).astype("float32")
+    weights, logs = {}, {}
+    for steps in (1, 4):
+        keras.utils.set_random_seed(1)
+        model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(16, activation="relu"),
+                                  keras.layers.Dropout(0.5), keras.layers.Dense(1, activation="sigmoid")])
+        model.compile("adam", "binary_crossentropy", steps_per_execution=steps)
+        profiler = profiling.EpochProfiler(80, 80 * 6)
+        history = model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0, callbacks=[profiler])
+        weights[steps], logs[steps] = model.get_weights(), {k: v[-1] for k, v in history.history.items()}
+        assert int(model.optimizer.iterations) == 20
+    assert all(np.array_equal(a, b) for a, b in zip(weights[1], weights[4], strict=True))
+    for steps in (1, 4):
+        # ten step times that add up to the training time: their median is at most a fifth of it (two mean
+        # steps); one time per call (calls of 4, 4 and 2 steps) would put the median near 4 mean steps
+        per_step_ms = 1000 * logs[steps]["time/train_s"] / 10
+        assert 0 < logs[steps]["time/step_p50_ms"] <= 2 * per_step_ms * (1 + 1e-9)
+        assert logs[steps]["time/step_p95_ms"] >= logs[steps]["time/step_p50_ms"]
+
+
 @pytest.mark.slow
 def test_clip_fraction_is_one_with_a_tiny_threshold_and_bucketing_pads_less(workdir):
     from bilstm_exp.data import batching

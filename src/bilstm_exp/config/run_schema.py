@@ -35,7 +35,10 @@ class TrainingConfig:
     epochs: int = 20  # at most this many passes; early stopping ends a default run first (README: Defaults)
     batch_size: int = 32  # examples per step (bucketing keeps it per bucket)
     deterministic: bool = False  # enable_op_determinism: identical metrics for a seed, slower
-    steps_per_execution: int = 1  # train steps per tf.function call; >1 cuts Python overhead
+    # train steps per tf.function call: Keras's per-step Python work is paid once per call; the same updates and
+    # metrics as 1 (docs/profiling.md); Ctrl-C, progress bars and batch callbacks act between calls;
+    # strategy=multi_worker runs 1 (training/distribute.py)
+    steps_per_execution: int = 32
     mixed_precision: bool = False  # float16 compute with float32 output on a GPU; leave off on a CPU
     verbose: str = "auto"  # Keras progress: auto, 0, 1 or 2
     log_level: str = "quiet"  # quiet: library logs, warnings, progress bars silenced (bilstm_exp.quiet); verbose

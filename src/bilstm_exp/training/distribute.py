@@ -27,6 +27,8 @@ and aborts the collectives (``UnavailableError``); collectives also time out aft
 Not under a strategy other than ``default``: the XLA-compiled optimizer step (collectives inside XLA
 on a CPU are not supported; training.compile_model asks :func:`active`), epoch checkpoints and
 ``training.resume`` under ``multi_worker`` (each worker would have to restore the same epoch).
+Under ``multi_worker`` each Keras call runs one step, whatever ``training.steps_per_execution`` says
+(:func:`steps_per_execution`).
 
 This module imports TensorFlow only inside functions: :func:`cluster` (the TF_CONFIG check) runs
 before any TensorFlow work, so a bad TF_CONFIG exits 2 with a message at once.
@@ -138,6 +140,13 @@ def is_chief(config: ExperimentConfig) -> bool:
 def active(config: ExperimentConfig) -> bool:
     """Whether training runs under a strategy other than TensorFlow's default one."""
     return config.training.strategy != "default"
+
+
+def steps_per_execution(config: ExperimentConfig) -> int:
+    """``training.steps_per_execution``, or 1 under ``multi_worker``: Keras 3's multi-step loop fails
+    there on its first call ("You must feed a value for placeholder tensor ... while/cond/Placeholder",
+    a distributed iterator's optional inside ``tf.while_loop``); ``mirrored`` runs it."""
+    return 1 if config.training.strategy == "multi_worker" else config.training.steps_per_execution
 
 
 def strategy(config: ExperimentConfig) -> Any:

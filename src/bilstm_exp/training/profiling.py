@@ -42,8 +42,21 @@ def percentiles_ms(seconds: list[float]) -> tuple[float, float]:
     return float(p50), float(p95)
 
 
+def _steps_done(model) -> int | None:
+    """The optimizer's step counter (updates applied so far), or None without one."""
+    iterations = getattr(getattr(model, "optimizer", None), "iterations", None)
+    # convert_to_numpy, not int(): under a distribution strategy the variable is a MirroredVariable
+    return None if iterations is None else int(keras.ops.convert_to_numpy(iterations))
+
+
 class EpochProfiler(keras.callbacks.Callback):
-    """Per-epoch timings and throughput; ``epoch_times`` keeps every epoch's seconds."""
+    """Per-epoch timings and throughput; ``epoch_times`` keeps every epoch's seconds.
+
+    With ``training.steps_per_execution`` > 1 Keras runs several steps per call and calls the batch hooks
+    once per call: each step of a call counts that call's mean, so ``time/step_p50_ms`` stays the time
+    of one step. A call's step count comes from the batch indices Keras passes, and the last call of
+    an epoch (which may run fewer steps than it says) is corrected by the optimizer's step counter.
+    """
 
     def __init__(self, samples_per_epoch: int, tokens_per_epoch: int):
         super().__init__()
@@ -52,22 +65,23 @@ class EpochProfiler(keras.callbacks.Callback):
         self.epoch_times: list[float] = []
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
-        self._steps: list[float] = []
+        self._calls: list[tuple[float, int]] = []  # (seconds, steps) of each train_function call
+        self._first_step = _steps_done(self.model)
         self._epoch_start = time.perf_counter()
 
     def on_train_batch_begin(self, batch: int, logs=None) -> None:
-        self._step_start = time.perf_counter()
+        self._call_start, self._call_first = time.perf_counter(), batch
 
     def on_train_batch_end(self, batch: int, logs=None) -> None:
-        self._steps.append(time.perf_counter() - self._step_start)
+        self._calls.append((time.perf_counter() - self._call_start, batch - self._call_first + 1))
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         # training time only: validation ran after the last step
-        train_s = sum(self._steps) if self._steps else time.perf_counter() - self._epoch_start
+        train_s = sum(s for s, _ in self._calls) if self._calls else time.perf_counter() - self._epoch_start
         self.epoch_times.append(time.perf_counter() - self._epoch_start)
         if logs is None:
             return
-        p50, p95 = percentiles_ms(self._steps or [train_s])
+        p50, p95 = percentiles_ms(self._step_times() or [train_s])
         logs.update({
             "time/epoch_s": self.epoch_times[-1],
             "time/train_s": train_s,
@@ -76,6 +90,14 @@ class EpochProfiler(keras.callbacks.Callback):
             "throughput/train_samples_per_s": self.samples_per_epoch / train_s,
             "throughput/train_tokens_per_s": self.tokens_per_epoch / train_s,
         })
+
+    def _step_times(self) -> list[float]:
+        """Seconds per step, each step of a call at that call's mean."""
+        calls = list(self._calls)
+        steps = _steps_done(self.model) - self._first_step if self._first_step is not None else None
+        if calls and steps is not None and 0 < steps < sum(n for _, n in calls):  # the last call ran short
+            calls[-1] = (calls[-1][0], max(1, steps - sum(n for _, n in calls[:-1])))
+        return [seconds / n for seconds, n in calls for _ in range(n)]
 
     def first_epoch_overhead_s(self) -> float | None:
         """Tracing and compilation cost: the first epoch minus the median later epoch."""
@@ -277,7 +299,9 @@ def cost_metrics(model_cfg, prepared, history: dict[str, list[float]],
 class TraceWindow(keras.callbacks.Callback):
     """Records a TensorFlow profiler trace of training steps ``[start_step, start_step + steps)``.
 
-    Steps count across epochs (with ``steps_per_execution > 1`` one step is one execution).
+    Steps count across epochs (the optimizer's step counter). With ``training.steps_per_execution`` > 1
+    Keras runs several steps per call, so the trace holds whole calls: it starts with the first call
+    that begins at or after ``start_step`` and stops after the call in which ``steps`` steps are done.
     The trace lands in ``logdir/plugins/profile/<timestamp>/`` as an ``.xplane.pb`` file, the
     layout ``tensorboard --logdir logdir`` reads (its Profile tab needs the ``xprof`` package,
     formerly ``tensorboard-plugin-profile``; recording needs nothing beyond TensorFlow).
@@ -290,22 +314,24 @@ class TraceWindow(keras.callbacks.Callback):
             raise ValueError(f"TraceWindow needs start_step >= 0 and steps >= 1, got {start_step}, {steps}")
         self.logdir = Path(logdir)
         self.start_step, self.steps = start_step, steps
-        self._step = 0
         self.active = False
         self.recorded_steps = 0
+        self._started_at = 0
 
     def on_train_batch_begin(self, batch: int, logs=None) -> None:
-        if self._step == self.start_step and not self.active and not self.recorded_steps:
+        if self.active or self.recorded_steps:
+            return
+        done = _steps_done(self.model) or 0
+        if done >= self.start_step:
             import tensorflow as tf
 
             self.logdir.mkdir(parents=True, exist_ok=True)
             tf.profiler.experimental.start(str(self.logdir))
-            self.active = True
+            self.active, self._started_at = True, done
 
     def on_train_batch_end(self, batch: int, logs=None) -> None:
-        self._step += 1
         if self.active:
-            self.recorded_steps += 1
+            self.recorded_steps = max(1, (_steps_done(self.model) or 0) - self._started_at)
             if self.recorded_steps >= self.steps:
                 self._stop()
 

@@ -82,7 +82,7 @@ def compile_model(config: ExperimentConfig, prepared: PreparedData, steps_per_ep
         metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
     loss = models.loss(prepared.num_classes, config.training.label_smoothing)
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics,
-                  steps_per_execution=config.training.steps_per_execution)
+                  steps_per_execution=distribute.steps_per_execution(config))
     if not distribute.active(config):  # built here, not in fit's first trace (TensorFlow traces a function that
         model.optimizer.build(model.trainable_variables)  # creates variables twice); a strategy's fit builds it
     fast_cpu = (config.model.kernel == "fast" and not config.training.mixed_precision
