@@ -286,17 +286,30 @@ GROUPS_DIR = pytest.StashKey[str]()
 
 
 XLA_CACHE_DIR = pytest.StashKey[str]()
+SCRATCH_DIR = pytest.StashKey[str]()
+LEFT_BEHIND_KEY = pytest.StashKey[set]()
+# what a run or a client leaves in its working folder: never to appear in the checkout
+LEFT_BEHIND = ("mlruns", "mlartifacts", "mlflow.db", "outputs", "multirun")
 
 
 def pytest_configure(config):
     """xdist_group is pytest-xdist's mark: known even when a run leaves xdist out (`-p no:xdist`).
     The controller of a `--dist loadgroup` run makes the folder its workers write their groups to.
 
+    Every process that runs tests works in a scratch folder of its own, not in the checkout: an MLflow client
+    made without a folder puts the artifacts of the experiments it creates under ``./mlruns`` of the working
+    folder (MLflow's default artifact root), and the checkout collected them. The controller checks at the
+    end that the checkout has none of :data:`LEFT_BEHIND` that it did not have at the start.
+
     The XLA cache (models/xla_cache.py) of every process of the session, the workers and the CLI runs they
     start, is one temporary folder, not the user's ~/.cache (the tests would fill it with their programs and
     evict the user's): the controller makes it before it starts the workers, which inherit the variable.
     A BILSTM_EXP_XLA_CACHE set by the caller (``off``, say) is left alone."""
     config.addinivalue_line("markers", "xdist_group(name): tests pytest-xdist's loadgroup keeps on one worker")
+    config.stash[LEFT_BEHIND_KEY] = {name for name in LEFT_BEHIND if (ROOT / name).exists()}
+    if hasattr(config, "workerinput") or config.getoption("dist", "no") == "no":
+        config.stash[SCRATCH_DIR] = tempfile.mkdtemp(prefix="bilstm-exp-test-cwd-")
+        os.chdir(config.stash[SCRATCH_DIR])
     if hasattr(config, "workerinput"):
         return
     if config.getoption("dist", "no") == "loadgroup":
@@ -307,9 +320,23 @@ def pytest_configure(config):
 
 
 def pytest_unconfigure(config):
-    for key in (GROUPS_DIR, XLA_CACHE_DIR):
+    if SCRATCH_DIR in config.stash:
+        os.chdir(config.invocation_params.dir)
+    for key in (GROUPS_DIR, XLA_CACHE_DIR, SCRATCH_DIR):
         if key in config.stash:
             shutil.rmtree(config.stash[key], ignore_errors=True)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The controller (or the one process without xdist): a run that left files in the checkout fails."""
+    if hasattr(session.config, "workerinput"):
+        return
+    new = sorted(name for name in LEFT_BEHIND
+                 if (ROOT / name).exists() and name not in session.config.stash[LEFT_BEHIND_KEY])
+    if new:
+        print(f"\ntests left {', '.join(new)} in the checkout ({ROOT}): a test wrote into the working folder of "
+              "the session instead of its own temporary folder", file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -38,6 +38,27 @@ def test_keras_prints_its_own_line_only_when_asked():
     assert progress.keras_verbose(explicit) == 2 and progress.callbacks(explicit, 3) == []
 
 
+def test_the_progress_bar_counts_the_steps_that_ran_with_several_steps_per_call(capsys):
+    """Ten batches in calls of four: Keras names the calls by steps 3, 7 and 11 (its last call ran two); the
+    bar on a terminal says 4, 8 and 10 of 10, never 12 of 10."""
+    import keras
+    import numpy as np
+
+    class Seen(progress.ShortProgbar):
+        def _update_progbar(self, batch, logs=None):
+            super()._update_progbar(batch, logs)
+            shown.append(self.seen)
+
+    shown: list[int] = []
+    rng = np.random.default_rng(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")])
+    model.compile("adam", "binary_crossentropy", steps_per_execution=4)
+    model.fit(rng.normal(size=(80, 4)), rng.integers(0, 2, size=(80, 1)), batch_size=8, epochs=2, verbose=1,
+              callbacks=[Seen()])
+    assert shown == [4, 8, 10, 4, 8, 10]
+    assert "12/10" not in capsys.readouterr().out
+
+
 def test_a_countdown_says_what_is_done_and_estimates_what_is_left():
     countdown = Countdown(4, "fold")
     assert re.fullmatch(r"\[bilstm-exp\] fold 1/4: 0 s elapsed", countdown.line(0))

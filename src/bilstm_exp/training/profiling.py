@@ -42,7 +42,7 @@ def percentiles_ms(seconds: list[float]) -> tuple[float, float]:
     return float(p50), float(p95)
 
 
-def _steps_done(model) -> int | None:
+def steps_done(model) -> int | None:
     """The optimizer's step counter (updates applied so far), or None without one."""
     iterations = getattr(getattr(model, "optimizer", None), "iterations", None)
     # convert_to_numpy, not int(): under a distribution strategy the variable is a MirroredVariable
@@ -66,7 +66,7 @@ class EpochProfiler(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
         self._calls: list[tuple[float, int]] = []  # (seconds, steps) of each train_function call
-        self._first_step = _steps_done(self.model)
+        self._first_step = steps_done(self.model)
         self._epoch_start = time.perf_counter()
 
     def on_train_batch_begin(self, batch: int, logs=None) -> None:
@@ -94,7 +94,7 @@ class EpochProfiler(keras.callbacks.Callback):
     def _step_times(self) -> list[float]:
         """Seconds per step, each step of a call at that call's mean."""
         calls = list(self._calls)
-        steps = _steps_done(self.model) - self._first_step if self._first_step is not None else None
+        steps = steps_done(self.model) - self._first_step if self._first_step is not None else None
         if calls and steps is not None and 0 < steps < sum(n for _, n in calls):  # the last call ran short
             calls[-1] = (calls[-1][0], max(1, steps - sum(n for _, n in calls[:-1])))
         return [seconds / n for seconds, n in calls for _ in range(n)]
@@ -321,7 +321,7 @@ class TraceWindow(keras.callbacks.Callback):
     def on_train_batch_begin(self, batch: int, logs=None) -> None:
         if self.active or self.recorded_steps:
             return
-        done = _steps_done(self.model) or 0
+        done = steps_done(self.model) or 0
         if done >= self.start_step:
             import tensorflow as tf
 
@@ -331,7 +331,7 @@ class TraceWindow(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch: int, logs=None) -> None:
         if self.active:
-            self.recorded_steps = max(1, (_steps_done(self.model) or 0) - self._started_at)
+            self.recorded_steps = max(1, (steps_done(self.model) or 0) - self._started_at)
             if self.recorded_steps >= self.steps:
                 self._stop()
 

@@ -24,6 +24,7 @@ from typing import Any
 import keras
 
 from bilstm_exp.config.run_schema import TrainingConfig
+from bilstm_exp.training.profiling import steps_done
 from bilstm_exp.training.summary import PREFIX, say
 
 WATCHED = {"loss": "train/loss", "val_loss": "val/loss", "val_accuracy": "val/accuracy"}  # Keras key -> shown
@@ -52,7 +53,21 @@ def callbacks(training: TrainingConfig, epochs: int) -> list[keras.callbacks.Cal
 
 
 class ShortProgbar(keras.callbacks.ProgbarLogger):
-    """Keras's progress bar with only the :data:`WATCHED` metrics (it takes the place of Keras's own)."""
+    """Keras's progress bar with only the :data:`WATCHED` metrics (it takes the place of Keras's own).
+
+    With several steps per Keras call (``training.steps_per_execution``) Keras reports a call by the index
+    its last step would have, which an epoch's last call overstates (``32/16``): the bar counts the steps
+    the optimizer ran instead."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        super().on_epoch_begin(epoch, logs)
+        self._first_step = steps_done(self.model)
+
+    def on_train_batch_end(self, batch, logs=None):
+        done = steps_done(self.model)
+        if done is not None and self._first_step is not None:
+            batch = min(batch, done - self._first_step - 1)
+        super().on_train_batch_end(batch, logs)
 
     def _update_progbar(self, batch, logs=None):
         super()._update_progbar(batch, _watched(logs))
