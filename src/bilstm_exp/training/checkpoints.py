@@ -4,9 +4,13 @@ Every finished epoch is checkpointed in ``checkpoints/<run_id>/`` under the work
 
     state.json              last finished epoch (0-based), run id, the config it was made with, the data
                             md5, every epoch's Keras logs and the early-stopping counters
-    epoch-NNNN.weights.h5   model and optimizer variables (Keras ``save_weights`` with a built optimizer,
-                            as ``keras.callbacks.BackupAndRestore`` does), so learning-rate schedules and
-                            Adam moments continue where they stopped
+    epoch-NNNN.weights.npz  model and optimizer variables (``model.get_weights()`` and the built optimizer's
+                            ``variables``, what ``keras.callbacks.BackupAndRestore`` keeps), so learning-rate
+                            schedules and Adam moments continue where they stopped. NumPy writes it with
+                            Python's file I/O: a disk that fills mid-write raises an OSError and nothing
+                            else. Keras's HDF5 ``save_weights`` left HDF5 holding a file it could not
+                            flush, and the process crashed at exit (SIGSEGV) after the run's one-line
+                            message. Checkpoints of earlier versions (``epoch-NNNN.weights.h5``) still resume.
     best.weights.npz        early stopping's best weights (``restore_best_weights``), when it has some
 
 A checkpoint is written after MLflow has received the epoch's metrics, and SIGINT/SIGTERM are held
@@ -163,7 +167,10 @@ class Checkpointer:
             model.optimizer.build(model.trainable_variables)
         path = self.folder / self.state["weights"]
         try:
-            model.load_weights(path)
+            if path.suffix == ".h5":  # a checkpoint of an earlier version (Keras's save_weights)
+                model.load_weights(path)
+            else:
+                _load_variables(model, path)
         except Exception as error:  # h5py/Keras errors: the file does not fit this model or is damaged
             raise _corrupt(path, f"{type(error).__name__}: {str(error).splitlines()[0][:200]}", self.run_id) from None
 
@@ -226,7 +233,7 @@ class Checkpointer:
         renamed, ``state.json`` last. A failed write (a full disk) removes what it wrote and leaves the
         previous checkpoint as it was."""
         folder = self.folder
-        weights = f"epoch-{epoch:04d}{'-final' if fit_done else ''}.weights.h5"
+        weights = f"epoch-{epoch:04d}{'-final' if fit_done else ''}.weights.npz"
         early, best = _early_stopping(stopping)
         state = {"run_id": self.run_id, "epoch": epoch, "fit_done": fit_done, "weights": weights,
                  "saved_at": time.time(), "config": self.config, "data_md5": self.data_md5,
@@ -234,7 +241,7 @@ class Checkpointer:
         staged: list[tuple[Path, Path]] = []
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            staged.append(_stage(folder / weights, lambda tmp: model.save_weights(tmp, overwrite=True)))
+            staged.append(_stage(folder / weights, lambda tmp: _save_variables(model, tmp)))
             if best is not None:
                 staged.append(_stage(folder / BEST, lambda tmp: np.savez(tmp, *best)))
             staged.append(_stage(folder / STATE, lambda tmp: tmp.write_text(json.dumps(state, default=str))))
@@ -246,7 +253,7 @@ class Checkpointer:
             raise
         for tmp, final in staged:
             os.replace(tmp, final)
-        for old in folder.glob("epoch-*.weights.h5"):
+        for old in folder.glob("epoch-*.weights.*"):
             if old.name != weights:
                 old.unlink(missing_ok=True)
 
@@ -294,9 +301,37 @@ def _early_stopping(stopping: keras.callbacks.EarlyStopping | None) -> tuple[dic
     return early, stopping.best_weights
 
 
+def _save_variables(model: keras.Model, path: Path) -> None:
+    """The model's weights and its built optimizer's variables, in their orders, as one ``.npz`` file."""
+    import keras
+
+    arrays = {f"model_{i}": np.asarray(value) for i, value in enumerate(model.get_weights())}
+    if model.optimizer is not None and model.optimizer.built:
+        arrays.update({f"optimizer_{i}": keras.ops.convert_to_numpy(variable)
+                       for i, variable in enumerate(model.optimizer.variables)})
+    with open(path, "wb") as handle:  # a handle: np.savez would add ".npz" to a name ending otherwise
+        np.savez(handle, **arrays)
+
+
+def _load_variables(model: keras.Model, path: Path) -> None:
+    """What :func:`_save_variables` wrote, into a model of the same config (a mismatch raises)."""
+    with np.load(path) as arrays:
+        def series(prefix: str) -> list[np.ndarray]:
+            return [arrays[f"{prefix}_{i}"] for i in range(sum(n.startswith(f"{prefix}_") for n in arrays.files))]
+
+        model.set_weights(series("model"))
+        saved = series("optimizer")
+        if saved:
+            variables = model.optimizer.variables
+            if len(variables) != len(saved):
+                raise ValueError(f"{len(saved)} optimizer variables saved, the model's optimizer has {len(variables)}")
+            for variable, value in zip(variables, saved, strict=True):
+                variable.assign(value)
+
+
 def _stage(final: Path, write: Callable[[Path], Any]) -> tuple[Path, Path]:
-    """``write`` the file under a temporary name next to ``final`` (Keras wants the ``.weights.h5``
-    ending kept); a failed write removes its half-written file. Returns (temporary, final)."""
+    """``write`` the file under a temporary name next to ``final`` (the ending kept); a failed write
+    removes its half-written file. Returns (temporary, final)."""
     tmp = final.with_name(f"tmp-{final.name}")
     try:
         write(tmp)
@@ -335,11 +370,16 @@ def _check_files(folder: Path, run_id: str) -> None:
     if not weights.is_file():
         raise _corrupt(weights, "the file is missing", run_id)
     try:
-        import h5py
+        if weights.suffix == ".h5":  # a checkpoint of an earlier version
+            import h5py
 
-        with h5py.File(weights, "r") as handle:
-            if not list(handle.keys()):
-                raise ValueError("no weights in it")
+            with h5py.File(weights, "r") as handle:
+                if not list(handle.keys()):
+                    raise ValueError("no weights in it")
+        else:
+            with np.load(weights) as arrays:
+                if not [name for name in arrays.files if name.startswith("model_")]:
+                    raise ValueError("no weights in it")
     except Exception as error:
         raise _corrupt(weights, f"{type(error).__name__}: {str(error).splitlines()[0][:200]}", run_id) from None
     if (folder / BEST).exists():
