@@ -4,13 +4,9 @@ Every finished epoch is checkpointed in ``checkpoints/<run_id>/`` under the work
 
     state.json              last finished epoch (0-based), run id, the config it was made with, the data
                             md5, every epoch's Keras logs and the early-stopping counters
-    epoch-NNNN.weights.npz  model and optimizer variables (``model.get_weights()`` and the built optimizer's
-                            ``variables``, what ``keras.callbacks.BackupAndRestore`` keeps), so learning-rate
-                            schedules and Adam moments continue where they stopped. NumPy writes it with
-                            Python's file I/O: a disk that fills mid-write raises an OSError and nothing
-                            else. Keras's HDF5 ``save_weights`` left HDF5 holding a file it could not
-                            flush, and the process crashed at exit (SIGSEGV) after the run's one-line
-                            message. Checkpoints of earlier versions (``epoch-NNNN.weights.h5``) still resume.
+    epoch-NNNN.weights.npz  model and optimizer variables, so learning-rate schedules and Adam moments continue
+                            where they stopped; NumPy, not HDF5: a disk full mid-write left HDF5 an unflushable
+                            file and a SIGSEGV at exit (earlier versions' ``.weights.h5`` still resume)
     best.weights.npz        early stopping's best weights (``restore_best_weights``), when it has some
 
 A checkpoint is written after MLflow has received the epoch's metrics, and SIGINT/SIGTERM are held
@@ -321,12 +317,8 @@ def _load_variables(model: keras.Model, path: Path) -> None:
 
         model.set_weights(series("model"))
         saved = series("optimizer")
-        if saved:
-            variables = model.optimizer.variables
-            if len(variables) != len(saved):
-                raise ValueError(f"{len(saved)} optimizer variables saved, the model's optimizer has {len(variables)}")
-            for variable, value in zip(variables, saved, strict=True):
-                variable.assign(value)
+        for variable, value in zip(model.optimizer.variables if saved else [], saved, strict=True):
+            variable.assign(value)  # strict: a count that differs raises (reported as a checkpoint that does not fit)
 
 
 def _stage(final: Path, write: Callable[[Path], Any]) -> tuple[Path, Path]:
