@@ -182,6 +182,23 @@ def test_bucketed_batches_are_right_padded_and_pad_less_than_max():
     assert last % batching.LAST_BUCKET_STEP == batching.LAST_BUCKET_STEP - 1
 
 
+
+@pytest.mark.parametrize("padding", ["bucket", "max"])
+def test_planned_padding_is_what_a_pass_over_the_batches_counts(padding):
+    """A run takes its padding fraction and batches per epoch from the lengths, without a pass over the data."""
+    rng = np.random.default_rng(3)
+    lengths = np.concatenate([rng.integers(1, 40, 300), rng.integers(60, 121, 37)])  # a long tail
+    seqs = [rng.integers(2, 50, n).astype(np.int32) for n in lengths]
+    labels = rng.integers(0, 2, len(seqs))
+    for batch_size, buckets in ((32, 6), (7, 3), (500, 1)):
+        bounds = batching.bucket_boundaries(lengths, buckets) if padding == "bucket" else None
+        dataset = batching.make_dataset(seqs, labels, batch_size, padding=padding, max_length=128,
+                                        boundaries=bounds, shuffle=True)
+        counted = batching.padding_stats(dataset)
+        planned = batching.planned_padding(lengths, batch_size, padding=padding, max_length=128, boundaries=bounds)
+        assert (planned.real_tokens, planned.batches) == (counted.real_tokens, counted.batches)
+        assert planned.fraction == pytest.approx(counted.fraction, abs=1e-12)
+
 def test_a_utf16_file_is_named_as_such_and_reads_with_its_encoding(tmp_path):
     path = tmp_path / "reviews.csv"
     path.write_text("text,label\n" + "".join(f"caf\u00e9 film {i},{i % 2}\n" for i in range(40)), encoding="utf-16")

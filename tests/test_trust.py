@@ -185,6 +185,9 @@ def test_three_fold_cross_validation_is_one_parent_with_three_fold_children(cros
     assert [registry.logged_model_uri(client, c) for c in children] == [None] * 3
     assert all("reports" in {a.path for a in client.list_artifacts(c.info.run_id)} for c in children)
     assert {r.model_uri for r in result.folds} == {None}
+    # nor does it time serving that model; it still times its training
+    assert not [k for c in children for k in c.data.metrics if k.startswith(("latency/", "throughput/predict"))]
+    assert all(c.data.metrics["time/train_s"] > 0 for c in children)
 
 
 @pytest.mark.slow  # trains two folds
@@ -195,6 +198,7 @@ def test_folds_log_their_model_and_heatmap_when_asked(workdir):
     runs = client.search_runs([client.get_experiment_by_name("bilstm-exp").experiment_id])
     children = [r for r in runs if r.data.tags.get("cv.role") == "fold"]
     assert len(children) == 2 and all(registry.logged_model_uri(client, c) for c in children)
+    assert all({"latency/predict_p50_ms", "throughput/predict_samples_per_s"} <= set(c.data.metrics) for c in children)
     assert all("attention" in {a.path for a in client.list_artifacts(c.info.run_id)} for c in children)
     assert client.search_model_versions(f"name='{NAME}'") == []
 

@@ -57,7 +57,7 @@ class Bench:
         self.prepared = prepare(self.config.data, self.config.seed)
         training.configure_tensorflow(self.config)
         self.pipes = training.datasets(self.config, self.prepared)
-        self.stats = batching.padding_stats(self.pipes["train"])
+        self.stats = training.train_padding(self.config, self.prepared, self.pipes)
         self.samples = len(self.prepared.labels["train"])
 
     def describe(self) -> str:
@@ -171,7 +171,7 @@ class Bench:
         log("bucketing_speedup: pad-to-max vs bucketed, same initial weights")
         max_config = compose_config([*self.settings.overrides, "data.padding=max"])
         max_pipes = self.training.datasets(max_config, self.prepared)
-        max_stats = self.batching.padding_stats(max_pipes["train"])
+        max_stats = self.training.train_padding(max_config, self.prepared, max_pipes)
         bucket_model = self._plugin_model()
         max_model = self._plugin_model(max_config, max_stats.batches)
         max_model.set_weights(bucket_model.get_weights())

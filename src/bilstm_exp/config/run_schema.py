@@ -92,7 +92,7 @@ class TrackingConfig:
     sweep_registers: str = "best"  # in a -m sweep: best (the best job's model only), all (every job), none
     champion_metric: str | None = None  # the alias `champion` moves to a version that beats it; null: training.monitor
     champion_greater_is_better: bool | None = None  # null: from training.monitor_mode (min for losses)
-    fold_artifacts: str = "small"  # a cross-validation fold logs metrics and reports; full: also its model, heatmap
+    fold_artifacts: str = "small"  # a CV fold logs metrics and reports; full: also its model, heatmap, latency
     system_metrics: bool = True  # MLflow's system/* metrics (CPU, memory, disk, network; GPU) on training runs
     system_metrics_interval_s: float = 10.0  # seconds between samples (MLflow's default; costs nothing measurable)
 

@@ -55,15 +55,30 @@ def configure_tensorflow(config: ExperimentConfig) -> None:
 
 def datasets(config: ExperimentConfig, prepared: PreparedData) -> dict[str, tf.data.Dataset]:
     """Train (shuffled), val and test pipelines with bucket boundaries from the training lengths."""
-    cfg = config.data
-    lengths = np.array([len(s) for s in prepared.splits["train"]])
-    bounds = batching.bucket_boundaries(lengths, cfg.num_buckets) if cfg.padding == "bucket" else None
+    cfg, bounds = config.data, _boundaries(config, prepared)
     return distribute.shard(config, {  # multi_worker: this worker's batches, as many as every other worker's
         name: batching.make_dataset(prepared.splits[name], prepared.labels[name], distribute.replica_batch_size(config),
                                     padding=cfg.padding, max_length=cfg.max_length, boundaries=bounds,
                                     shuffle=name == "train", seed=config.seed)
         for name in ("train", "val", "test")
     })
+
+
+def _boundaries(config: ExperimentConfig, prepared: PreparedData) -> list[int] | None:
+    """data.padding=bucket: the bucket boundaries, at quantiles of the training lengths."""
+    if config.data.padding != "bucket":
+        return None
+    return batching.bucket_boundaries(np.array([len(s) for s in prepared.splits["train"]]), config.data.num_buckets)
+
+
+def train_padding(config: ExperimentConfig, prepared: PreparedData, pipelines: dict) -> batching.PaddingStats:
+    """The training pipeline's padding and batches per epoch, from the lengths (no pass over the data);
+    multi_worker: counted in this worker's shard."""
+    if distribute.cluster(config) is not None:
+        return batching.padding_stats(pipelines["train"])
+    return batching.planned_padding([len(s) for s in prepared.splits["train"]], config.training.batch_size,
+                                    padding=config.data.padding, max_length=config.data.max_length,
+                                    boundaries=_boundaries(config, prepared))
 
 
 def compile_model(config: ExperimentConfig, prepared: PreparedData, steps_per_epoch: int,
@@ -177,7 +192,7 @@ def _build(config: ExperimentConfig, prepared: PreparedData, vectors: embeddings
     """TensorFlow configured, the tf.data pipelines, their padding, the compiled model and its build time."""
     configure_tensorflow(config)
     pipelines = datasets(config, prepared)
-    padding = batching.padding_stats(pipelines["train"])
+    padding = train_padding(config, prepared, pipelines)
     start = time.perf_counter()
     with distribute.scope(config):
         model = compile_model(config, prepared, padding.batches, vectors=vectors)
@@ -297,11 +312,14 @@ def _cost_metrics(config: ExperimentConfig, model: keras.Model, prepared: Prepar
     overhead = profiler.first_epoch_overhead_s()
     if overhead is not None:
         metrics["time/first_epoch_overhead_s"] = overhead
-    if config.profiling.latency_samples:
+    # the served model's speed: not for a cross-validation fold, whose model is not logged (fold_artifacts=small)
+    served = prepared.fold is None or config.tracking.fold_artifacts == "full"
+    if config.profiling.latency_samples and served:
         texts = prepared.texts["test"][: config.profiling.latency_samples]
         metrics.update(profiling.latency(lambda text: classifier.probabilities([text]), texts))
     # compute/* (FLOPs, achieved GFLOP/s, peak fraction) and throughput/predict_samples_per_s
-    metrics.update(profiling.cost_metrics(config.model, prepared, history, classifier.probabilities))
+    predict = classifier.probabilities if served else None
+    metrics.update(profiling.cost_metrics(config.model, prepared, history, predict))
     metrics["memory/peak_rss_mb"] = profiling.peak_rss_mb()
     return metrics
 
