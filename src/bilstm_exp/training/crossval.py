@@ -10,7 +10,8 @@ Folds depend on ``data.split_seed`` only, so two configurations run with the sam
 the same folds (a paired comparison over folds is possible).
 
 Each fold is a normal training run (:func:`bilstm_exp.training.runner.run`) nested under the parent, tagged
-``fold`` (0-based), ``cv.role=fold`` and ``cv.parent_run_id``; folds never register a model. The parent
+``fold`` (0-based), ``cv.role=fold`` and ``cv.parent_run_id``; folds never register a model. The next fold's
+self-trained word vectors train in a thread while a fold's model trains (:class:`VectorsAhead`). The parent
 (tag ``cv.role=parent``) logs, for every ``test/*`` and ``val/*`` metric of the folds (``val/*``: the kept
 weights' evaluation), ``cv/<metric>_mean``, ``_std`` (sample standard deviation) and ``_ci95`` (half-width
 of the 95% confidence interval of the mean, Student's t with K-1 degrees of freedom), plus
@@ -23,6 +24,7 @@ the table ``reports/cv_breakdown.md`` with the counts, and the weakest class and
 from __future__ import annotations
 
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +34,7 @@ from bilstm_exp.analysis.statistics import ci95
 from bilstm_exp.config.plain import flatten
 from bilstm_exp.config.schema import ExperimentConfig
 from bilstm_exp.data import prepare as data
+from bilstm_exp.models import embeddings
 from bilstm_exp.tracking import model_registry as registry
 from bilstm_exp.tracking import store
 from bilstm_exp.tracking.session import Session
@@ -74,6 +77,39 @@ def aggregate(fold_metrics: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
+class VectorsAhead:
+    """Each fold's self-trained word2vec vectors (model.self_trained_vectors), the next fold's trained in a
+    thread while this fold's model trains. gensim's training loop and TensorFlow's ops run without the GIL,
+    so where TensorFlow leaves a core idle the next fold's vectors cost no wall time. They are the same
+    vectors as trained in turn (one gensim worker, the same texts and seed). ``take`` gives None where a
+    run makes its own start (a vector file, or a random start)."""
+
+    def __init__(self, config: ExperimentConfig, folds: list[data.PreparedData]):
+        self.config, self.folds = config, folds
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fold-vectors") \
+            if embeddings.trains_its_own(config.model) else None
+        self.upcoming = self._submit(0)
+
+    def _submit(self, k: int) -> Future | None:
+        if self.pool is None or k >= len(self.folds):
+            return None
+        return self.pool.submit(embeddings.for_run, self.config.model, self.folds[k], seed=self.config.seed)
+
+    def take(self, k: int) -> embeddings.Vectors | None:
+        """Fold ``k``'s vectors (waiting for them if still training), and fold k+1's started."""
+        if self.upcoming is None:
+            return None
+        vectors = self.upcoming.result()  # an error training them is raised here, in the fold that needs them
+        self.upcoming = self._submit(k + 1)
+        return vectors
+
+    def close(self) -> None:
+        """Not waiting for vectors no fold will take (a failed or interrupted CV); the interpreter still
+        lets a running gensim call finish before the process exits."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+
+
 def run(config: ExperimentConfig, *, root: Path, overrides: list[str] | None = None,
         parent_run_id: str | None = None, extra_tags: dict[str, str] | None = None) -> CVResult:
     """Train and evaluate ``config`` on each of ``data.folds`` folds; see the module docstring.
@@ -94,13 +130,16 @@ def run(config: ExperimentConfig, *, root: Path, overrides: list[str] | None = N
     with Session.start(experiment_id, run_name=name, tags=tags, parent_run_id=parent_run_id, fluent=False) as parent:
         print(f"[bilstm-exp] {len(folds)}-fold cross-validation: parent run {parent.run_id}", flush=True)
         parent.log_params(flatten(store.masked_config(config)))
-        countdown, results = Countdown(len(folds), "fold"), []
-        for fold in folds:  # "fold k/K" with the time elapsed and left
-            countdown.starting(fold.fold)
-            results.append(training.run(config, root=root, overrides=overrides, prepared=fold,
-                                        parent_run_id=parent.run_id, run_name=f"{name}-fold{fold.fold}",
-                                        extra_tags={FOLD_TAG: str(fold.fold), ROLE_TAG: "fold",
-                                                    PARENT_TAG: parent.run_id}))
+        countdown, results, ahead = Countdown(len(folds), "fold"), [], VectorsAhead(config, folds)
+        try:
+            for k, fold in enumerate(folds):  # "fold k/K" with the time elapsed and left
+                countdown.starting(fold.fold)
+                results.append(training.run(config, root=root, overrides=overrides, prepared=fold,
+                                            parent_run_id=parent.run_id, run_name=f"{name}-fold{fold.fold}",
+                                            extra_tags={FOLD_TAG: str(fold.fold), ROLE_TAG: "fold",
+                                                        PARENT_TAG: parent.run_id}, vectors=ahead.take(k)))
+        finally:
+            ahead.close()
         metrics = aggregate([r.metrics for r in results])
         parent.log_metrics(metrics)
         parent.log_dict({"folds": [{"fold": k, "run_id": r.run_id,

@@ -125,8 +125,10 @@ class AttentionProbe(keras.callbacks.Callback):
 
 def run(config: ExperimentConfig, *, root: Path, overrides: list[str] | None = None,
         prepared: PreparedData | None = None, parent_run_id: str | None = None,
-        extra_tags: dict[str, str] | None = None, run_name: str | None = None) -> RunResult:
-    """Train and evaluate one configuration and record it as one MLflow run (``run_name``: a fold's).
+        extra_tags: dict[str, str] | None = None, run_name: str | None = None,
+        vectors: embeddings.Vectors | None = None) -> RunResult:
+    """Train and evaluate one configuration and record it as one MLflow run (``run_name``: a fold's;
+    ``vectors``: the embedding's start, already made for ``prepared``, as a cross-validation does ahead).
 
     Checks run cheapest first: the data a user handed over, then the store (a down server fails
     fast), then what a resume needs, all before any run exists. ``prepared`` skips data preparation
@@ -140,7 +142,7 @@ def run(config: ExperimentConfig, *, root: Path, overrides: list[str] | None = N
     checkpointer = checkpoints.for_config(config, root)  # training.resume: fails here, before training
     store.check_resumable(checkpointer.run_id)  # the run to resume is in the store and not FINISHED
     checkpointer.check_data(prepared.md5())
-    vectors = _embedding_start(config, prepared)
+    vectors = _embedding_start(config, prepared, vectors)
 
     with system_metrics.sampling(config.tracking.system_metrics, config.tracking.system_metrics_interval_s), \
             Session.start(experiment_id, run_name=run_name or recording.run_name(config),
@@ -169,13 +171,14 @@ def run(config: ExperimentConfig, *, root: Path, overrides: list[str] | None = N
     return RunResult(session.run_id, metrics, history, model_uri, classifier, prepared, kept_offline, evaluation)
 
 
-def _embedding_start(config: ExperimentConfig, prepared: PreparedData) -> embeddings.Vectors:
+def _embedding_start(config: ExperimentConfig, prepared: PreparedData,
+                     ready: embeddings.Vectors | None = None) -> embeddings.Vectors:
     """model.pretrained_embeddings (an unreadable file fails before a run exists), else word2vec on the
     training split (model.self_trained_vectors): seconds to minutes on a large corpus, so it is announced."""
     if embeddings.trains_its_own(config.model):
         summary.say(f"{summary.PREFIX} word vectors: word2vec on the {len(prepared.texts['train']):,} training "
                     "texts (model.self_trained_vectors)")
-    return embeddings.for_run(config.model, prepared, seed=config.seed)
+    return ready or embeddings.for_run(config.model, prepared, seed=config.seed)
 
 
 def _begin(session: Session, checkpointer: checkpoints.Checkpointer, config: ExperimentConfig, overrides: list[str],
