@@ -151,7 +151,6 @@ def test_each_fold_trains_its_vectors_on_its_own_training_texts_never_its_test_t
     assert PLANTED in embeddings.training_split_vectors(config.model, everything, seed=config.seed).key_to_index
 
 
-
 def test_vectors_trained_ahead_of_a_fold_are_the_ones_its_run_would_train(workdir):
     """A CV trains fold k+1's word2vec vectors in a thread while fold k trains: each fold still starts
     from exactly the vectors a run on its own training split trains; with no self-trained vectors,
@@ -170,6 +169,7 @@ def test_vectors_trained_ahead_of_a_fold_are_the_ones_its_run_would_train(workdi
         ahead.close()
     plain = file_config(corpus(workdir), "model.self_trained_vectors=false")
     assert crossval.VectorsAhead(plain, folds).take(0) is None
+
 
 def test_training_texts_with_no_repeated_word_start_the_embedding_random_and_the_run_says_so(workdir):
     config = file_config(corpus(workdir), folds=None)

@@ -182,7 +182,6 @@ def test_bucketed_batches_are_right_padded_and_pad_less_than_max():
     assert last % batching.LAST_BUCKET_STEP == batching.LAST_BUCKET_STEP - 1
 
 
-
 @pytest.mark.parametrize("padding", ["bucket", "max"])
 def test_planned_padding_is_what_a_pass_over_the_batches_counts(padding):
     """A run takes its padding fraction and batches per epoch from the lengths, without a pass over the data."""
@@ -198,6 +197,7 @@ def test_planned_padding_is_what_a_pass_over_the_batches_counts(padding):
         planned = batching.planned_padding(lengths, batch_size, padding=padding, max_length=128, boundaries=bounds)
         assert (planned.real_tokens, planned.batches) == (counted.real_tokens, counted.batches)
         assert planned.fraction == pytest.approx(counted.fraction, abs=1e-12)
+
 
 def test_a_utf16_file_is_named_as_such_and_reads_with_its_encoding(tmp_path):
     path = tmp_path / "reviews.csv"
