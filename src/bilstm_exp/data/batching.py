@@ -56,22 +56,20 @@ def make_dataset(sequences: list[np.ndarray], labels: np.ndarray, batch_size: in
     if shuffle:
         ds = ds.shuffle(len(sequences), seed=seed, reshuffle_each_iteration=True)
     if padding == "bucket":
-        ds, batches = _bucketed(ds, lengths, batch_size, boundaries or [])
+        ds = _bucketed(ds, lengths, batch_size, boundaries or [])
     else:
-        batches = -(-len(sequences) // batch_size)
         ds = ds.padded_batch(batch_size, padded_shapes=([max_length], []), padding_values=(PAD_ID, 0))
     # bucket membership depends only on length, so every pass has the same number of batches;
     # declaring it lets Keras show progress and know the epoch length from the first epoch
-    return ds.apply(tf.data.experimental.assert_cardinality(batches)).prefetch(tf.data.AUTOTUNE)
+    planned = planned_padding(lengths, batch_size, padding=padding, max_length=max_length, boundaries=boundaries)
+    return ds.apply(tf.data.experimental.assert_cardinality(planned.batches)).prefetch(tf.data.AUTOTUNE)
 
 
 def _bucketed(ds, lengths: np.ndarray, batch_size: int, boundaries: list[int]):
-    """``ds`` batched by length bucket, each batch padded to its bucket's boundary; and the batch count."""
+    """``ds`` batched by length bucket, each batch padded to its bucket's boundary."""
     import tensorflow as tf
 
     bounds = _closed(boundaries, lengths)
-    per_bucket = np.bincount(np.searchsorted(bounds, lengths, side="right"), minlength=len(bounds) + 1)
-    batches = int(sum(-(-count // batch_size) for count in per_bucket))
     return ds.bucket_by_sequence_length(
         element_length_func=lambda x, y: tf.shape(x)[0],
         bucket_boundaries=bounds,
@@ -79,7 +77,7 @@ def _bucketed(ds, lengths: np.ndarray, batch_size: int, boundaries: list[int]):
         padded_shapes=([None], []),
         padding_values=(PAD_ID, 0),
         pad_to_bucket_boundary=True,
-    ), batches
+    )
 
 
 def _closed(boundaries: list[int], lengths: np.ndarray) -> list[int]:
