@@ -28,7 +28,7 @@ LAYERS = [
     {"config.compose", "data.sources", "data.prepare"},
     {"models.fast_lstm", "models.layers", "models.architectures", "models.architectures.registry",
      "models.vector_files", "models.embeddings", "models.build", "models.optim",
-     "models.optimizer_step", "models.xla_cache"},
+     "models.optimizer_step", "models.xla_cache", "models.reuse"},
     {"tracking.store"},
     {"tracking.model_registry", "tracking.offline", "tracking.ending", "tracking.datasets"},
     {"tracking.session"},

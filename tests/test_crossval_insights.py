@@ -1,6 +1,7 @@
 """What a cross-validation tells a user beyond its mean: test accuracy per class and per length bucket on
 the parent run (its metrics, its table, its summary line); word vectors trained per fold on that fold's
-training texts only (model.self_trained_vectors, on by default); and label smoothing (training.label_smoothing).
+training texts only (model.self_trained_vectors, on by default); later folds training the previous fold's
+compiled model as a new model would train (models/reuse.py); and label smoothing (training.label_smoothing).
 
 Real Hydra composition, a real MLflow sqlite store, real TensorFlow and gensim on tiny data.
 """
@@ -17,8 +18,8 @@ from mlflow.tracking import MlflowClient
 from bilstm_exp.config.compose import compose
 from bilstm_exp.config.schema import validate
 from bilstm_exp.data import prepare as data
-from bilstm_exp.models import embeddings
-from bilstm_exp.training import crossval
+from bilstm_exp.models import embeddings, reuse
+from bilstm_exp.training import crossval, runner
 from tests.conftest import run_module, tiny
 
 PLANTED = "zyzzyva"  # a word only fold 0's test texts contain
@@ -169,6 +170,51 @@ def test_vectors_trained_ahead_of_a_fold_are_the_ones_its_run_would_train(workdi
         ahead.close()
     plain = file_config(corpus(workdir), "model.self_trained_vectors=false")
     assert crossval.VectorsAhead(plain, folds).take(0) is None
+
+
+# --------------------------------------------------------------------------- a later fold trains the kept model
+
+
+@pytest.mark.slow  # three tiny runs
+def test_a_later_fold_trains_the_kept_model_exactly_as_a_new_model(workdir):
+    """Fold 1 trains fold 0's model object (Keras's traced steps kept) from the state a new model starts
+    with: weights, dropout seeds, optimizer. Trained so and by a new model, the fold gives the same epochs
+    and the same test predictions, to the bit (dropout and clipping on: every kind of state matters)."""
+    config = file_config(corpus(workdir), "data.vocab_size=20", "model.dropout=0.3", "clipping=global_norm",
+                         "training.epochs=2", "tracking.register_model=false", folds=2)
+    first, second = data.prepare_folds(config.data)
+    assert len(first.vocab) == len(second.vocab) == 20  # capped: the same shapes
+    kept = reuse.KeptModel()
+    runner.run(config, root=workdir, prepared=first, kept=kept)
+    model = kept.model
+    again = runner.run(config, root=workdir, prepared=second, kept=kept)
+    assert kept.model is model  # the same object trained both folds
+    new = runner.run(config, root=workdir, prepared=second)
+    per_epoch = [key for key in new.history if not key.startswith(("time/", "throughput/", "system/"))]
+    assert {"loss", "val_loss", "grad_norm_mean"} <= set(per_epoch)
+    assert {key: again.history[key] for key in per_epoch} == {key: new.history[key] for key in per_epoch}
+    np.testing.assert_array_equal(again.evaluation.probabilities, new.evaluation.probabilities)
+
+
+def test_a_model_of_other_shapes_or_settings_is_not_reused_and_a_reused_one_gets_the_new_state(workdir):
+    config = file_config(corpus(workdir), "model.self_trained_vectors=false", folds=2)
+    first = data.prepare_folds(config.data)[0]
+    second = data.prepare_folds(file_config(corpus(workdir), "data.vocab_size=20", folds=2).data)[0]
+    assert len(first.vocab) > len(second.vocab) == 20  # as a fold under data.vocab_size has fewer words
+    kept, settings = reuse.KeptModel(), repr(config)
+    one = runner.compile_model(config, first, 4)
+    assert kept.adopt(one, settings) is one
+    two = runner.compile_model(config, second, 4)
+    assert kept.adopt(two, settings) is two  # another embedding shape: the new model, kept from now on
+    three = runner.compile_model(config, second, 4)
+    assert not np.array_equal(np.asarray(two.variables[0]), np.asarray(three.variables[0]))  # drawn later
+    assert kept.adopt(three, settings) is two  # the same shapes and settings: the kept one, with three's state
+    for mine, theirs in [*zip(two.variables, three.variables, strict=True),
+                         *zip(two.optimizer.variables, three.optimizer.variables, strict=True)]:
+        np.testing.assert_array_equal(np.asarray(mine), np.asarray(theirs))
+    other = file_config(corpus(workdir), "model.self_trained_vectors=false", "model.dropout=0.4", folds=2)
+    four = runner.compile_model(other, second, 4)
+    assert kept.adopt(four, repr(other)) is four  # a dropout rate is in the traced step: not reused
 
 
 def test_training_texts_with_no_repeated_word_start_the_embedding_random_and_the_run_says_so(workdir):

@@ -11,7 +11,9 @@ the same folds (a paired comparison over folds is possible).
 
 Each fold is a normal training run (:func:`bilstm_exp.training.runner.run`) nested under the parent, tagged
 ``fold`` (0-based), ``cv.role=fold`` and ``cv.parent_run_id``; folds never register a model. The next fold's
-self-trained word vectors train in a thread while a fold's model trains (:class:`VectorsAhead`). The parent
+self-trained word vectors train in a thread while a fold's model trains (:class:`VectorsAhead`), and a fold
+trains the previous fold's compiled model from its own fresh start where the two match
+(:mod:`bilstm_exp.models.reuse`: the same run, without tracing Keras's steps again). The parent
 (tag ``cv.role=parent``) logs, for every ``test/*`` and ``val/*`` metric of the folds (``val/*``: the kept
 weights' evaluation), ``cv/<metric>_mean``, ``_std`` (sample standard deviation) and ``_ci95`` (half-width
 of the 95% confidence interval of the mean, Student's t with K-1 degrees of freedom), plus
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +36,7 @@ from bilstm_exp.analysis.statistics import ci95
 from bilstm_exp.config.plain import flatten
 from bilstm_exp.config.schema import ExperimentConfig
 from bilstm_exp.data import prepare as data
-from bilstm_exp.models import embeddings
+from bilstm_exp.models import embeddings, reuse
 from bilstm_exp.tracking import model_registry as registry
 from bilstm_exp.tracking import store
 from bilstm_exp.tracking.session import Session
@@ -51,7 +53,7 @@ PARENT_TAG = "cv.parent_run_id"
 class CVResult:
     run_id: str  # the parent run
     metrics: dict[str, float]  # cv/<metric>_mean, _std, _ci95 and cv/folds
-    folds: list[training.RunResult]
+    folds: list[training.RunResult]  # without their classifiers: one model object trained every fold in turn
 
     def objective(self, monitor: str) -> float:
         return self.metrics.get(f"cv/{monitor}_mean", float("nan"))
@@ -131,13 +133,15 @@ def run(config: ExperimentConfig, *, root: Path, overrides: list[str] | None = N
         print(f"[bilstm-exp] {len(folds)}-fold cross-validation: parent run {parent.run_id}", flush=True)
         parent.log_params(flatten(store.masked_config(config)))
         countdown, results, ahead = Countdown(len(folds), "fold"), [], VectorsAhead(config, folds)
+        kept = reuse.KeptModel()
         try:
             for k, fold in enumerate(folds):  # "fold k/K" with the time elapsed and left
                 countdown.starting(fold.fold)
-                results.append(training.run(config, root=root, overrides=overrides, prepared=fold,
-                                            parent_run_id=parent.run_id, run_name=f"{name}-fold{fold.fold}",
-                                            extra_tags={FOLD_TAG: str(fold.fold), ROLE_TAG: "fold",
-                                                        PARENT_TAG: parent.run_id}, vectors=ahead.take(k)))
+                result = training.run(config, root=root, overrides=overrides, prepared=fold,
+                                      parent_run_id=parent.run_id, run_name=f"{name}-fold{fold.fold}",
+                                      extra_tags={FOLD_TAG: str(fold.fold), ROLE_TAG: "fold",
+                                                  PARENT_TAG: parent.run_id}, vectors=ahead.take(k), kept=kept)
+                results.append(replace(result, classifier=None))  # its weights become the next fold's
         finally:
             ahead.close()
         metrics = aggregate([r.metrics for r in results])

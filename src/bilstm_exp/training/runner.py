@@ -22,7 +22,7 @@ from bilstm_exp.data.prepare import PreparedData, check, prepare
 from bilstm_exp.data.vocabulary import PAD_ID
 from bilstm_exp.errors import ConfigError
 from bilstm_exp.models import build as models
-from bilstm_exp.models import embeddings, optim, xla_cache
+from bilstm_exp.models import embeddings, optim, reuse, xla_cache
 from bilstm_exp.models.fast_lstm import pad_batches
 from bilstm_exp.serving import model as serving
 from bilstm_exp.tracking import store, system_metrics
@@ -126,9 +126,10 @@ class AttentionProbe(keras.callbacks.Callback):
 def run(config: ExperimentConfig, *, root: Path, overrides: list[str] | None = None,
         prepared: PreparedData | None = None, parent_run_id: str | None = None,
         extra_tags: dict[str, str] | None = None, run_name: str | None = None,
-        vectors: embeddings.Vectors | None = None) -> RunResult:
+        vectors: embeddings.Vectors | None = None, kept: reuse.KeptModel | None = None) -> RunResult:
     """Train and evaluate one configuration and record it as one MLflow run (``run_name``: a fold's;
-    ``vectors``: the embedding's start, already made for ``prepared``, as a cross-validation does ahead).
+    ``vectors``: the embedding's start, already made for ``prepared``, as a cross-validation does ahead;
+    ``kept``: the previous fold's compiled model, trained from this run's fresh start where it matches).
 
     Checks run cheapest first: the data a user handed over, then the store (a down server fails
     fast), then what a resume needs, all before any run exists. ``prepared`` skips data preparation
@@ -152,7 +153,7 @@ def run(config: ExperimentConfig, *, root: Path, overrides: list[str] | None = N
             tempfile.TemporaryDirectory(prefix="bilstm-exp-") as tmp:
         folder = Path(tmp)
         _begin(session, checkpointer, config, overrides or [], prepared, folder)
-        model, pipelines, padding, build_s = _build(config, prepared, vectors)
+        model, pipelines, padding, build_s = _build(config, prepared, vectors, kept)
         session.log_params({"derived.trainable_params": int(model.count_params())})
         profiler = profiling.EpochProfiler(len(prepared.labels["train"]), padding.real_tokens)
         history = _fit(config, model, pipelines, prepared, profiler, session, checkpointer, folder)
@@ -191,14 +192,18 @@ def _begin(session: Session, checkpointer: checkpoints.Checkpointer, config: Exp
         session.resilient(lambda: recording.header(session, config, overrides, prepared, folder))
 
 
-def _build(config: ExperimentConfig, prepared: PreparedData, vectors: embeddings.Vectors):
-    """TensorFlow configured, the tf.data pipelines, their padding, the compiled model and its build time."""
+def _build(config: ExperimentConfig, prepared: PreparedData, vectors: embeddings.Vectors,
+           kept: reuse.KeptModel | None = None):
+    """TensorFlow configured, the tf.data pipelines, their padding, the compiled model and its build time
+    (``kept``, without a distribution strategy: the kept model, started as the fresh one, where they match)."""
     configure_tensorflow(config)
     pipelines = datasets(config, prepared)
     padding = train_padding(config, prepared, pipelines)
     start = time.perf_counter()
     with distribute.scope(config):
         model = compile_model(config, prepared, padding.batches, vectors=vectors)
+    if kept is not None and not distribute.active(config):
+        model = kept.adopt(model, repr(config))
     return model, pipelines, padding, time.perf_counter() - start
 
 
