@@ -52,5 +52,4 @@ class KeptModel:
         for target, source in [*zip(kept.variables, fresh.variables, strict=True),
                                *zip(kept.optimizer.variables, fresh.optimizer.variables, strict=True)]:
             target.assign(source)
-        kept.stop_training = False
-        return kept
+        return kept  # fit itself clears stop_training, which early stopping set in the previous fold
