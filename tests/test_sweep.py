@@ -161,6 +161,7 @@ def test_a_two_objective_search_logs_its_pareto_front_on_the_parent(tmp_path):
                        for other in values)
 
 
+@pytest.mark.slow  # CLI subprocesses that open a store: `make test` runs it, not the inner loop
 @pytest.mark.parametrize(("overrides", "problem"), [
     (["hparams_search=optuna_shared", "hydra.sweeper.storage.url=postgresql://bilstm:s3cret@127.0.0.1:1/optuna"],
      "the Optuna storage URL carries a password"),

@@ -57,6 +57,7 @@ def _entries(cache: Path) -> dict[str, bytes | None]:
     return programs
 
 
+@pytest.mark.slow  # training subprocesses: `make test` runs it, not the inner loop
 def test_a_second_process_loads_what_the_first_compiled_and_damaged_entries_are_rebuilt(tmp_path):
     cache = tmp_path / "xla"
     assert _train(cache) == 0
@@ -113,6 +114,7 @@ def test_two_writers_of_one_program_leave_whole_files_at_every_moment(tmp_path):
     assert len(left) == 1 and xla_cache.program_of(left[0]) == "program" and xla_cache.read_entry(left[0])
 
 
+@pytest.mark.slow  # training subprocesses: `make test` runs it, not the inner loop
 @pytest.mark.parametrize("setting", ["others_may_write", "off"])
 def test_a_cache_folder_others_may_write_is_not_used_and_training_goes_on(tmp_path, setting):
     """A folder others may write could hold programs planted for this process to run: the cache stays off."""
