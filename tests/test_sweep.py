@@ -161,23 +161,30 @@ def test_a_two_objective_search_logs_its_pareto_front_on_the_parent(tmp_path):
                        for other in values)
 
 
-@pytest.mark.slow  # CLI subprocesses that open a store: `make test` runs it, not the inner loop
 @pytest.mark.parametrize(("overrides", "problem"), [
     (["hparams_search=optuna_shared", "hydra.sweeper.storage.url=postgresql://bilstm:s3cret@127.0.0.1:1/optuna"],
      "the Optuna storage URL carries a password"),
     (["hparams_search=optuna_pareto", "hydra.sweeper.objectives=[val/loss]"],
      "hydra.sweeper.objectives names 1 metrics for 2 directions"),
     (["hparams_search=optuna", "hydra.sweeper.direction=minimise"], "hydra.sweeper.direction: 'minimise' is not"),
-    (["hparams_search=optuna", "hydra.sweeper.storage=sqlite:///nodir/optuna.db"],
-     "cannot open the Optuna storage sqlite:///nodir/optuna.db"),
+    pytest.param(["hparams_search=optuna", "hydra.sweeper.storage=sqlite:///nodir/optuna.db"],
+                 "cannot open the Optuna storage sqlite:///nodir/optuna.db",
+                 marks=pytest.mark.slow),  # found by opening it: after the store and the parent run (5 s)
 ])
 def test_bad_optuna_settings_stop_the_sweep_in_one_line_before_any_trial(tmp_path, overrides, problem):
+    """What the settings alone show wrong stops the sweep before its store and parent run exist; a storage
+    that fails to open stops it before any trial, its parent run FAILED."""
     result = run_module(["-m", *overrides], tmp_path, timeout=300)
     assert result.returncode == 2
     assert f"bilstm-exp: error: {problem}" in result.stderr and "Fix: " in result.stderr
     assert "Traceback" not in result.stderr
     assert "s3cret" not in result.stdout + result.stderr
     assert not list(tmp_path.rglob("*.journal")) and not list(tmp_path.glob("outputs/multirun/*/*/0"))
+    if "cannot open" in problem:
+        _, parents, children = store(tmp_path)
+        assert [p.info.status for p in parents] == ["FAILED"] and children == []
+    else:
+        assert not (tmp_path / "mlflow.db").exists() and "parent run" not in result.stdout
 
 
 @pytest.mark.slow  # subprocesses: `make test` runs it, not the inner loop

@@ -20,16 +20,8 @@ from bilstm_exp.team.common import DB_ROLE, ServerError
 OPTUNA_LOCK_ID = 0x6269_6C73  # pg_advisory_lock key serialising the first schema setup between workers
 
 
-def optuna_storage(url: str):
-    """An Optuna ``RDBStorage`` on URL that several worker processes can share.
-
-    Why not the plain URL: workers that start together on a new database would race on creating the
-    tables, so on PostgreSQL the storage is opened under an advisory lock. A URL with a password is
-    refused: Hydra writes the sweeper's config, storage URL included, to every job's .hydra/hydra.yaml;
-    libpq reads the password from PGPASSFILE instead.
-    """
-    import sqlalchemy
-    from optuna.storages import RDBStorage
+def check_url(url: str):
+    """URL as SQLAlchemy parses it, or ServerError: not a database URL, or one that carries a password."""
     from sqlalchemy.engine import make_url
 
     try:
@@ -41,6 +33,21 @@ def optuna_storage(url: str):
         raise ServerError("the Optuna storage URL carries a password, which Hydra would write into every job's "
                           ".hydra/hydra.yaml and its logs. Fix: remove it from the URL and put it in a libpq "
                           "password file (a line HOST:PORT:*:USER:PASSWORD, mode 0600) named by PGPASSFILE")
+    return parsed
+
+
+def optuna_storage(url: str):
+    """An Optuna ``RDBStorage`` on URL that several worker processes can share.
+
+    Why not the plain URL: workers that start together on a new database would race on creating the
+    tables, so on PostgreSQL the storage is opened under an advisory lock. A URL with a password is
+    refused: Hydra writes the sweeper's config, storage URL included, to every job's .hydra/hydra.yaml;
+    libpq reads the password from PGPASSFILE instead.
+    """
+    import sqlalchemy
+    from optuna.storages import RDBStorage
+
+    parsed = check_url(url)
     shown = parsed.render_as_string(hide_password=True)
     lock_engine = sqlalchemy.create_engine(url) if parsed.get_backend_name() == "postgresql" else None
     try:

@@ -3,7 +3,8 @@
 Registered in ``conf/config.yaml`` under ``hydra.callbacks``; it only acts in MULTIRUN mode
 (``python -m bilstm_exp -m ...``), so single runs are unaffected:
 
-* ``on_multirun_start`` (main process, before the sweeper and launcher exist) creates and
+* ``on_multirun_start`` (main process, before the sweeper and launcher exist) has the sweeper's class
+  check its settings (:func:`check_sweeper_settings`: a typo there makes nothing), then creates and
   migrates the tracking store and the experiment once, so parallel workers never race on the
   schema migration, then opens the parent run (tags: the sweep's overrides, sweeper, launcher,
   experiment preset) and puts its id in the environment variable
@@ -106,6 +107,22 @@ def swept_values(overrides: str, all_overrides: list[str]) -> dict[str, str]:
     return {f"best.{key.lstrip('+~')}": value for key, value in mine.items() if key in varying}
 
 
+def check_sweeper_settings(config: DictConfig) -> None:
+    """The sweeper's own check of its settings, where its class has one (``check_settings``, as this project's
+    Optuna sweeper does), run before the sweep opens its store: Hydra creates the sweeper only after the
+    callbacks' ``on_multirun_start``. A sweeper that cannot be imported is left for Hydra to report."""
+    from hydra.utils import get_class
+
+    target = OmegaConf.select(config, "hydra.sweeper._target_", default=None)
+    try:
+        check = getattr(get_class(str(target)), "check_settings", None) if target else None
+    except (ImportError, ValueError):
+        return
+    if check is not None:
+        overrides = OmegaConf.select(config, "hydra.overrides.task", default=[]) or []
+        check(config.hydra.sweeper, [str(o) for o in overrides])
+
+
 def heldout_job(config: DictConfig) -> bool:
     """A job of the Optuna sweeper with data.heldout_as_test: a nested search's held-out run."""
     return (OmegaConf.select(config, "data.heldout_as_test", default=False) is True
@@ -139,6 +156,7 @@ class MLflowSweepCallback(Callback):
 
         # Hydra turns callback exceptions into warnings: exiting here is what stops the sweep
         with exit_on_user_error():
+            check_sweeper_settings(config)  # a typo there: one line, and no store or parent run made for it
             cfg = tracking_config(config)
             experiment_id = store.setup(cfg, Path.cwd())  # creates and migrates the store once
             self.tracking_uri = store.resolve_uri(cfg, Path.cwd())

@@ -127,11 +127,8 @@ class OptunaSweeper(Sweeper):
 
     def sweep(self, arguments: list[str]) -> None:
         with exit_on_user_error():  # bad input: one line and exit 2 before any trial runs
-            space, fixed = search_space([f"{key}={value}" for key, value in self.params.items()] + list(arguments))
-            directions = directions_of(self.direction, self.objectives)
-            if not 1 <= self.n_jobs or not 0 <= self.n_trials or not 0.0 <= self.max_failure_rate <= 1.0:
-                raise ConfigError("hydra.sweeper: n_jobs must be >= 1, n_trials >= 0 and max_failure_rate in [0, 1]. "
-                                  "Fix: e.g. hydra.sweeper.n_jobs=1 hydra.sweeper.n_trials=20")
+            space, fixed, directions = self.checked(self.params, self.direction, self.objectives, self.n_jobs,
+                                                    self.n_trials, self.max_failure_rate, arguments)
             study = self._study(directions)
         jobs: dict[int, int] = {}  # trial number -> this sweep's job number
         remaining = self.n_trials
@@ -140,6 +137,33 @@ class OptunaSweeper(Sweeper):
             self._run_batch(study, [study.ask(space) for _ in range(batch)], fixed, jobs)
             remaining -= batch
         self._write_results(study, directions, jobs, self._run_heldout(study, directions, fixed))
+
+    @staticmethod
+    def checked(params: dict[str, str], direction: Any, objectives: list[str] | None, n_jobs: int, n_trials: int,
+                max_failure_rate: float, arguments: list[str]) -> tuple[dict[str, Any], list[str], list[str]]:
+        """(search space, fixed overrides, directions) of these settings, or the ConfigError of the first wrong one."""
+        space, fixed = search_space([f"{key}={value}" for key, value in params.items()] + list(arguments))
+        directions = directions_of(direction, objectives)
+        if not 1 <= n_jobs or not 0 <= n_trials or not 0.0 <= max_failure_rate <= 1.0:
+            raise ConfigError("hydra.sweeper: n_jobs must be >= 1, n_trials >= 0 and max_failure_rate in [0, 1]. "
+                              "Fix: e.g. hydra.sweeper.n_jobs=1 hydra.sweeper.n_trials=20")
+        return space, fixed, directions
+
+    @classmethod
+    def check_settings(cls, sweeper: DictConfig, arguments: list[str]) -> None:
+        """What is wrong in the sweeper's settings alone (the search space, the directions and objectives, the
+        counts, a storage URL's form or password), raised before anything exists: the sweep callback calls it
+        before it opens the store and the sweep's parent run (bilstm_exp.training.sweep)."""
+        from bilstm_exp.team.optuna_storage import check_url
+
+        params = {str(key): str(value) for key, value in (sweeper.get("params") or {}).items()}
+        objectives = [str(name) for name in sweeper.objectives] if sweeper.get("objectives") else None
+        cls.checked(params, sweeper.direction, objectives, sweeper.n_jobs, sweeper.n_trials, sweeper.max_failure_rate,
+                    arguments)
+        storage = sweeper.get("storage")
+        url = storage if isinstance(storage, str) else storage.get("url") if isinstance(storage, DictConfig) else None
+        if isinstance(url, str):
+            check_url(url)
 
     def _study(self, directions: list[str]):
         import optuna
