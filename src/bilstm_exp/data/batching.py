@@ -5,6 +5,7 @@ TensorFlow is imported inside :func:`make_dataset` only, so the rest of ``data``
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,52 +38,64 @@ def closing_boundary(longest: int) -> int:
 def make_dataset(sequences: list[np.ndarray], labels: np.ndarray, batch_size: int, *, padding: str,
                  max_length: int, boundaries: list[int] | None = None, shuffle: bool = False,
                  seed: int = 0):
-    """Right-padded batches (so the cuDNN LSTM kernel stays usable), cached and prefetched.
+    """Right-padded batches (so the cuDNN LSTM kernel stays usable), prefetched.
 
-    ``padding="bucket"`` groups texts of similar length (``bucket_by_sequence_length``) and pads
-    each batch to its bucket's upper boundary (the last bucket: :func:`closing_boundary`), so a run sees
-    one sequence length per bucket: a compiled recurrent kernel (``model.kernel=fast``: XLA) is
-    compiled once per bucket, not once per batch. ``padding="max"`` pads every batch to ``max_length``.
+    ``padding="bucket"`` groups texts of similar length into buckets and pads each bucket's texts to its
+    upper boundary less one (the last bucket: :func:`closing_boundary`), so a run sees one sequence length
+    per bucket: a compiled recurrent kernel (``model.kernel=fast``: XLA) is compiled once per bucket, not
+    once per batch. ``padding="max"`` is one bucket, every text padded to ``max_length``.
+
+    The texts are padded once, in NumPy, one array per bucket; tf.data then only moves whole rows of one
+    width. ``shuffle``: each pass shuffles every bucket's texts and draws the buckets' batches in a random
+    order (``sample_from_datasets``, weighted by their batch counts, so every batch comes once a pass); an
+    unshuffled split goes bucket by bucket. A pass costs about a tenth of slicing, shuffling and bucketing
+    the texts one by one in tf.data, and a new pipeline's first pass (a cross-validation's fold) costs what
+    the later passes do: no cache to fill (benchmarks/pipeline_pass.md).
     """
     import tensorflow as tf
 
-    lengths = np.array([len(s) for s in sequences], dtype=np.int32)
-    padded = np.zeros((len(sequences), max(lengths)), dtype=np.int32)
-    for row, seq in enumerate(sequences):
-        padded[row, : len(seq)] = seq
-    ds = (tf.data.Dataset.from_tensor_slices((padded, lengths, labels.astype(np.int32)))
-          .map(lambda x, n, y: (x[:n], y), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-          .cache())
-    if shuffle:
-        ds = ds.shuffle(len(sequences), seed=seed, reshuffle_each_iteration=True)
-    if padding == "bucket":
-        ds = _bucketed(ds, lengths, batch_size, boundaries or [])
+    lengths = np.array([len(s) for s in sequences], dtype=np.int64)
+    labels = np.asarray(labels).astype(np.int32)
+    if padding == "bucket" and len(lengths):
+        bounds = _closed(boundaries or [], lengths)
+        bucket, widths = np.searchsorted(bounds, lengths, side="right"), [b - 1 for b in bounds]
     else:
-        ds = ds.padded_batch(batch_size, padded_shapes=([max_length], []), padding_values=(PAD_ID, 0))
-    # bucket membership depends only on length, so every pass has the same number of batches;
-    # declaring it lets Keras show progress and know the epoch length from the first epoch
-    planned = planned_padding(lengths, batch_size, padding=padding, max_length=max_length, boundaries=boundaries)
-    return ds.apply(tf.data.experimental.assert_cardinality(planned.batches)).prefetch(tf.data.AUTOTUNE)
+        bucket, widths = np.zeros(len(lengths), dtype=np.int64), [max_length]
+    parts, counts = [], []
+    for index, width in enumerate(widths):
+        rows = np.flatnonzero(bucket == index)
+        if rows.size == 0:
+            continue
+        part = tf.data.Dataset.from_tensor_slices((_padded(sequences, rows, width), labels[rows]))
+        if shuffle:
+            part = part.shuffle(rows.size, seed=seed + index, reshuffle_each_iteration=True)
+        parts.append(part.batch(batch_size))
+        counts.append(-(-rows.size // batch_size))
+    if not parts:  # no texts: no batches
+        parts, counts = [tf.data.Dataset.from_tensor_slices((_padded([], [], 1), labels)).batch(batch_size)], [0]
+    if len(parts) == 1:
+        ds = parts[0]
+    elif shuffle:
+        ds = tf.data.Dataset.sample_from_datasets(parts, weights=[n / sum(counts) for n in counts], seed=seed,
+                                                  rerandomize_each_iteration=True)
+    else:
+        ds = functools.reduce(lambda a, b: a.concatenate(b), parts)
+    # every pass has the same number of batches; declaring it lets Keras show progress and know the epoch
+    # length from the first epoch (planned_padding counts the same from the lengths)
+    return ds.apply(tf.data.experimental.assert_cardinality(sum(counts))).prefetch(tf.data.AUTOTUNE)
 
 
-def _bucketed(ds, lengths: np.ndarray, batch_size: int, boundaries: list[int]):
-    """``ds`` batched by length bucket, each batch padded to its bucket's boundary."""
-    import tensorflow as tf
-
-    bounds = _closed(boundaries, lengths)
-    return ds.bucket_by_sequence_length(
-        element_length_func=lambda x, y: tf.shape(x)[0],
-        bucket_boundaries=bounds,
-        bucket_batch_sizes=[batch_size] * (len(bounds) + 1),
-        padded_shapes=([None], []),
-        padding_values=(PAD_ID, 0),
-        pad_to_bucket_boundary=True,
-    )
+def _padded(sequences, rows, width: int) -> np.ndarray:
+    """The texts ``rows`` of ``sequences``, right-padded to ``width`` (one row each)."""
+    out = np.full((len(rows), width), PAD_ID, dtype=np.int32)
+    for row, index in enumerate(rows):
+        out[row, : len(sequences[index])] = sequences[index]
+    return out
 
 
 def _closed(boundaries: list[int], lengths: np.ndarray) -> list[int]:
-    """The bucket boundaries ``bucket_by_sequence_length`` gets: pad_to_bucket_boundary needs every length
-    below the last boundary, so the last bucket is closed above the longest text."""
+    """The bucket boundaries of these lengths: the last bucket is closed above the longest text
+    (:func:`closing_boundary`), so every text has a bucket."""
     return [b for b in boundaries if b <= int(lengths.max())] + [closing_boundary(int(lengths.max()))]
 
 
@@ -106,7 +119,7 @@ def padding_stats(dataset) -> PaddingStats:
 def planned_padding(lengths, batch_size: int, *, padding: str, max_length: int,
                     boundaries: list[int] | None = None) -> PaddingStats:
     """What :func:`padding_stats` counts in a pass over :func:`make_dataset`'s batches, from the lengths
-    alone: a bucketed text is padded to its bucket's boundary less one (``pad_to_bucket_boundary``), a
+    alone: a bucketed text is padded to its bucket's boundary less one, a
     padded-to-max one to ``max_length``. No pass over the data (each run of a cross-validation saves one)."""
     lengths = np.asarray(lengths, dtype=np.int64)
     real = int(lengths.sum())
