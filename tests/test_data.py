@@ -199,6 +199,29 @@ def test_planned_padding_is_what_a_pass_over_the_batches_counts(padding):
         assert planned.fraction == pytest.approx(counted.fraction, abs=1e-12)
 
 
+def test_a_shuffled_pass_holds_every_text_once_in_a_new_order_each_pass_and_a_seed_repeats_it():
+    rng = np.random.default_rng(5)
+    lengths = np.concatenate([rng.integers(1, 30, 200), rng.integers(40, 90, 25)])
+    seqs = [np.arange(1, n + 1, dtype=np.int32) + 1000 * i for i, n in enumerate(lengths)]  # every text distinct
+    labels = np.arange(len(seqs)) % 2
+    bounds = batching.bucket_boundaries(lengths, 4)
+
+    def passes(seed: int, count: int = 2) -> list[list[tuple]]:
+        dataset = batching.make_dataset(seqs, labels, 16, padding="bucket", max_length=128, boundaries=bounds,
+                                        shuffle=True, seed=seed)
+        return [[tuple(int(t) for t in row if t) + (int(y),) for x, ys in dataset.as_numpy_iterator()
+                 for row, y in zip(x, ys, strict=True)] for _ in range(count)]
+
+    first, second = passes(seed=1)
+    expected = sorted(tuple(int(t) for t in s) + (int(y),) for s, y in zip(seqs, labels, strict=True))
+    assert sorted(first) == sorted(second) == expected  # each text once a pass, with its own label
+    assert first != second  # reshuffled every pass
+    assert passes(seed=1) == [first, second] and passes(seed=2)[0] != first  # the seed decides the order
+    unshuffled = batching.make_dataset(seqs, labels, 16, padding="bucket", max_length=128, boundaries=bounds)
+    widths = [x.shape[1] for x, _ in unshuffled.as_numpy_iterator()]
+    assert widths == sorted(widths)  # an unshuffled split: bucket by bucket
+
+
 def test_a_utf16_file_is_named_as_such_and_reads_with_its_encoding(tmp_path):
     path = tmp_path / "reviews.csv"
     path.write_text("text,label\n" + "".join(f"caf\u00e9 film {i},{i % 2}\n" for i in range(40)), encoding="utf-16")
