@@ -66,13 +66,14 @@ def make_dataset(sequences: list[np.ndarray], labels: np.ndarray, batch_size: in
         rows = np.flatnonzero(bucket == index)
         if rows.size == 0:
             continue
-        part = tf.data.Dataset.from_tensor_slices((_padded(sequences, rows, width), labels[rows]))
+        texts = right_padded([sequences[i] for i in rows], width)
+        part = tf.data.Dataset.from_tensor_slices((texts, labels[rows]))
         if shuffle:
             part = part.shuffle(rows.size, seed=seed + index, reshuffle_each_iteration=True)
         parts.append(part.batch(batch_size))
         counts.append(-(-rows.size // batch_size))
     if not parts:  # no texts: no batches
-        parts, counts = [tf.data.Dataset.from_tensor_slices((_padded([], [], 1), labels)).batch(batch_size)], [0]
+        parts, counts = [tf.data.Dataset.from_tensor_slices((right_padded([], 1), labels)).batch(batch_size)], [0]
     if len(parts) == 1:
         ds = parts[0]
     elif shuffle:
@@ -85,11 +86,11 @@ def make_dataset(sequences: list[np.ndarray], labels: np.ndarray, batch_size: in
     return ds.apply(tf.data.experimental.assert_cardinality(sum(counts))).prefetch(tf.data.AUTOTUNE)
 
 
-def _padded(sequences, rows, width: int) -> np.ndarray:
-    """The texts ``rows`` of ``sequences``, right-padded to ``width`` (one row each)."""
-    out = np.full((len(rows), width), PAD_ID, dtype=np.int32)
-    for row, index in enumerate(rows):
-        out[row, : len(sequences[index])] = sequences[index]
+def right_padded(sequences, width: int) -> np.ndarray:
+    """``sequences`` as one int32 array, each row right-padded with PAD_ID to ``width``."""
+    out = np.full((len(sequences), width), PAD_ID, dtype=np.int32)
+    for row, seq in enumerate(sequences):
+        out[row, : len(seq)] = seq
     return out
 
 

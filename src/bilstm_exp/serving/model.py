@@ -21,7 +21,8 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
-from bilstm_exp.data.vocabulary import PAD_ID, Vocabulary
+from bilstm_exp.data.batching import right_padded
+from bilstm_exp.data.vocabulary import Vocabulary
 
 BATCH = 256
 COLUMNS = pd.Index(["probability", "label"])  # of every output frame (an Index is immutable: shared safely)
@@ -89,11 +90,7 @@ def pad_right(sequences: list[np.ndarray]) -> np.ndarray:
     stay cuDNN-compatible; the padding is masked, so results do not change, while a compiled
     recurrent kernel sees a bounded set of lengths instead of one per batch)."""
     longest = max(len(s) for s in sequences)
-    out = np.full((len(sequences), max(LENGTH_MULTIPLE, -(-longest // LENGTH_MULTIPLE) * LENGTH_MULTIPLE)),
-                  PAD_ID, dtype=np.int32)
-    for row, seq in enumerate(sequences):
-        out[row, : len(seq)] = seq
-    return out
+    return right_padded(sequences, max(LENGTH_MULTIPLE, -(-longest // LENGTH_MULTIPLE) * LENGTH_MULTIPLE))
 
 
 class TextClassifier(mlflow.pyfunc.PythonModel):
