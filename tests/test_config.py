@@ -218,6 +218,22 @@ def test_a_name_from_the_environment_is_refused_before_anything_is_written(tmp_p
     assert written == []  # no store, no params.yaml, no outputs/
 
 
+def test_a_bad_value_of_a_plain_run_is_refused_before_hydra_makes_its_output_folder(tmp_path):
+    """A plain run's config is validated in the pre-flight: one line, exit 2, and no outputs/ folder of a run
+    that never ran. Hydra's own flags (``--cfg job`` prints the config as given) are left to Hydra."""
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "bilstm_exp", *args], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=SUBPROCESS_S)
+
+    out = cli("model.lstm_units=0")
+    assert out.returncode == 2, out.stderr[-2000:]
+    [line] = out.stderr.strip().splitlines()
+    assert line.startswith("bilstm-exp: error: model.lstm_units: must be > 0") and "Fix:" in line
+    assert list(tmp_path.iterdir()) == []  # no outputs/runs/<date>/<time>, no store
+    shown = cli("--cfg", "job", "model.lstm_units=0")
+    assert shown.returncode == 0 and "lstm_units: 0" in shown.stdout, shown.stderr[-2000:]
+
+
 def test_validation_opens_no_file_and_a_run_checks_its_vector_file_before_anything_else(tmp_path):
     """validate() reads the config only; the missing word-vector file stops the run in its pre-flight,
     with the same message, before a store exists (and before TensorFlow: tests/test_embeddings.py)."""

@@ -164,8 +164,9 @@ def test_init_a_second_time_refuses_lists_the_files_and_changes_nothing(venv, pr
     assert tree_digest(project) == before
 
 
-def test_a_run_and_a_sweep_finish_in_the_projects_store(venv, project):
-    venv.run(["python", "-m", "bilstm_exp", *TINY], project)
+def test_a_run_and_a_sweep_finish_in_the_projects_store(venv, project, users_own):
+    """The run: `users_own`'s (`python -m bilstm_exp` with the project's defaults, seed 42, and the user's
+    own architecture and optimizer), one training process fewer than a plain run of its own."""
     venv.run(["python", "-m", "bilstm_exp", "-m", "seed=1,2", *TINY], project)
     finished = [r for r in runs(project) if r.info.status == "FINISHED"]
     assert {r.data.params.get("seed") for r in finished} >= {"42", "1", "2"}

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from bilstm_exp.config.overrides import check_renamed
 from bilstm_exp.config.registration import register_schemas
-from bilstm_exp.config.schema import check_names
+from bilstm_exp.config.schema import check_names, validate
 from bilstm_exp.errors import ConfigError
 
 CONF_MODULE = "bilstm_exp.conf"  # the packaged configs, as Hydra finds them: pkg://bilstm_exp.conf
@@ -86,7 +86,12 @@ def check_composes(args: list[str]) -> None:
     unknown option or a mistyped key (``model=transformer``, ``model.lstm_unit=3``) is one ConfigError
     with the options and the fix, where Hydra prints 13 lines and exits 1, and a name from the
     environment is refused before a sweep's callback creates its experiment. Sweeps (``seed=1,2``,
-    ``interval(...)``) and ``hydra`` overrides are Hydra's to expand: left out of this composition."""
+    ``interval(...)``) and ``hydra`` overrides are Hydra's to expand: left out of this composition.
+
+    A plain run (overrides only, no flag such as ``-m`` or ``--cfg``) is also validated here: a bad value
+    is the same ConfigError the run would raise, after one composition instead of Hydra's two more and
+    before Hydra makes the run's output folder. A config that reads Hydra's own values (``${hydra:...}``)
+    is left to the run, where they resolve."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
@@ -98,8 +103,11 @@ def check_composes(args: list[str]) -> None:
     except HydraException as error:
         raise ConfigError(f"cannot parse the overrides {' '.join(overrides)}: {_one_line(error)}. Fix: write "
                           "each as key=value (`python -m bilstm_exp --help` lists every group and option)") from None
-    check_names(compose([text for text, override in zip(overrides, parsed, strict=True)
-                         if not override.is_sweep_override() and not override.key_or_group.startswith("hydra")]))
+    composed = compose([text for text, override in zip(overrides, parsed, strict=True)
+                        if not override.is_sweep_override() and not override.key_or_group.startswith("hydra")])
+    check_names(composed)
+    if len(overrides) == len(args) and "${hydra:" not in OmegaConf.to_yaml(composed):
+        validate(composed)  # a plain run's bad value (model.lstm_units=0): Hydra would compose it twice more first
 
 
 def _one_line(error: Exception) -> str:
