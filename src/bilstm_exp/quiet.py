@@ -13,8 +13,7 @@ first, before TensorFlow or MLflow is imported; a run calls it again with its va
   matplotlib ("generated new fontManager", its first import);
 * MLflow: INFO messages (``MLFLOW_LOGGING_LEVEL=WARNING``), the "Downloading artifacts" progress
   bars (``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false``), the registry's "Successfully registered
-  model" / "Created version" lines, the CloudPickle warning of ``log_model`` and the type-hint
-  UserWarning of a ``PythonModel`` without type hints.
+  model" / "Created version" lines and the CloudPickle warning of ``log_model``.
 
 Keras progress (one line per epoch when stdout is not a terminal), this project's own lines,
 warnings and errors are never silenced. ``verbose`` (``training.log_level=verbose``, or
@@ -51,11 +50,9 @@ MLFLOW_NOISE = re.compile(r"Successfully registered model|Registered model .* al
                           r"|Passing a Python object as `python_model`|Waiting up to \d+ seconds for model version")
 WARNING_FILTERS = [  # (message regex, module regex) for warnings.filterwarnings("ignore", ...)
     (r"", r"(tensorflow|keras|tf_keras|absl|google\.protobuf)(\.|$)"),
-    (r".*Add type hints to the `predict` method", r""),
 ]
-# Shown warnings dropped in quiet mode (some libraries reset the filters around their own warnings,
-# e.g. MLflow's "once" filter around the type-hint check, so the display is filtered too)
-NOISY_WARNING = re.compile(r"Add type hints to the `predict` method")
+# Shown warnings dropped in quiet mode (some libraries reset the filters around their own warnings, so the
+# display is filtered too)
 NOISY_WARNING_FILE = re.compile(r"[/\\\\](tensorflow|keras|tf_keras|absl)[/\\\\]")
 FILTERED_IMPORTS = ("tensorflow", "keras")
 
@@ -136,7 +133,7 @@ def _loud() -> None:
 
 
 def _showwarning(message, category, filename, lineno, file=None, line=None) -> None:
-    if is_quiet() and (NOISY_WARNING.search(str(message)) or NOISY_WARNING_FILE.search(str(filename))):
+    if is_quiet() and NOISY_WARNING_FILE.search(str(filename)):
         return
     (_state["show"] or warnings._showwarning_orig)(message, category, filename, lineno, file, line)  # noqa: SLF001
 

@@ -157,7 +157,7 @@ class TextClassifier(mlflow.pyfunc.PythonModel):
             return np.concatenate([1.0 - probs, probs], axis=1)
         return probs / probs.sum(axis=1, keepdims=True)  # float32 softmax sums to 1 only roughly
 
-    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         texts = texts_of(model_input)
         if not texts:
             return pd.DataFrame({"probability": [], "label": []})
