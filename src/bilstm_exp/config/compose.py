@@ -105,9 +105,10 @@ def check_composes(args: list[str]) -> None:
                           "each as key=value (`python -m bilstm_exp --help` lists every group and option)") from None
     composed = compose([text for text, override in zip(overrides, parsed, strict=True)
                         if not override.is_sweep_override() and not override.key_or_group.startswith("hydra")])
-    check_names(composed)
     if len(overrides) == len(args) and "${hydra:" not in OmegaConf.to_yaml(composed):
         validate(composed)  # a plain run's bad value (model.lstm_units=0): Hydra would compose it twice more first
+    else:
+        check_names(composed)  # (validate checks the names first)
 
 
 def _one_line(error: Exception) -> str:
