@@ -60,7 +60,7 @@ def main() -> None:
     load = os.getloadavg()[0]
     batches = batching.planned_padding(lengths, config.training.batch_size, padding=config.data.padding,
                                        max_length=config.data.max_length,
-                                       boundaries=runner._boundaries(config, prepared)).batches
+                                       **runner.buckets(config, prepared)).batches
     lines = [
         "# One pass over a run's training pipeline", "",
         f"`python benchmarks/pipeline_pass.py {' '.join(overrides)}` ({describe(HERE.parent)}; "

@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from bilstm_exp.config.compose import compose
 from bilstm_exp.config.schema import validate
+from bilstm_exp.data import batching
 from bilstm_exp.data import prepare as data
 from bilstm_exp.models import embeddings, reuse
 from bilstm_exp.training import crossval, runner
@@ -195,6 +196,37 @@ def test_a_later_fold_trains_the_kept_model_exactly_as_a_new_model(workdir):
     assert {"loss", "val_loss", "grad_norm_mean"} <= set(per_epoch)
     assert {key: again.history[key] for key in per_epoch} == {key: new.history[key] for key in per_epoch}
     np.testing.assert_array_equal(again.evaluation.probabilities, new.evaluation.probabilities)
+
+
+def test_folds_with_vocabularies_of_other_sizes_build_one_model_shape_and_pad_to_the_same_widths(workdir):
+    """Each fold fits its own vocabulary, so their sizes differ (unless data.vocab_size caps them all);
+    the folds' models still share one shape, as large as the largest vocabulary, so a later fold trains the
+    kept model (its traced steps) rather than a new one, and every split of every fold pads to the same
+    bucket widths (one compiled loop per width)."""
+    rng = np.random.default_rng(1)  # 120 texts of 2-19 words drawn from 400: each training split has its own
+    path = workdir / "varied.csv"
+    path.write_text("text,label\n" + "".join(
+        f"{' '.join(f'w{w}' for w in rng.integers(0, 400, rng.integers(2, 20)))} {'good' if i % 2 else 'bad'},"
+        f"{'pos' if i % 2 else 'neg'}\n" for i in range(120)))
+    config = file_config(path, "model.self_trained_vectors=false", "data.num_buckets=3")
+    folds = data.prepare_folds(config.data)
+    sizes = [len(fold.vocab) for fold in folds]
+    assert len(set(sizes)) > 1, sizes  # this corpus's folds differ, as a real corpus's do
+    assert {fold.embedding_rows for fold in folds} == {max(sizes)}
+    kept, models = reuse.KeptModel(), []
+    for fold in folds:
+        fresh = runner.compile_model(config, fold, 4)
+        assert fresh.get_layer("embedding").input_dim == max(sizes)
+        models.append(kept.adopt(fresh, repr(config)))
+    assert models[1] is models[0] and models[2] is models[0]  # one model object trains every fold
+    bounds = [runner.buckets(config, fold) for fold in folds]
+    assert bounds[1:] == [bounds[0]] * 2 and len(bounds[0]["boundaries"]) >= 1
+    widths = set()
+    for fold in folds:
+        for pipeline in runner.datasets(config, fold).values():
+            widths |= {int(x.shape[1]) for x, _ in pipeline.as_numpy_iterator()}
+    closing = batching.closing_boundary(bounds[0]["longest"]) - 1
+    assert widths <= {b - 1 for b in bounds[0]["boundaries"]} | {closing}, widths
 
 
 def test_a_model_of_other_shapes_or_settings_is_not_reused_and_a_reused_one_gets_the_new_state(workdir):

@@ -21,7 +21,7 @@ class DataConfig:
     val_fraction: float = 0.1  # share of examples for validation (stratified, seeded split)
     test_fraction: float = 0.1  # share of examples for the test split
     padding: str = "bucket"  # bucket: length-bucketed batches (fast); max: pad every batch to max_length
-    num_buckets: int = 8  # bucket boundaries at quantiles of the training lengths
+    num_buckets: int = 8  # bucket boundaries at quantiles of the run's text lengths (all splits)
     split_seed: int = 42  # seeds the data itself: generation (synthetic), max_samples subsample, split, folds
     folds: int | None = None  # K >= 2: stratified K-fold cross-validation (one child run per fold); null: one split
     heldout_fraction: float = 0.0  # share set aside before any split or fold (a search's held-out part); 0: none

@@ -36,14 +36,15 @@ def closing_boundary(longest: int) -> int:
 
 
 def make_dataset(sequences: list[np.ndarray], labels: np.ndarray, batch_size: int, *, padding: str,
-                 max_length: int, boundaries: list[int] | None = None, shuffle: bool = False,
-                 seed: int = 0):
+                 max_length: int, boundaries: list[int] | None = None, longest: int | None = None,
+                 shuffle: bool = False, seed: int = 0):
     """Right-padded batches (so the cuDNN LSTM kernel stays usable), prefetched.
 
     ``padding="bucket"`` groups texts of similar length into buckets and pads each bucket's texts to its
     upper boundary less one (the last bucket: :func:`closing_boundary`), so a run sees one sequence length
     per bucket: a compiled recurrent kernel (``model.kernel=fast``: XLA) is compiled once per bucket, not
-    once per batch. ``padding="max"`` is one bucket, every text padded to ``max_length``.
+    once per batch. ``padding="max"`` is one bucket, every text padded to ``max_length``. ``longest``: the longest
+    text of all the splits sharing ``boundaries`` (default: this split's), so all close their last bucket alike.
 
     The texts are padded once, in NumPy, one array per bucket; tf.data then only moves whole rows of one
     width. ``shuffle``: each pass shuffles every bucket's texts and draws the buckets' batches in a random
@@ -57,7 +58,7 @@ def make_dataset(sequences: list[np.ndarray], labels: np.ndarray, batch_size: in
     lengths = np.array([len(s) for s in sequences], dtype=np.int64)
     labels = np.asarray(labels).astype(np.int32)
     if padding == "bucket" and len(lengths):
-        bounds = _closed(boundaries or [], lengths)
+        bounds = _closed(boundaries or [], lengths, longest)
         bucket, widths = np.searchsorted(bounds, lengths, side="right"), [b - 1 for b in bounds]
     else:
         bucket, widths = np.zeros(len(lengths), dtype=np.int64), [max_length]
@@ -94,10 +95,12 @@ def right_padded(sequences, width: int) -> np.ndarray:
     return out
 
 
-def _closed(boundaries: list[int], lengths: np.ndarray) -> list[int]:
-    """The bucket boundaries of these lengths: the last bucket is closed above the longest text
-    (:func:`closing_boundary`), so every text has a bucket."""
-    return [b for b in boundaries if b <= int(lengths.max())] + [closing_boundary(int(lengths.max()))]
+def _closed(boundaries: list[int], lengths: np.ndarray, longest: int | None = None) -> list[int]:
+    """The bucket boundaries of these lengths: the last bucket is closed above the longest text, this
+    split's or ``longest`` if that is longer (:func:`closing_boundary`), so every text has a bucket. A
+    bucket none of these texts falls in has no batches."""
+    top = max(int(lengths.max()), longest or 0)
+    return [b for b in boundaries if b <= top] + [closing_boundary(top)]
 
 
 @dataclass
@@ -118,14 +121,14 @@ def padding_stats(dataset) -> PaddingStats:
 
 
 def planned_padding(lengths, batch_size: int, *, padding: str, max_length: int,
-                    boundaries: list[int] | None = None) -> PaddingStats:
+                    boundaries: list[int] | None = None, longest: int | None = None) -> PaddingStats:
     """What :func:`padding_stats` counts in a pass over :func:`make_dataset`'s batches, from the lengths
     alone: a bucketed text is padded to its bucket's boundary less one, a
     padded-to-max one to ``max_length``. No pass over the data (each run of a cross-validation saves one)."""
     lengths = np.asarray(lengths, dtype=np.int64)
     real = int(lengths.sum())
     if padding == "bucket":
-        bounds = np.asarray(_closed(boundaries or [], lengths))
+        bounds = np.asarray(_closed(boundaries or [], lengths, longest))
         bucket = np.searchsorted(bounds, lengths, side="right")
         total = int((bounds[bucket] - 1).sum())
         batches = int(sum(-(-count // batch_size) for count in np.bincount(bucket)))

@@ -66,14 +66,16 @@ def prepare(cfg: DataConfig, seed: int | None = None, checked: CheckedData | Non
 
 def prepare_folds(cfg: DataConfig, checked: CheckedData | None = None) -> list[PreparedData]:
     """``data.folds`` prepared splits (:func:`~bilstm_exp.data.splits.fold_splits`), each with its own
-    vocabulary, all tagged with one fingerprint of the fold set."""
+    vocabulary, all tagged with one fingerprint of the fold set, and all with the embedding rows of the
+    largest of those vocabularies (:attr:`PreparedData.embedding_rows`)."""
     checked = checked or check(cfg, folds=cfg.folds)
     parts = [encode(cfg, checked.raw, idx) for idx in checked.splits]
     digest = hashlib.md5(f"folds={len(parts)}".encode())
     for part in parts:
         digest.update(part.split_fingerprint().encode())
+    rows = max((len(part.vocab) for part in parts), default=0)
     for k, part in enumerate(parts):
-        part.fold, part.folds_fingerprint = k, digest.hexdigest()
+        part.fold, part.folds_fingerprint, part.embedding_rows = k, digest.hexdigest(), rows
     return parts
 
 
@@ -120,6 +122,10 @@ class PreparedData:
     prepare_s: float | None = None  # seconds prepare() took (time/data_prepare_s); None when loaded from disk
     fold: int | None = None  # cross-validation: this fold's index (0-based)
     folds_fingerprint: str | None = None  # cross-validation: the fingerprint of the whole fold set
+    # cross-validation: the model's embedding rows, the largest vocabulary of the fold set, so that every fold's
+    # model has one shape and trains the previous fold's compiled steps (models/reuse.py; a fold's vocabulary
+    # differs by a few hundred words). Rows past this fold's vocabulary are never looked up. None: len(vocab)
+    embedding_rows: int | None = None
 
     @property
     def num_classes(self) -> int:

@@ -48,6 +48,14 @@ class Vectors:
     tags: dict[str, str] = field(default_factory=dict)  # self-trained vectors: which texts trained them
 
 
+def with_rows(matrix: np.ndarray | None, rows: int) -> np.ndarray | None:
+    """``matrix`` with zero rows appended up to ``rows`` (a fold's model is as large as its fold set's
+    largest vocabulary; the rows past this vocabulary are never looked up, so their values never matter)."""
+    if matrix is None or len(matrix) >= rows:
+        return matrix
+    return np.vstack([matrix, np.zeros((rows - len(matrix), matrix.shape[1]), dtype=matrix.dtype)])
+
+
 def load(path: str, fmt: str = "auto"):
     """A gensim ``KeyedVectors`` from a word2vec (text or binary) or GloVe (text, no header) file."""
     fmt, _ = vector_files.probe(path, fmt)

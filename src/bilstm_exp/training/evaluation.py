@@ -74,16 +74,18 @@ def detailed(classifier, prepared: PreparedData,
         metrics["test/average_precision"] = float(average_precision_score(truth, score))
     else:
         tables["roc"], tables["precision_recall"] = [], []
-    # accuracy per length bucket: the boundaries training's bucketing uses (training-length quantiles)
-    bounds = length_bounds(lengths_of(prepared, "train"), num_buckets, prepared.max_length)
+    # accuracy per length bucket: the boundaries training's bucketing uses (quantiles of all the run's lengths)
+    bounds = length_bounds(lengths_of(prepared), num_buckets, prepared.max_length)
     tables["length_buckets"] = [[label, n, right / n] for label, n, right in
                                 by_length(lengths_of(prepared, "test"), pred == y, bounds)]
     return metrics, tables
 
 
-def lengths_of(prepared: PreparedData, split: str) -> np.ndarray:
-    """Each text's length in tokens as the model reads it (truncated at data.max_length)."""
-    return np.array([len(s) for s in prepared.splits[split]], dtype=int)
+def lengths_of(prepared: PreparedData, split: str | None = None) -> np.ndarray:
+    """Each text's length in tokens as the model reads it (truncated at data.max_length), of one split or
+    of all of them (train, val and test: what training's bucket boundaries come from)."""
+    splits = [split] if split else [name for name in ("train", "val", "test") if name in prepared.splits]
+    return np.array([len(s) for name in splits for s in prepared.splits[name]], dtype=int)
 
 
 def length_bounds(lengths: np.ndarray, num_buckets: int, max_length: int) -> list[int]:

@@ -10,6 +10,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -29,7 +30,7 @@ from bilstm_exp.tracking import store, system_metrics
 from bilstm_exp.tracking.callback import MLflowLogger
 from bilstm_exp.tracking.session import Session
 from bilstm_exp.training import checkpoints, distribute, profiling, progress, recording, summary
-from bilstm_exp.training.evaluation import Evaluation, evaluate
+from bilstm_exp.training.evaluation import Evaluation, evaluate, lengths_of
 
 
 @dataclass
@@ -54,21 +55,27 @@ def configure_tensorflow(config: ExperimentConfig) -> None:
 
 
 def datasets(config: ExperimentConfig, prepared: PreparedData) -> dict[str, tf.data.Dataset]:
-    """Train (shuffled), val and test pipelines with bucket boundaries from the training lengths."""
-    cfg, bounds = config.data, _boundaries(config, prepared)
+    """Train (shuffled), val and test pipelines, bucketed alike (:func:`buckets`)."""
+    cfg, bounds = config.data, buckets(config, prepared)
     return distribute.shard(config, {  # multi_worker: this worker's batches, as many as every other worker's
         name: batching.make_dataset(prepared.splits[name], prepared.labels[name], distribute.replica_batch_size(config),
-                                    padding=cfg.padding, max_length=cfg.max_length, boundaries=bounds,
+                                    padding=cfg.padding, max_length=cfg.max_length, **bounds,
                                     shuffle=name == "train", seed=config.seed)
         for name in ("train", "val", "test")
     })
 
 
-def _boundaries(config: ExperimentConfig, prepared: PreparedData) -> list[int] | None:
-    """data.padding=bucket: the bucket boundaries, at quantiles of the training lengths."""
+def buckets(config: ExperimentConfig, prepared: PreparedData) -> dict[str, Any]:
+    """data.padding=bucket: ``boundaries`` at quantiles of the lengths of all the run's texts (train, val and
+    test) and the ``longest`` of them, which closes the last bucket. Every split then pads to the same widths,
+    and so does every fold of a cross-validation (a fold's three splits are all the fold set's texts): one
+    compiled loop per width serves them all, where each split's or fold's own quantiles would differ by a
+    token or two and compile again. Lengths alone, no labels: a width only changes padding, which the model masks."""
     if config.data.padding != "bucket":
-        return None
-    return batching.bucket_boundaries(np.array([len(s) for s in prepared.splits["train"]]), config.data.num_buckets)
+        return {"boundaries": None, "longest": None}
+    lengths = lengths_of(prepared)
+    return {"boundaries": batching.bucket_boundaries(lengths, config.data.num_buckets),
+            "longest": int(lengths.max()) if len(lengths) else None}
 
 
 def train_padding(config: ExperimentConfig, prepared: PreparedData, pipelines: dict) -> batching.PaddingStats:
@@ -78,7 +85,7 @@ def train_padding(config: ExperimentConfig, prepared: PreparedData, pipelines: d
         return batching.padding_stats(pipelines["train"])
     return batching.planned_padding([len(s) for s in prepared.splits["train"]], config.training.batch_size,
                                     padding=config.data.padding, max_length=config.data.max_length,
-                                    boundaries=_boundaries(config, prepared))
+                                    **buckets(config, prepared))
 
 
 def compile_model(config: ExperimentConfig, prepared: PreparedData, steps_per_epoch: int,
@@ -89,7 +96,9 @@ def compile_model(config: ExperimentConfig, prepared: PreparedData, steps_per_ep
     accuracy for more (either with training.label_smoothing: models.build.loss)."""
     if model is None:
         vectors = vectors or embeddings.for_run(config.model, prepared, seed=config.seed)
-        model = models.build(config.model, len(prepared.vocab), prepared.num_classes, embedding_matrix=vectors.matrix)
+        rows = max(prepared.embedding_rows or 0, len(prepared.vocab))  # a fold's: its fold set's largest vocabulary
+        model = models.build(config.model, rows, prepared.num_classes,
+                             embedding_matrix=embeddings.with_rows(vectors.matrix, rows))
     optimizer = optim.build(config.optimizer, config.clipping, steps_per_epoch, config.training.epochs)
     if prepared.num_classes == 2:
         metrics = [keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")]
