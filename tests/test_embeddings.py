@@ -137,7 +137,7 @@ def test_trainable_pretrained_embeddings_move_with_training(tmp_path):
     texts = ["great plot", "awful movie", "great movie the plot", "awful the plot"]
 
     # what compile_model reads of the prepared data (the training split: for model.self_trained_vectors)
-    prepared = SimpleNamespace(vocab=VOCAB, num_classes=2, splits={"train": []})
+    prepared = SimpleNamespace(vocab=VOCAB, num_classes=2, splits={"train": []}, embedding_rows=None)
     model = training.compile_model(config, prepared, 1)  # the embedding starts from model.pretrained_embeddings
     before = model.get_layer("embedding").get_weights()[0]
     np.testing.assert_allclose(before[VOCAB._index["plot"]], WORDS["plot"], rtol=1e-6)
