@@ -199,6 +199,29 @@ def test_planned_padding_is_what_a_pass_over_the_batches_counts(padding):
         assert planned.fraction == pytest.approx(counted.fraction, abs=1e-12)
 
 
+def test_a_buckets_few_texts_past_its_last_full_batch_move_up_where_that_pads_less_than_a_short_batch():
+    """A short batch costs a whole step (the CPU kernel pads it to the full batch), so a bucket's remainder
+    joins the next bucket when its texts padded to the next width fill fewer positions than the short batch
+    would: fewer, fuller batches, each text in one batch, its width never below its length."""
+    rng = np.random.default_rng(7)
+    lengths = np.concatenate([rng.integers(1, 20, 70), rng.integers(20, 24, 70), rng.integers(200, 300, 40)])
+    seqs = [np.arange(1, n + 1, dtype=np.int32) + 1000 * i for i, n in enumerate(lengths)]  # every text distinct
+    bounds = [20, 24, 301]  # widths 19, 23, 300
+    bucket, widths = batching.assign(lengths, bounds, 32)
+    counts = np.bincount(bucket, minlength=3)
+    # 70 = 2 x 32 + 6: the 6 longest short texts move up (6 x 23 < 32 x 19); the middle bucket's 76 = 2 x 32
+    # + 12 stay (12 x 300 > 32 x 23): the move to a far wider bucket would cost more than the short batch
+    assert counts.tolist() == [64, 76, 40]
+    moved = np.flatnonzero((bucket == 1) & (lengths < 20))
+    assert sorted(lengths[moved]) == sorted(np.sort(lengths[:70])[-6:])  # the longest of the remainder
+    assert np.all(np.asarray(widths)[bucket] >= lengths)
+    dataset = batching.make_dataset(seqs, np.arange(len(seqs)) % 2, 32, padding="bucket", max_length=300,
+                                    boundaries=bounds[:-1], shuffle=True)
+    batches = [x for x, _ in dataset.as_numpy_iterator()]
+    assert sorted(x.shape[0] for x in batches) == [8, 12] + [32] * 5  # 8 batches without the move
+    assert sum(int((x != 0).sum()) for x in batches) == int(lengths.sum())
+
+
 def test_a_shuffled_pass_holds_every_text_once_in_a_new_order_each_pass_and_a_seed_repeats_it():
     rng = np.random.default_rng(5)
     lengths = np.concatenate([rng.integers(1, 30, 200), rng.integers(40, 90, 25)])

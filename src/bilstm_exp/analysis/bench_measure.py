@@ -194,8 +194,7 @@ class Bench:
         out.update({"epochs_trained": epochs, "test_accuracy_max": acc["max"], "test_accuracy_bucket": acc["bucket"],
                     "accuracy_gap_points": 100 * abs(acc["max"] - acc["bucket"]),
                     "padding_fraction_max": max_stats.fraction, "padding_fraction_bucket": self.stats.fraction,
-                    "bucket_boundaries": self.batching.bucket_boundaries(
-                        np.array([len(s) for s in self.prepared.splits["train"]]), self.config.data.num_buckets)})
+                    "bucket_boundaries": self.training.buckets(self.config, self.prepared)["boundaries"]})
         return out
 
     # 3 -----------------------------------------------------------------------------------

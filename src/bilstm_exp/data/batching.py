@@ -43,8 +43,9 @@ def make_dataset(sequences: list[np.ndarray], labels: np.ndarray, batch_size: in
     ``padding="bucket"`` groups texts of similar length into buckets and pads each bucket's texts to its
     upper boundary less one (the last bucket: :func:`closing_boundary`), so a run sees one sequence length
     per bucket: a compiled recurrent kernel (``model.kernel=fast``: XLA) is compiled once per bucket, not
-    once per batch. ``padding="max"`` is one bucket, every text padded to ``max_length``. ``longest``: the longest
-    text of all the splits sharing ``boundaries`` (default: this split's), so all close their last bucket alike.
+    once per batch; a bucket's few texts past its last full batch may move up a bucket (:func:`assign`).
+    ``padding="max"`` is one bucket, every text padded to ``max_length``. ``longest``: the longest text of
+    all the splits sharing ``boundaries`` (default: this split's), so all close their last bucket alike.
 
     The texts are padded once, in NumPy, one array per bucket; tf.data then only moves whole rows of one
     width. ``shuffle``: each pass shuffles every bucket's texts and draws the buckets' batches in a random
@@ -58,8 +59,7 @@ def make_dataset(sequences: list[np.ndarray], labels: np.ndarray, batch_size: in
     lengths = np.array([len(s) for s in sequences], dtype=np.int64)
     labels = np.asarray(labels).astype(np.int32)
     if padding == "bucket" and len(lengths):
-        bounds = _closed(boundaries or [], lengths, longest)
-        bucket, widths = np.searchsorted(bounds, lengths, side="right"), [b - 1 for b in bounds]
+        bucket, widths = assign(lengths, _closed(boundaries or [], lengths, longest), batch_size)
     else:
         bucket, widths = np.zeros(len(lengths), dtype=np.int64), [max_length]
     parts, counts = [], []
@@ -95,6 +95,25 @@ def right_padded(sequences, width: int) -> np.ndarray:
     return out
 
 
+def assign(lengths: np.ndarray, bounds: list[int], batch_size: int) -> tuple[np.ndarray, list[int]]:
+    """Each text's bucket (an index into ``bounds``, closed above every length) and each bucket's width.
+
+    A text goes to the bucket its length falls in, except a bucket's remainder: the texts past its last
+    full batch would make a short batch, which costs a whole step (the recurrent kernel pads a short
+    batch to the full size on a CPU, ``models.fast_lstm.pad_batches``; a step's fixed costs come with any
+    batch). The longest of them move up to the next bucket where that pads fewer positions than the short
+    batch would hold (``remainder x next width < batch size x width``), so most buckets end on a full batch
+    and an epoch takes fewer steps (the default data: 55 -> 50). The last bucket keeps its short batch.
+    """
+    bucket, widths = np.searchsorted(bounds, lengths, side="right"), [b - 1 for b in bounds]
+    for index in range(len(widths) - 1):
+        rows = np.flatnonzero(bucket == index)
+        remainder = rows.size % batch_size
+        if remainder and remainder * widths[index + 1] < batch_size * widths[index]:
+            bucket[rows[np.argsort(lengths[rows], kind="stable")[-remainder:]]] = index + 1
+    return bucket, widths
+
+
 def _closed(boundaries: list[int], lengths: np.ndarray, longest: int | None = None) -> list[int]:
     """The bucket boundaries of these lengths: the last bucket is closed above the longest text, this
     split's or ``longest`` if that is longer (:func:`closing_boundary`), so every text has a bucket. A
@@ -123,14 +142,13 @@ def padding_stats(dataset) -> PaddingStats:
 def planned_padding(lengths, batch_size: int, *, padding: str, max_length: int,
                     boundaries: list[int] | None = None, longest: int | None = None) -> PaddingStats:
     """What :func:`padding_stats` counts in a pass over :func:`make_dataset`'s batches, from the lengths
-    alone: a bucketed text is padded to its bucket's boundary less one, a
+    alone: a bucketed text is padded to its bucket's width (:func:`assign`), a
     padded-to-max one to ``max_length``. No pass over the data (each run of a cross-validation saves one)."""
     lengths = np.asarray(lengths, dtype=np.int64)
     real = int(lengths.sum())
     if padding == "bucket":
-        bounds = np.asarray(_closed(boundaries or [], lengths, longest))
-        bucket = np.searchsorted(bounds, lengths, side="right")
-        total = int((bounds[bucket] - 1).sum())
+        bucket, widths = assign(lengths, _closed(boundaries or [], lengths, longest), batch_size)
+        total = int(np.asarray(widths)[bucket].sum())
         batches = int(sum(-(-count // batch_size) for count in np.bincount(bucket)))
     else:
         total, batches = len(lengths) * max_length, -(-len(lengths) // batch_size)
