@@ -9,7 +9,9 @@ Real Hydra composition, a real MLflow sqlite store, real TensorFlow and gensim o
 from __future__ import annotations
 
 import csv
+import os
 import re
+import threading
 
 import numpy as np
 import pytest
@@ -171,6 +173,22 @@ def test_vectors_trained_ahead_of_a_fold_are_the_ones_its_run_would_train(workdi
         ahead.close()
     plain = file_config(corpus(workdir), "model.self_trained_vectors=false")
     assert crossval.VectorsAhead(plain, folds).take(0) is None
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="a thread's nice value: Linux")
+def test_vectors_trained_ahead_run_at_the_lowest_cpu_priority_beside_the_folds_training(workdir):
+    """The next fold's vectors take the CPU the training leaves idle, not the training's own: their thread
+    (and gensim's, which inherit its nice value) runs at nice 19, the rest of the process as it was."""
+    def nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    config, before = file_config(corpus(workdir)), nice()
+    ahead = crossval.VectorsAhead(config, data.prepare_folds(config.data))
+    try:
+        assert ahead.pool.submit(nice).result() == 19
+        assert nice() == before  # the training's thread keeps its priority
+    finally:
+        ahead.close()
 
 
 # --------------------------------------------------------------------------- a later fold trains the kept model

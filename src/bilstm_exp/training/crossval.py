@@ -25,7 +25,9 @@ the table ``reports/cv_breakdown.md`` with the counts, and the weakest class and
 
 from __future__ import annotations
 
+import os
 import sys
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -88,7 +90,7 @@ class VectorsAhead:
 
     def __init__(self, config: ExperimentConfig, folds: list[data.PreparedData]):
         self.config, self.folds = config, folds
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fold-vectors") \
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fold-vectors", initializer=_yielding) \
             if embeddings.trains_its_own(config.model) else None
         self.upcoming = self._submit(0)
 
@@ -110,6 +112,16 @@ class VectorsAhead:
         lets a running gensim call finish before the process exits."""
         if self.pool is not None:
             self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _yielding() -> None:
+    """The vectors' thread (and gensim's threads, which inherit it) at the lowest CPU priority: the fold's
+    training keeps the cores it uses, and the next fold's vectors take what it leaves idle (Linux: a
+    thread's own nice value; elsewhere nothing changes)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):
+        pass
 
 
 def run(config: ExperimentConfig, *, root: Path, overrides: list[str] | None = None,
