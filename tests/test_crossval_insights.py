@@ -247,6 +247,30 @@ def test_folds_with_vocabularies_of_other_sizes_build_one_model_shape_and_pad_to
     assert widths <= {b - 1 for b in bounds[0]["boundaries"]} | {closing}, widths
 
 
+def test_the_seed_set_again_for_a_later_fold_restarts_every_generator_as_keras_set_random_seed_does():
+    """A later fold sets the run's seed again without clearing TensorFlow's caches (its instantiated
+    functions): Python's, NumPy's and Keras's generators and TensorFlow's op seeds still restart exactly as
+    ``keras.utils.set_random_seed`` restarts them."""
+    import random
+
+    import keras
+    from tensorflow.python.eager import context
+
+    def draws() -> tuple:
+        return (random.random(), float(np.random.random()), float(keras.random.uniform(())),  # global seed generator
+                context.context()._internal_operation_seed())
+
+    keras.utils.set_random_seed(11)
+    want = draws()
+    runner.set_random_seed(11)  # TensorFlow has 11 already: its caches are kept
+    assert draws() == want
+    runner.set_random_seed(12)  # another seed: keras.utils.set_random_seed itself
+    keras.utils.set_random_seed(12)
+    other = draws()
+    runner.set_random_seed(12)
+    assert draws() == other != want
+
+
 def test_a_model_of_other_shapes_or_settings_is_not_reused_and_a_reused_one_gets_the_new_state(workdir):
     config = file_config(corpus(workdir), "model.self_trained_vectors=false", folds=2)
     first = data.prepare_folds(config.data)[0]

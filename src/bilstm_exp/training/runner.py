@@ -6,6 +6,7 @@ This is the only module that knows both the model and the tracking side; it wire
 
 from __future__ import annotations
 
+import random
 import tempfile
 import time
 from dataclasses import dataclass
@@ -48,10 +49,32 @@ class RunResult:
 def configure_tensorflow(config: ExperimentConfig) -> None:
     distribute.strategy(config)  # training.strategy: MultiWorkerMirroredStrategy must come before any TF op
     xla_cache.enable()  # compiled XLA programs kept across processes (models/xla_cache.py); its probe is a TF op
-    keras.utils.set_random_seed(config.seed)
+    set_random_seed(config.seed)
     if config.training.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.mixed_precision.set_global_policy("mixed_float16" if config.training.mixed_precision else "float32")
+
+
+def set_random_seed(seed: int) -> None:
+    """``keras.utils.set_random_seed(seed)`` (Python, NumPy, Keras and TensorFlow), less one side effect when
+    TensorFlow already has ``seed``, as every later fold and sweep job of a process does: TensorFlow's
+    ``set_seed`` also clears its eager caches, every function it has instantiated included, and a kept
+    model's next fold (models/reuse.py) then paid 0.3 s to instantiate its train step again. TensorFlow's
+    part is then done as ``set_seed`` does it in eager mode (the generator of the seeds of ops that take
+    none, restarted from ``seed``) without the clearing: this project's random ops hold no state in a kernel
+    to reset (Keras's are stateless, seeded by its seed generators; tf.data's take their own seeds)."""
+    from tensorflow.python.eager import context
+
+    eager = context.context()
+    if not (context.executing_eagerly() and getattr(eager, "_seed", None) == seed and hasattr(eager, "_rng")):
+        keras.utils.set_random_seed(seed)
+        return
+    set_seed = tf.random.set_seed
+    tf.random.set_seed = lambda value: setattr(eager, "_rng", random.Random(value))
+    try:
+        keras.utils.set_random_seed(seed)
+    finally:
+        tf.random.set_seed = set_seed
 
 
 def datasets(config: ExperimentConfig, prepared: PreparedData) -> dict[str, tf.data.Dataset]:
