@@ -106,7 +106,7 @@ def train_padding(config: ExperimentConfig, prepared: PreparedData, pipelines: d
     multi_worker: counted in this worker's shard."""
     if distribute.cluster(config) is not None:
         return batching.padding_stats(pipelines["train"])
-    return batching.planned_padding([len(s) for s in prepared.splits["train"]], config.training.batch_size,
+    return batching.planned_padding(lengths_of(prepared, "train"), config.training.batch_size,
                                     padding=config.data.padding, max_length=config.data.max_length,
                                     **buckets(config, prepared))
 
