@@ -211,11 +211,13 @@ def cross_validated(tmp_path_factory) -> CrossValidated:
 
 def run_module(args: list[str], cwd: Path, timeout: float = SUBPROCESS_S, env: dict | None = None,
                module: str = "bilstm_exp") -> subprocess.CompletedProcess:
-    """`python -m bilstm_exp ARGS` (or another module) as a user would run it."""
+    """`python -m bilstm_exp ARGS` (or another module) as a user would run it, a process of its own forked
+    from this test process's warm interpreter (tests/warm.py: its imports are done once)."""
+    from tests import warm
+
     full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
     full_env.pop("MLFLOW_TRACKING_URI", None) if "MLFLOW_TRACKING_URI" not in (env or {}) else None
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=full_env)
+    return warm.run(module, args, cwd=cwd, env=full_env, timeout=timeout)
 
 
 # --------------------------------------------------------------------------- a real MLflow server

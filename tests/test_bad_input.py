@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tests import warm
 from tests.conftest import ROOT, migrated_store, tiny
 from tests.servers import HOST, free_port
 from tests.test_store_states import damage_a_page
@@ -402,8 +402,7 @@ def snapshot(folder: Path, paths: tuple[str, ...]) -> dict[str, bytes]:
 def run_case(case: Case, folder: Path) -> tuple[subprocess.CompletedProcess, Path]:
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env.update({"TF_CPP_MIN_LOG_LEVEL": "2", **case.env})
-    out = subprocess.run([sys.executable, "-m", case.module, *case.args], cwd=folder, capture_output=True,
-                         text=True, timeout=240, env=env)
+    out = warm.run(case.module, case.args, cwd=folder, timeout=240, env=env)
     return out, folder
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tests import warm
 from tests.conftest import epoch_steps, migrated_store, run_module, tiny
 from tests.servers import HOST, MLFLOW, background, free_port, log_tail, stop
 
@@ -61,8 +62,7 @@ def training(args: list[str], cwd: Path) -> Iterator[subprocess.Popen]:
     """`python -m bilstm_exp ARGS` in the background, stdout and stderr to cwd/stdout.txt and cwd/stderr.txt;
     always stopped."""
     with open(cwd / "stdout.txt", "w") as out, open(cwd / "stderr.txt", "w") as err:
-        process = subprocess.Popen([sys.executable, "-m", "bilstm_exp", *args], cwd=cwd, stdout=out,
-                                   stderr=err, env=env(), start_new_session=True)
+        process = warm.popen("bilstm_exp", args, cwd=cwd, stdout=out, stderr=err, env=env(), start_new_session=True)
     try:
         yield process
     finally:
@@ -285,9 +285,8 @@ OPEN_STORE = "from bilstm_exp.tracking import store; store.check_store('sqlite:/
 
 
 def run_all(arg_lists: list[list[str]], cwd: Path) -> list[subprocess.CompletedProcess]:
-    processes = [subprocess.Popen([sys.executable, "-m", "bilstm_exp", *args], cwd=cwd, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True, env=env(), start_new_session=True)
-                 for args in arg_lists]
+    processes = [warm.popen("bilstm_exp", args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env(),
+                            start_new_session=True) for args in arg_lists]
     try:
         outputs = [p.communicate(timeout=WAIT_S * 2) for p in processes]
         return [subprocess.CompletedProcess(p.args, p.returncode, *out) for p, out in zip(processes, outputs,

@@ -14,7 +14,6 @@ import json
 import os
 import sqlite3
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests import warm
 from tests.conftest import migrated_store, run_module, tiny
 
 CLI = "bilstm_exp.cli.main"
@@ -265,8 +265,7 @@ def test_a_run_whose_disk_fills_ends_in_one_line_and_an_honest_state():
         migrated_store(root)
         args = tiny("basic", "training.epochs=400", "training.early_stopping.enabled=false")
         env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-        process = subprocess.Popen([sys.executable, "-m", "bilstm_exp", *args], cwd=root, env=env, text=True,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        process = warm.popen("bilstm_exp", args, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 300
         while not _first_epoch_logged(root / "mlflow.db") and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)

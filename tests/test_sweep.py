@@ -13,7 +13,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import pytest
 
 from bilstm_exp.config.compose import compose
 from bilstm_exp.config.schema import validate
+from tests import warm
 from tests.conftest import SUBPROCESS_S, TINY, migrated_store, run_module, tiny
 
 ALL_METRICS = ["train/loss", "train/accuracy", "val/loss", "val/accuracy", "val/auc", "test/accuracy",
@@ -269,8 +269,7 @@ def resumed_sweep(tmp_path_factory) -> ResumedSweep:
     env.pop("MLFLOW_TRACKING_URI", None)
     out, err = folder / "first.out", folder / "first.err"
     with out.open("w") as stdout, err.open("w") as stderr:
-        process = subprocess.Popen([sys.executable, "-m", "bilstm_exp", *RESUME_SWEEP], cwd=folder,
-                                   stdout=stdout, stderr=stderr, env=env)
+        process = warm.popen("bilstm_exp", RESUME_SWEEP, cwd=folder, stdout=stdout, stderr=stderr, env=env)
         try:
             deadline, client, parent_id = time.monotonic() + 400, None, None
             # poll the store until job 0 FINISHED and job 1 logged its first epoch (and checkpointed it: a

@@ -29,7 +29,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from tests import team_server
+from tests import team_server, warm
 from tests.conftest import TINY, run_module
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
@@ -267,9 +267,8 @@ def test_two_optuna_workers_share_one_study_and_submitit_launches_jobs(team, tmp
                      "hydra.launcher.timeout_min=10", f"hydra.sweep.dir={tmp_path / 'submitit'}"],
     }
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **team.env()}
-    processes = {name: subprocess.Popen([sys.executable, "-m", "bilstm_exp", *args], cwd=tmp_path, env=env,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for name, args in workers.items()}
+    processes = {name: warm.popen("bilstm_exp", args, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE) for name, args in workers.items()}
     outputs = {name: process.communicate(timeout=400) for name, process in processes.items()}
     for name, process in processes.items():
         assert process.returncode == 0, f"{name} worker exit {process.returncode}: {outputs[name][0][-1500:]}\n" \
