@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import warm
 from tests.conftest import migrated_store, tiny
 
 pytestmark = pytest.mark.services
@@ -45,10 +46,8 @@ def start_workers(tmp_path: Path, *extra: str) -> list[tuple[subprocess.Popen, P
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_CONFIG": json.dumps(
             {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}})}
         env.pop("MLFLOW_TRACKING_URI", None)
-        args = [sys.executable, "-m", "bilstm_exp", *tiny("basic", "training.strategy=multi_worker",
-                                                           "training.verbose=2", *extra)]
-        process = subprocess.Popen(args, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   text=True)
+        args = tiny("basic", "training.strategy=multi_worker", "training.verbose=2", *extra)
+        process = warm.popen("bilstm_exp", args, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         workers.append((process, folder))
     return workers
 
