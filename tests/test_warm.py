@@ -88,3 +88,14 @@ def test_an_environment_read_at_import_time_gets_a_process_of_its_own(probe):
     assert probed(out)["ppid"] == os.getpid()
     assert not warm.warm_enough({**os.environ, "BILSTM_EXP_LOG_LEVEL": "verbose"})
     assert warm.warm_enough({**os.environ, "TF_CONFIG": "{}"})  # read when the strategy is made
+
+
+def test_a_server_that_cannot_start_leaves_plain_subprocesses_and_a_warning(probe, tmp_path, monkeypatch):
+    dead = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    dead.wait()
+    (tmp_path / "server.log").write_text("what the server printed\n")
+    monkeypatch.setattr(warm, "_server", {"pid": os.getpid(), "path": str(tmp_path / "socket"), "process": dead,
+                                          "env": warm._server.get("env")})
+    with pytest.warns(pytest.PytestWarning, match=r"(?s)did not start \(exit 3\).*what the server printed"):
+        out = warm.run("probe", ["ok"], cwd=probe, timeout=120)
+    assert out.returncode == 0 and probed(out)["ppid"] == os.getpid()

@@ -32,7 +32,10 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
+
+import pytest
 
 # What every CLI run imports, in the order `python -m bilstm_exp` imports it (quiet first)
 IMPORTS = ("bilstm_exp.quiet", "tensorflow", "keras", "mlflow", "hydra", "bilstm_exp.cli.train",
@@ -219,19 +222,22 @@ _server: dict[str, object] = {}  # this test process's server: "pid" (of the tes
 _starting = threading.Lock()  # tests start processes from threads (the bad-input table: four at a time)
 
 
-def _socket_path() -> str:
-    """This process's server's socket, the server started at the first request."""
+def _socket_path() -> str | None:
+    """This process's server's socket, the server started at the first request; None (and a warning, once)
+    when it could not start: the requests then run as plain subprocesses, slower but the same."""
     with _starting:
         if _server.get("pid") != os.getpid():
             _start_server()
     path, process = Path(_server["path"]), _server["process"]
     deadline = time.monotonic() + START_S
-    while not path.exists():
+    while not path.exists() and not _server.get("failed"):
         if process.poll() is not None or time.monotonic() > deadline:
             log = (path.parent / "server.log").read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"the tests' warm interpreter did not start (exit {process.poll()}):\n{log}")
+            _server["failed"] = True
+            warnings.warn(f"tests/warm.py: the warm interpreter did not start (exit {process.poll()}); the "
+                          f"CLI tests start plain subprocesses instead:\n{log}", pytest.PytestWarning, stacklevel=2)
         time.sleep(0.05)
-    return str(path)
+    return None if _server.get("failed") else str(path)
 
 
 def _start_server() -> None:
@@ -275,7 +281,9 @@ def popen(module: str, args: list[str], *, cwd: Path | str, env: dict[str, str] 
     stderr, or an open file), forked from the warm server when ENV allows (:func:`warm_enough`)."""
     env = dict(os.environ if env is None else env)
     command = [sys.executable, "-m", module, *args]
-    if not warm_enough(env) or os.environ.get("BILSTM_EXP_TEST_WARM", "") == "off":
+    forked = warm_enough(env) and os.environ.get("BILSTM_EXP_TEST_WARM", "") != "off"
+    path = _socket_path() if forked else None
+    if path is None:
         return subprocess.Popen(command, cwd=cwd, env=env, stdout=stdout, stderr=stderr, text=text,
                                 start_new_session=start_new_session)
     pipes, ours, targets = {}, [], {}  # ours: the write ends, closed here once the server has its copies
@@ -292,7 +300,7 @@ def popen(module: str, args: list[str], *, cwd: Path | str, env: dict[str, str] 
     try:
         with open(os.devnull, "rb") as stdin:
             connection = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            connection.connect(_socket_path())
+            connection.connect(path)
             socket.send_fds(connection, [json.dumps(request).encode()], [stdin.fileno(), *targets.values()])
             process = WarmProcess(connection, command, pipes)
     finally:
