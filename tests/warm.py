@@ -8,11 +8,11 @@ streams), then exits as the interpreter would: non-daemon threads joined, ``atex
 exit code of ``SystemExit``, a traceback and 1 for an uncaught exception, death by SIGINT for an uncaught
 KeyboardInterrupt. The child is a real process: signals, exit codes, files and locks behave as they do.
 
-What a warm child does not repeat is the import, so the tests of what a command prints while it imports
-or starts (tests/test_first_hour.py, tests/test_installed.py, the bad-input table) keep processes of
-their own, as does any request whose environment differs from the server's in a variable read at import
-time (:data:`IMPORT_TIME_ENV`: PYTHONPATH, TF_*, the log level...): :func:`popen` starts those as plain
-subprocesses.
+What a warm child does not repeat is the import, so the tests of what a command prints or imports as it
+starts (tests/test_first_hour.py, tests/test_installed.py, tests/test_architecture.py's probes) keep
+processes of their own, as does any request whose environment differs from the server's in a variable
+read at import time (:data:`IMPORT_TIME_ENV`: PYTHONPATH, TF_*, the log level...): :func:`popen` starts
+those as plain subprocesses, and so it does for every request with ``BILSTM_EXP_TEST_WARM=off``.
 
 Run as a script, this file is the server: ``python tests/warm.py SOCKET``.
 """
