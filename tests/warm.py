@@ -180,8 +180,11 @@ class WarmProcess:
 
     def poll(self) -> int | None:
         if self.returncode is None and select.select([self._connection], [], [], 0)[0]:
-            self.returncode = int(self._connection.recv(64))
+            status = self._connection.recv(64)
             self._connection.close()
+            if not status:  # the server ended first (its test process is ending): no exit status to report
+                raise RuntimeError(f"tests/warm.py: the warm server ended before pid {self.pid} did")
+            self.returncode = int(status)
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
@@ -261,8 +264,8 @@ def _stop_server(process: subprocess.Popen, folder: Path) -> None:
 
 
 def warm_enough(env: dict[str, str]) -> bool:
-    """Whether a child of the server would start as a process of its own with ENV would: the same values
-    of every IMPORT_TIME_ENV variable, as the process sees them at its imports (quiet.setup() first)."""
+    """Whether a child of the server starts as a process of its own with ENV would: the same value of every
+    IMPORT_TIME_ENV variable, as a process sees them at its imports (quiet.setup() first)."""
     ours = _server.get("env") or {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     theirs, ours = _at_import(env), _at_import(ours)
     return all(theirs.get(key) == ours.get(key) for key in set(theirs) | set(ours) if IMPORT_TIME_ENV.match(key))
