@@ -72,7 +72,8 @@ def serve(path: str) -> None:
         if select.select([listener], [], [], 0.05)[0]:
             connection = listener.accept()[0]
             message, fds, _, _ = socket.recv_fds(connection, 1 << 20, 3)
-            sys.stdout.flush(), sys.stderr.flush()
+            sys.stdout.flush()
+            sys.stderr.flush()
             pid = os.fork()
             if pid == 0:
                 _child(json.loads(message), fds, [listener, connection, *waiting.values()])
@@ -245,7 +246,7 @@ def _socket_path() -> str | None:
 
 def _start_server() -> None:
     folder = Path(tempfile.mkdtemp(prefix="bilstm-exp-test-warm-"))
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = _server_env()
     with open(folder / "server.log", "wb") as log:
         process = subprocess.Popen([sys.executable, __file__, str(folder / "socket")], stdin=subprocess.DEVNULL,
                                    stdout=log, stderr=subprocess.STDOUT, env=env, cwd=folder)
@@ -253,20 +254,21 @@ def _start_server() -> None:
     atexit.register(_stop_server, process, folder)
 
 
+def _server_env() -> dict[str, str]:
+    """The environment a server starts with now: this process's, as run_module passes it to a child."""
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
 def _stop_server(process: subprocess.Popen, folder: Path) -> None:
     """At the test process's exit (the server would notice within 0.05 s anyway): stop it, remove its folder."""
     process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
     shutil.rmtree(folder, ignore_errors=True)
 
 
 def warm_enough(env: dict[str, str]) -> bool:
     """Whether a child of the server starts as a process of its own with ENV would: the same value of every
     IMPORT_TIME_ENV variable, as a process sees them at its imports (quiet.setup() first)."""
-    ours = _server.get("env") or {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    ours = _server.get("env") or _server_env()
     theirs, ours = _at_import(env), _at_import(ours)
     return all(theirs.get(key) == ours.get(key) for key in set(theirs) | set(ours) if IMPORT_TIME_ENV.match(key))
 
