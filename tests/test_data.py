@@ -245,6 +245,18 @@ def test_a_shuffled_pass_holds_every_text_once_in_a_new_order_each_pass_and_a_se
     assert widths == sorted(widths)  # an unshuffled split: bucket by bucket
 
 
+def test_every_pipeline_prefetches_a_fixed_number_of_batches_without_tf_datas_autotuning():
+    """With tf.data's autotuning on, epochs of the default run began after 1-5 s with the cores idle
+    (benchmarks/epoch_start.md): each split's pipeline, shuffled or not, keeps it off."""
+    seqs = [np.arange(1, n + 1, dtype=np.int32) for n in range(1, 60)]
+    labels = np.arange(len(seqs)) % 2
+    for shuffle, padding in ((True, "bucket"), (False, "bucket"), (False, "max")):
+        dataset = batching.make_dataset(seqs, labels, 8, padding=padding, max_length=64, boundaries=[10, 30],
+                                        shuffle=shuffle)
+        assert dataset.options().autotune.enabled is False
+        assert len(list(dataset.as_numpy_iterator())) == len(dataset)  # still every batch, once
+
+
 def test_a_utf16_file_is_named_as_such_and_reads_with_its_encoding(tmp_path):
     path = tmp_path / "reviews.csv"
     path.write_text("text,label\n" + "".join(f"caf\u00e9 film {i},{i % 2}\n" for i in range(40)), encoding="utf-16")
