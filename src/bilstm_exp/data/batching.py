@@ -84,23 +84,24 @@ def make_dataset(sequences: list[np.ndarray], labels: np.ndarray, batch_size: in
         ds = functools.reduce(lambda a, b: a.concatenate(b), parts)
     # every pass has the same number of batches; declaring it lets Keras show progress and know the epoch
     # length from the first epoch (planned_padding counts the same from the lengths)
-    ds = ds.apply(tf.data.experimental.assert_cardinality(sum(counts))).prefetch(PREFETCH_BATCHES)
-    return ds.with_options(_without_autotune())
+    return prefetched(ds.apply(tf.data.experimental.assert_cardinality(sum(counts))))
 
 
-# Batches come from arrays in memory: a fixed prefetch keeps the next ones ready. tf.data's autotuning
-# (on by default) had nothing to tune here and stalled training: with it, 4-5 of 10 epochs of the default
-# run began about 1.1 s late (up to 5 s), both cores idle, as Keras made the epoch's iterator
-# (benchmarks/epoch_start.md).
 PREFETCH_BATCHES = 2
 
 
-def _without_autotune():
+def prefetched(ds):
+    """``ds`` prefetching PREFETCH_BATCHES batches, with tf.data's autotuning off.
+
+    Batches come from arrays in memory: a fixed prefetch keeps the next ones ready. tf.data's autotuning
+    (on by default) had nothing to tune here and stalled training: with it, 4-5 of 10 epochs of the
+    default run began about 1.1 s late (up to 5 s), both cores idle, as Keras made the epoch's iterator
+    (benchmarks/epoch_start.md)."""
     import tensorflow as tf
 
     options = tf.data.Options()
     options.autotune.enabled = False
-    return options
+    return ds.prefetch(PREFETCH_BATCHES).with_options(options)
 
 
 def right_padded(sequences, width: int) -> np.ndarray:
