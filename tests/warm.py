@@ -63,6 +63,13 @@ def serve(path: str) -> None:
     importlib.import_module("bilstm_exp.quiet").setup()
     for name in IMPORTS:
         importlib.import_module(name)
+    # MLflow's map of installed packages, built at a process's first log_model from every distribution's
+    # metadata (about 0.3 s): the same map in every child, whose folder holds no distribution. A private
+    # function: an MLflow without it leaves the children to build the map, as fresh processes do.
+    build_map = getattr(importlib.import_module("mlflow.utils.requirements_utils"), "_init_modules_to_packages_map",
+                        None)
+    if build_map is not None:
+        build_map()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     listener.bind(path + ".new")
     listener.listen(64)

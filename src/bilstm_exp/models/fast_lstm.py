@@ -75,8 +75,8 @@ def _gate_scale(units: int):
 def _cell_forward(z, c):
     # All four activations as one tanh over the whole (B, 4h) block: sigmoid(x) = 0.5 * tanh(x / 2) + 0.5,
     # and the candidate's tanh(x) is the same expression with scale 1 and no shift. XLA's CPU code for the
-    # four column slices activated one by one was slower: the forward loop 1.08-1.12x, inference
-    # 1.13-1.44x (benchmarks/cell_activations.md).
+    # four column slices activated one by one was slower: the forward loop by 1.04-1.11x, inference by
+    # 1.19-1.48x, the backward (with its own change) by 1.04-1.19x (benchmarks/cell_activations.md).
     scale = _gate_scale(c.shape[-1])
     gates = tf.tanh(z * scale) * scale + (1.0 - scale)  # shift: 0.5 for the sigmoids, 0 for the tanh
     i, f, g, o = tf.split(gates, 4, axis=-1)
