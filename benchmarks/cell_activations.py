@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import subprocess
 import time
 from datetime import UTC, datetime
@@ -30,6 +29,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from bilstm_exp.models import fast_lstm  # noqa: E402
+from bilstm_exp.training import profiling  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 UNITS = 64
@@ -140,8 +140,7 @@ def main() -> None:
             rows.append(f"| {batch} | {steps} | {loop} | {before:.3f} | {now:.3f} | {before / now:.2f} | "
                         f"{1000 * now / steps:.1f} |")
     load_after = os.getloadavg()[0]
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    cpu = profiling.machine()["cpu"]
     avx512 = "avx512f" in Path("/proc/cpuinfo").read_text()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=HERE).stdout.strip()
